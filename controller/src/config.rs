@@ -1,0 +1,286 @@
+//! Controller configuration: defaults, then a TOML file, then `NUBO_*`
+//! environment and flags (the binary maps both onto `Overrides`), validated
+//! once by `ControllerConfig::load`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::types::NodeId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// This node's Raft id, >= 1.
+    pub id: NodeId,
+    /// Address the gRPC server (API and Raft) binds.
+    pub listen: String,
+    /// Address peers and clients use to reach this node (defaults to `listen`).
+    pub advertise: String,
+    /// Initial members `id -> host:port`, for a new cluster. Empty: a single
+    /// node cluster of itself, or (with `join`) a node added later.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Start without initializing a cluster; wait to be added with
+    /// `nubo cluster add`.
+    pub join: bool,
+    pub data_dir: PathBuf,
+    /// Shared by all controllers; authenticates Raft and forwarded calls.
+    pub cluster_secret: String,
+    /// If set, the first start creates an admin token with this value
+    /// instead of a random one.
+    pub bootstrap_token: Option<String>,
+    /// Prometheus `/metrics` listen address; empty disables it.
+    pub metrics_listen: String,
+    /// fsync every Raft log append (Raft's guarantees assume it).
+    pub fsync: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_logs: u64,
+    /// How long a write or a linearizable read may wait for a quorum.
+    pub request_timeout_ms: u64,
+    pub max_zipped_bytes: u64,
+    pub max_unzipped_bytes: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            id: 1,
+            listen: "127.0.0.1:7700".into(),
+            advertise: String::new(),
+            peers: BTreeMap::new(),
+            join: false,
+            data_dir: PathBuf::from("/var/lib/nubo"),
+            cluster_secret: String::new(),
+            bootstrap_token: None,
+            metrics_listen: String::new(),
+            fsync: true,
+            heartbeat_ms: 100,
+            election_timeout_ms: 300,
+            snapshot_logs: 10_000,
+            request_timeout_ms: 8_000,
+            max_zipped_bytes: 50 * 1024 * 1024,
+            max_unzipped_bytes: 250 * 1024 * 1024,
+        }
+    }
+}
+
+/// Values from the environment and flags; `Some` wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub id: Option<NodeId>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub peers: Option<String>,
+    pub join: Option<bool>,
+    pub data_dir: Option<PathBuf>,
+    pub cluster_secret: Option<String>,
+    pub bootstrap_token: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub fsync: Option<bool>,
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "peer {part:?} must look like ID=HOST:PORT, e.g. 1=10.0.0.1:7700"
+            ))
+        })?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("peer id {id:?} is not a number")))?;
+        out.insert(id, addr.trim().to_string());
+    }
+    Ok(out)
+}
+
+impl ControllerConfig {
+    pub fn load(file: Option<&Path>, o: Overrides) -> Result<Self, ConfigError> {
+        let mut c = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    source,
+                })?
+            }
+            None => ControllerConfig::default(),
+        };
+        if let Some(v) = o.id {
+            c.id = v;
+        }
+        if let Some(v) = o.listen {
+            c.listen = v;
+        }
+        if let Some(v) = o.advertise {
+            c.advertise = v;
+        }
+        if let Some(v) = o.peers {
+            c.peers = parse_peers(&v)?;
+        }
+        if let Some(v) = o.join {
+            c.join = v;
+        }
+        if let Some(v) = o.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = o.cluster_secret {
+            c.cluster_secret = v;
+        }
+        if let Some(v) = o.bootstrap_token {
+            c.bootstrap_token = Some(v);
+        }
+        if let Some(v) = o.metrics_listen {
+            c.metrics_listen = v;
+        }
+        if let Some(v) = o.fsync {
+            c.fsync = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the whole configuration once, with messages that say which
+    /// setting to fix.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(ConfigError::Invalid("id must be >= 1 (--id)".into()));
+        }
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "listen address {:?} is not HOST:PORT with an IP host: {e}",
+                self.listen
+            ))
+        })?;
+        if self.advertise.is_empty() {
+            self.advertise = self.listen.clone();
+        }
+        if !self.metrics_listen.is_empty() {
+            self.metrics_listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "metrics_listen {:?} is not HOST:PORT: {e}",
+                    self.metrics_listen
+                ))
+            })?;
+        }
+        if let Some(a) = self.peers.get(&self.id) {
+            if *a != self.advertise {
+                return Err(ConfigError::Invalid(format!(
+                    "peers lists node {} at {a} but this node advertises {}: make them equal",
+                    self.id, self.advertise
+                )));
+            }
+        } else if !self.peers.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "peers must include this node (id {}); add {}={}",
+                self.id, self.id, self.advertise
+            )));
+        }
+        let multi = self.peers.len() > 1 || self.join;
+        if multi && self.cluster_secret.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "a multi-node cluster needs cluster_secret (NUBO_CLUSTER_SECRET) of at least 16 characters, the same on every controller".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.election_timeout_ms <= self.heartbeat_ms * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "election_timeout_ms ({}) must exceed twice heartbeat_ms ({})",
+                self.election_timeout_ms, self.heartbeat_ms
+            )));
+        }
+        if self.snapshot_logs < 10 {
+            return Err(ConfigError::Invalid("snapshot_logs must be >= 10".into()));
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> crate::validate::Limits {
+        crate::validate::Limits {
+            max_zipped_bytes: self.max_zipped_bytes,
+            max_unzipped_bytes: self.max_unzipped_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "id = 2\nlisten = \"127.0.0.1:9000\"\nfsync = false\n").unwrap();
+        let c = ControllerConfig::load(
+            Some(&f),
+            Overrides {
+                listen: Some("127.0.0.1:9001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.listen, "127.0.0.1:9001");
+        assert_eq!(c.advertise, "127.0.0.1:9001");
+        assert!(!c.fsync);
+    }
+
+    #[test]
+    fn rejects_bad_settings_with_a_message_naming_them() {
+        let e = ControllerConfig::load(
+            None,
+            Overrides {
+                peers: Some("1=127.0.0.1:7700,2=127.0.0.1:7701".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cluster_secret"), "{e}");
+        let e = parse_peers("1:127.0.0.1").unwrap_err();
+        assert!(e.to_string().contains("ID=HOST:PORT"), "{e}");
+        let e = ControllerConfig::load(
+            None,
+            Overrides {
+                id: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("id must be"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "idd = 2\n").unwrap();
+        let e = ControllerConfig::load(Some(&f), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("idd"), "{e}");
+    }
+}

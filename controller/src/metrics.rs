@@ -1,0 +1,79 @@
+//! Prometheus metrics: API request counts and latency by method and code,
+//! and the Raft gauges, rendered as text at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String), u64>>,
+    latency: Mutex<BTreeMap<String, Histogram>>,
+}
+
+impl Metrics {
+    pub fn observe(&self, method: &str, code: &str, elapsed: Duration) {
+        *self
+            .requests
+            .lock()
+            .expect("lock")
+            .entry((method.to_string(), code.to_string()))
+            .or_insert(0) += 1;
+        let secs = elapsed.as_secs_f64();
+        let mut lat = self.latency.lock().expect("lock");
+        let h = lat.entry(method.to_string()).or_default();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    /// Renders the API metrics plus the given Raft metrics.
+    pub fn render(&self, raft: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP nubo_raft_term Current Raft term.\n# TYPE nubo_raft_term gauge\nnubo_raft_term {}", raft.current_term);
+        let _ = writeln!(out, "# HELP nubo_raft_leader Id of the leader this node knows, 0 if none.\n# TYPE nubo_raft_leader gauge\nnubo_raft_leader {}", raft.current_leader.unwrap_or(0));
+        let _ = writeln!(out, "# HELP nubo_raft_is_leader 1 if this node is the leader.\n# TYPE nubo_raft_is_leader gauge\nnubo_raft_is_leader {}", u8::from(raft.current_leader == Some(raft.id)));
+        let _ = writeln!(out, "# HELP nubo_raft_last_log_index Last log index.\n# TYPE nubo_raft_last_log_index gauge\nnubo_raft_last_log_index {}", raft.last_log_index.unwrap_or(0));
+        let _ = writeln!(out, "# HELP nubo_raft_applied_index Last applied index.\n# TYPE nubo_raft_applied_index gauge\nnubo_raft_applied_index {}", raft.last_applied.map(|l| l.index).unwrap_or(0));
+        let commit = raft
+            .replication
+            .as_ref()
+            .and_then(|r| {
+                let mut m: Vec<u64> = r.values().map(|v| v.map(|l| l.index).unwrap_or(0)).collect();
+                m.sort_unstable();
+                m.get(m.len().saturating_sub(1) / 2).copied()
+            })
+            .unwrap_or(raft.last_applied.map(|l| l.index).unwrap_or(0));
+        let _ = writeln!(out, "# HELP nubo_raft_commit_index Commit index (leader: replication majority; follower: applied).\n# TYPE nubo_raft_commit_index gauge\nnubo_raft_commit_index {commit}");
+        let _ = writeln!(out, "# HELP nubo_api_requests_total API requests by method and status code.\n# TYPE nubo_api_requests_total counter");
+        for ((m, c), n) in self.requests.lock().expect("lock").iter() {
+            let _ = writeln!(out, "nubo_api_requests_total{{method=\"{m}\",code=\"{c}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP nubo_api_request_duration_seconds API latency by method.\n# TYPE nubo_api_request_duration_seconds histogram");
+        for (m, h) in self.latency.lock().expect("lock").iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"{b}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "nubo_api_request_duration_seconds_sum{{method=\"{m}\"}} {}", h.sum);
+            let _ = writeln!(out, "nubo_api_request_duration_seconds_count{{method=\"{m}\"}} {}", h.count);
+        }
+        out
+    }
+}

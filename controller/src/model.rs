@@ -1,0 +1,352 @@
+//! Plain data of the registry: what the state machine stores and what Raft
+//! log entries carry. No prost types here; `api` converts at the edge.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `$LATEST`, the mutable head of a function.
+pub const LATEST: &str = "$LATEST";
+
+/// Configuration of a function at `$LATEST` or frozen in a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionConfig {
+    pub runtime: String,
+    pub handler: String,
+    pub memory_mb: u32,
+    pub timeout_seconds: u32,
+    pub environment: BTreeMap<String, String>,
+    pub description: String,
+    pub ephemeral_storage_mb: u32,
+    pub reserved_concurrency: Option<u32>,
+    pub async_config: AsyncConfig,
+    pub egress: bool,
+    pub code_sha256: String,
+    pub code_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncConfig {
+    pub maximum_retry_attempts: u32,
+    pub maximum_event_age_seconds: u32,
+    pub dead_letter_target: String,
+}
+
+impl Default for AsyncConfig {
+    fn default() -> Self {
+        AsyncConfig {
+            maximum_retry_attempts: 2,
+            maximum_event_age_seconds: 21_600,
+            dead_letter_target: String::new(),
+        }
+    }
+}
+
+/// A partial configuration: `None` keeps the current value (update) or takes
+/// the default (create). Produced by the API layer after validation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigPatch {
+    pub runtime: Option<String>,
+    pub handler: Option<String>,
+    pub memory_mb: Option<u32>,
+    pub timeout_seconds: Option<u32>,
+    pub environment: Option<BTreeMap<String, String>>,
+    pub description: Option<String>,
+    pub ephemeral_storage_mb: Option<u32>,
+    /// `Some(None)` clears the reservation.
+    pub reserved_concurrency: Option<Option<u32>>,
+    pub maximum_retry_attempts: Option<u32>,
+    pub maximum_event_age_seconds: Option<u32>,
+    pub dead_letter_target: Option<String>,
+    pub egress: Option<bool>,
+}
+
+impl ConfigPatch {
+    /// Applies the patch over `base`.
+    pub fn apply_to(&self, base: &FunctionConfig) -> FunctionConfig {
+        let mut c = base.clone();
+        if let Some(v) = &self.runtime {
+            c.runtime = v.clone();
+        }
+        if let Some(v) = &self.handler {
+            c.handler = v.clone();
+        }
+        if let Some(v) = self.memory_mb {
+            c.memory_mb = v;
+        }
+        if let Some(v) = self.timeout_seconds {
+            c.timeout_seconds = v;
+        }
+        if let Some(v) = &self.environment {
+            c.environment = v.clone();
+        }
+        if let Some(v) = &self.description {
+            c.description = v.clone();
+        }
+        if let Some(v) = self.ephemeral_storage_mb {
+            c.ephemeral_storage_mb = v;
+        }
+        if let Some(v) = self.reserved_concurrency {
+            c.reserved_concurrency = v;
+        }
+        if let Some(v) = self.maximum_retry_attempts {
+            c.async_config.maximum_retry_attempts = v;
+        }
+        if let Some(v) = self.maximum_event_age_seconds {
+            c.async_config.maximum_event_age_seconds = v;
+        }
+        if let Some(v) = &self.dead_letter_target {
+            c.async_config.dead_letter_target = v.clone();
+        }
+        if let Some(v) = self.egress {
+            c.egress = v;
+        }
+        c
+    }
+}
+
+impl FunctionConfig {
+    /// Lambda's defaults for everything the create request left unset.
+    pub fn defaults(code_sha256: String, code_size: u64) -> FunctionConfig {
+        FunctionConfig {
+            runtime: String::new(),
+            handler: String::new(),
+            memory_mb: 128,
+            timeout_seconds: 3,
+            environment: BTreeMap::new(),
+            description: String::new(),
+            ephemeral_storage_mb: 512,
+            reserved_concurrency: None,
+            async_config: AsyncConfig::default(),
+            egress: false,
+            code_sha256,
+            code_size,
+        }
+    }
+
+    /// Whether publishing `self` after `other` would be a no-op: code and
+    /// everything a version freezes are equal (the description of the
+    /// version itself is not part of the comparison).
+    pub fn same_for_publish(&self, other: &FunctionConfig) -> bool {
+        self == other
+    }
+}
+
+/// A published, immutable version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub number: u64,
+    pub config: FunctionConfig,
+    /// The `$LATEST` revision it was published from.
+    pub revision_id: String,
+    pub version_description: String,
+    pub published_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alias {
+    pub name: String,
+    pub function_version: String,
+    pub routing: BTreeMap<String, f64>,
+    pub description: String,
+    pub revision_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Function {
+    pub name: String,
+    pub latest: FunctionConfig,
+    pub latest_revision: String,
+    pub last_modified_ms: u64,
+    pub versions: BTreeMap<u64, Version>,
+    /// Next version number; never decreases, so numbers are never reused.
+    pub next_version: u64,
+    pub aliases: BTreeMap<String, Alias>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    /// Invoke only.
+    Invoke,
+    /// Functions, versions, aliases (and invoke).
+    Deploy,
+    /// Everything, including tokens and cluster membership.
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "admin" => Some(Scope::Admin),
+            "deploy" => Some(Scope::Deploy),
+            "invoke" => Some(Scope::Invoke),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Deploy => "deploy",
+            Scope::Invoke => "invoke",
+        }
+    }
+    /// Whether a token of scope `self` may perform an action needing `need`.
+    pub fn allows(&self, need: Scope) -> bool {
+        *self >= need
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    /// sha256 of the secret, hex.
+    pub hash: String,
+    pub created_at_ms: u64,
+}
+
+/// What a Raft log entry asks the state machine to do. Everything a command
+/// needs (time, sizes) is inside it, so apply is deterministic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    CreateFunction {
+        name: String,
+        config: FunctionConfig,
+        /// The code bytes, unless the blob was already stored when the API
+        /// looked. Carried in the same entry so a blob is stored only when
+        /// the command that references it succeeds.
+        code: Option<InlineCode>,
+        publish: bool,
+        now_ms: u64,
+    },
+    UpdateFunctionCode {
+        name: String,
+        code_sha256: String,
+        code_size: u64,
+        code: Option<InlineCode>,
+        expected_revision: Option<String>,
+        publish: bool,
+        now_ms: u64,
+    },
+    UpdateFunctionConfiguration {
+        name: String,
+        patch: ConfigPatch,
+        expected_revision: Option<String>,
+        now_ms: u64,
+    },
+    DeleteFunction {
+        name: String,
+    },
+    DeleteVersion {
+        name: String,
+        version: u64,
+    },
+    PublishVersion {
+        name: String,
+        description: String,
+        expected_code_sha256: Option<String>,
+        expected_revision: Option<String>,
+        now_ms: u64,
+    },
+    CreateAlias {
+        function: String,
+        alias: String,
+        function_version: String,
+        routing: BTreeMap<String, f64>,
+        description: String,
+    },
+    UpdateAlias {
+        function: String,
+        alias: String,
+        function_version: Option<String>,
+        routing: Option<BTreeMap<String, f64>>,
+        description: Option<String>,
+        expected_revision: Option<String>,
+    },
+    DeleteAlias {
+        function: String,
+        alias: String,
+    },
+    CreateToken {
+        token: Token,
+    },
+    RevokeToken {
+        id: String,
+    },
+    /// A no-op entry (used to probe that the log accepts writes).
+    Noop,
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateFunction { .. } => "CreateFunction",
+            Command::UpdateFunctionCode { .. } => "UpdateFunctionCode",
+            Command::UpdateFunctionConfiguration { .. } => "UpdateFunctionConfiguration",
+            Command::DeleteFunction { .. } => "DeleteFunction",
+            Command::DeleteVersion { .. } => "DeleteVersion",
+            Command::PublishVersion { .. } => "PublishVersion",
+            Command::CreateAlias { .. } => "CreateAlias",
+            Command::UpdateAlias { .. } => "UpdateAlias",
+            Command::DeleteAlias { .. } => "DeleteAlias",
+            Command::CreateToken { .. } => "CreateToken",
+            Command::RevokeToken { .. } => "RevokeToken",
+            Command::Noop => "Noop",
+        }
+    }
+}
+
+/// A code package travelling inside a log entry.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct InlineCode {
+    pub sha256: String,
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for InlineCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InlineCode({}, {} bytes)", self.sha256, self.data.len())
+    }
+}
+
+/// A view of one function configuration as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub function_name: String,
+    /// `$LATEST` or the version number.
+    pub version: String,
+    pub config: FunctionConfig,
+    pub revision_id: String,
+    pub last_modified_ms: u64,
+}
+
+/// The result of applying a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    Config(ConfigView),
+    Alias(Alias),
+}
+
+/// What the state machine returns for one entry: the command's result, or
+/// the registry error it produced (deterministic on every node).
+pub type ApplyResult = Result<Outcome, crate::error::RegistryError>;
+
+/// Base64 encoding for blob bytes inside JSON log entries.
+pub mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}

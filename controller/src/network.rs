@@ -1,0 +1,275 @@
+//! Raft transport over tonic, with fault injection for tests.
+//!
+//! Every controller serves `RaftInternal` on its one listen address. The
+//! client side sends openraft's messages JSON-encoded in `RaftPayload`,
+//! authenticated with the cluster secret. `Faults` sits in front of every
+//! outgoing RPC (Raft and forwarded writes alike) so tests can isolate,
+//! partition, drop and delay without touching the code under test.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nubo_proto::v1::raft_internal_client::RaftInternalClient;
+use nubo_proto::v1::RaftPayload;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{NodeId, TypeConfig};
+
+pub const SECRET_HEADER: &str = "x-nubo-cluster-secret";
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Injected network faults, shared by all nodes of an in-process test
+/// cluster. Empty (the default) means a healthy network.
+#[derive(Debug, Default)]
+pub struct Faults {
+    inner: RwLock<FaultState>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FaultState {
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
+    /// Probability in [0,1] that any one message is dropped.
+    drop_rate: f64,
+    /// Added latency before each message.
+    delay: Duration,
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Faults::default())
+    }
+
+    /// Cuts `node` off from every node in `all`, both ways.
+    pub fn isolate(&self, node: NodeId, all: &[NodeId]) {
+        let mut s = self.inner.write().expect("lock");
+        for &o in all {
+            if o != node {
+                s.cut.insert((node, o));
+                s.cut.insert((o, node));
+            }
+        }
+    }
+
+    /// Splits the nodes into groups that cannot reach each other.
+    pub fn partition(&self, groups: &[Vec<NodeId>]) {
+        let mut s = self.inner.write().expect("lock");
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i != j {
+                    for &x in a {
+                        for &y in b {
+                            s.cut.insert((x, y));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn set_drop_rate(&self, p: f64) {
+        self.inner.write().expect("lock").drop_rate = p;
+    }
+
+    pub fn set_delay(&self, d: Duration) {
+        self.inner.write().expect("lock").delay = d;
+    }
+
+    /// Restores a healthy network.
+    pub fn heal(&self) {
+        *self.inner.write().expect("lock") = FaultState::default();
+    }
+
+    /// Decides the fate of one message from `from` to `to`: `Err` if it is
+    /// dropped, after waiting out any injected delay.
+    pub async fn check(&self, from: NodeId, to: NodeId) -> Result<(), String> {
+        let s = self.inner.read().expect("lock").clone();
+        if !s.delay.is_zero() {
+            tokio::time::sleep(s.delay).await;
+        }
+        if s.cut.contains(&(from, to)) {
+            return Err(format!("link {from}->{to} is cut (injected fault)"));
+        }
+        if s.drop_rate > 0.0 && rand::random::<f64>() < s.drop_rate {
+            return Err(format!("message {from}->{to} dropped (injected fault)"));
+        }
+        Ok(())
+    }
+}
+
+/// Connections to peers, shared by Raft replication and write forwarding.
+#[derive(Clone)]
+pub struct Peers {
+    pub self_id: NodeId,
+    secret: Arc<str>,
+    pub faults: Arc<Faults>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    last_ok: Arc<Mutex<HashMap<NodeId, Instant>>>,
+}
+
+impl Peers {
+    pub fn new(self_id: NodeId, secret: &str, faults: Arc<Faults>) -> Self {
+        Peers {
+            self_id,
+            secret: Arc::from(secret),
+            faults,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            last_ok: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// How long ago an RPC to `node` last succeeded.
+    pub fn last_ok(&self, node: NodeId) -> Option<Duration> {
+        self.last_ok.lock().expect("lock").get(&node).map(|t| t.elapsed())
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().expect("lock");
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr}: {e}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let ch = ep.connect_lazy();
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Sends one internal RPC to `to` at `addr`. `Err` is a transport-level
+    /// failure (unreachable, dropped, timed out).
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        to: NodeId,
+        addr: &str,
+        method: Method,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, String> {
+        self.faults.check(self.self_id, to).await?;
+        let data = serde_json::to_vec(req).map_err(|e| format!("encoding request: {e}"))?;
+        let mut client = RaftInternalClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let mut request = tonic::Request::new(RaftPayload { data });
+        request.set_timeout(timeout);
+        request.metadata_mut().insert(
+            SECRET_HEADER,
+            self.secret.parse().map_err(|_| "cluster secret is not valid ASCII".to_string())?,
+        );
+        let fut = async {
+            match method {
+                Method::AppendEntries => client.append_entries(request).await,
+                Method::Vote => client.vote(request).await,
+                Method::InstallSnapshot => client.install_snapshot(request).await,
+                Method::Forward => client.forward(request).await,
+                Method::ReadIndex => client.read_index(request).await,
+            }
+        };
+        let resp = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("rpc to node {to} timed out after {timeout:?}"))?
+            .map_err(|s| format!("rpc to node {to} ({addr}) failed: {}: {}", s.code(), s.message()))?;
+        // The reply crosses the same faulty network.
+        self.faults.check(to, self.self_id).await?;
+        self.last_ok.lock().expect("lock").insert(to, Instant::now());
+        serde_json::from_slice(&resp.into_inner().data).map_err(|e| format!("decoding reply: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+    ReadIndex,
+}
+
+/// openraft's network factory.
+#[derive(Clone)]
+pub struct Network {
+    pub peers: Peers,
+}
+
+pub struct Connection {
+    peers: Peers,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Connection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+        Connection {
+            peers: self.peers.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+}
+
+impl Connection {
+    async fn send<Req: Serialize, Resp: DeserializeOwned, E>(
+        &self,
+        method: Method,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let reply: Result<Resp, RaftError<NodeId, E>> = self
+            .peers
+            .call(self.target, &self.addr, method, req, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
+        reply.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Connection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.send(Method::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.send(Method::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.send(Method::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,326 @@
+//! One controller: the Raft node, its store, and the two things every API
+//! call needs from it — a durable write (forwarded to the leader when this
+//! node is not it) and a linearizable read (read index, also on followers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+use serde::{Deserialize, Serialize};
+
+use crate::config::ControllerConfig;
+use crate::error::{ApiError, RegistryError};
+use crate::metrics::Metrics;
+use crate::model::{Command, Outcome};
+use crate::network::{Faults, Method, Network, Peers};
+use crate::state::Registry;
+use crate::store::{open_db, Durability, LogStore, StateMachineStore};
+use crate::types::{NodeId, Raft};
+
+/// Requests a follower hands to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardRequest {
+    Write(Command),
+    AddLearner { id: NodeId, addr: String },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardReply {
+    Applied(Result<Outcome, RegistryError>),
+    /// The receiver is not the leader (any more); maybe it knows who is.
+    NotLeader(Option<(NodeId, String)>),
+    Unavailable(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    Index(u64),
+    NotLeader(Option<(NodeId, String)>),
+    Unavailable(String),
+}
+
+pub struct ControllerNode {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachineStore,
+    pub peers: Peers,
+    pub config: ControllerConfig,
+    pub metrics: Arc<Metrics>,
+    db: Arc<rocksdb::DB>,
+}
+
+impl ControllerNode {
+    /// Opens the store under `config.data_dir` and starts the Raft node.
+    /// Does not initialize the cluster; see `bootstrap`.
+    pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Arc<Self>, ApiError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ApiError::Internal(format!(
+                "creating data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let db = open_db(&config.data_dir.join("raft"))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let durability = Durability { sync: config.fsync };
+        let log = LogStore::new(db.clone(), durability);
+        let sm = StateMachineStore::new(db.clone(), durability)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let raft_config = openraft::Config {
+            cluster_name: "nubo".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            purge_batch_size: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ApiError::Internal(format!("raft config: {e}")))?;
+        let peers = Peers::new(config.id, &config.cluster_secret, faults);
+        let network = Network {
+            peers: peers.clone(),
+        };
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm.clone())
+            .await
+            .map_err(|e| ApiError::Internal(format!("starting raft: {e}")))?;
+        Ok(Arc::new(ControllerNode {
+            id: config.id,
+            addr: config.advertise.clone(),
+            raft,
+            sm,
+            peers,
+            metrics: Arc::new(Metrics::default()),
+            config,
+            db,
+        }))
+    }
+
+    /// Initializes a new cluster with `members` if this node has never been
+    /// part of one. Idempotent across restarts.
+    pub async fn bootstrap(&self, members: &BTreeMap<NodeId, String>) -> Result<(), ApiError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let nodes: BTreeMap<NodeId, BasicNode> = members
+            .iter()
+            .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+            .collect();
+        match self.raft.initialize(nodes).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ApiError::Internal(format!("initializing the cluster: {e}"))),
+        }
+    }
+
+    /// A read-only handle on the registry.
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, crate::store::SmState> {
+        self.sm.state.read().expect("state lock")
+    }
+
+    pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
+        f(&self.registry().registry)
+    }
+
+    fn leader_hint(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())?;
+        Some((leader, addr))
+    }
+
+    pub fn leader_addr(&self) -> Option<String> {
+        self.leader_hint().map(|(_, a)| a)
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Commits a command and returns its result. On a follower the command
+    /// is forwarded to the leader. Retries while there is no leader, up to
+    /// the request timeout; then UNAVAILABLE.
+    pub async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        let r = self.submit(ForwardRequest::Write(cmd)).await?;
+        Ok(r?)
+    }
+
+    /// Runs a request on the leader, forwarding when needed.
+    pub async fn submit(&self, req: ForwardRequest) -> Result<Result<Outcome, RegistryError>, ApiError> {
+        let start = Instant::now();
+        let deadline = self.deadline();
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            if start.elapsed() > deadline {
+                return Err(ApiError::unavailable(
+                    format!(
+                        "no quorum: the write could not be committed within {deadline:?} ({last_err}); check `nubo cluster status` — a majority of controllers must be up"
+                    ),
+                    self.leader_addr(),
+                ));
+            }
+            // Is it us?
+            let reply = match self.leader_hint() {
+                Some((leader, _)) if leader == self.id => self.apply_on_leader(req.clone()).await,
+                Some((leader, addr)) => {
+                    let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
+                    match self
+                        .peers
+                        .call::<ForwardRequest, ForwardReply>(
+                            leader,
+                            &addr,
+                            Method::Forward,
+                            &req,
+                            remaining,
+                        )
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => ForwardReply::Unavailable(e),
+                    }
+                }
+                None => ForwardReply::NotLeader(None),
+            };
+            match reply {
+                ForwardReply::Applied(r) => return Ok(r),
+                ForwardReply::NotLeader(_) => {
+                    last_err = "leader changed".into();
+                }
+                ForwardReply::Unavailable(e) => {
+                    last_err = e;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Executes a request on this node as leader.
+    pub async fn apply_on_leader(&self, req: ForwardRequest) -> ForwardReply {
+        let res = match req {
+            ForwardRequest::Write(cmd) => self.raft.client_write(cmd).await.map(|r| r.data),
+            ForwardRequest::AddLearner { id, addr } => self
+                .raft
+                .add_learner(id, BasicNode { addr }, true)
+                .await
+                .map(|_| Ok(Outcome::Done)),
+            ForwardRequest::Promote { id } => self
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map(|_| Ok(Outcome::Done)),
+            ForwardRequest::Remove { id } => {
+                let m = self.raft.metrics().borrow().membership_config.clone();
+                let is_voter = m.membership().voter_ids().any(|v| v == id);
+                let r = if is_voter {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                };
+                r.map(|_| Ok(Outcome::Done))
+            }
+        };
+        match res {
+            Ok(r) => ForwardReply::Applied(r),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                ForwardReply::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                ForwardReply::Applied(Err(RegistryError::FailedPrecondition(format!(
+                    "membership change refused: {e}"
+                ))))
+            }
+            Err(RaftError::Fatal(e)) => ForwardReply::Unavailable(format!("raft stopped: {e}")),
+        }
+    }
+
+    /// Waits until this node's state reflects every write committed before
+    /// the call began (read index; on a follower via the leader).
+    pub async fn linearizable_read(&self) -> Result<(), ApiError> {
+        let start = Instant::now();
+        let deadline = self.deadline();
+        let mut last_err = String::from("no leader elected yet");
+        loop {
+            if start.elapsed() > deadline {
+                return Err(ApiError::unavailable(
+                    format!("cannot confirm a current read within {deadline:?} ({last_err}); retry, or pass --stale-ok to list from this node's copy"),
+                    self.leader_addr(),
+                ));
+            }
+            let reply = match self.leader_hint() {
+                Some((leader, _)) if leader == self.id => self.read_index_local().await,
+                Some((leader, addr)) => {
+                    let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
+                    match self
+                        .peers
+                        .call::<(), ReadIndexReply>(leader, &addr, Method::ReadIndex, &(), remaining)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => ReadIndexReply::Unavailable(e),
+                    }
+                }
+                None => ReadIndexReply::NotLeader(None),
+            };
+            match reply {
+                ReadIndexReply::Index(idx) => {
+                    let remaining = deadline.saturating_sub(start.elapsed());
+                    return self
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(idx), "read index")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| {
+                            ApiError::unavailable(
+                                format!("this node did not catch up to the read index {idx}: {e}"),
+                                self.leader_addr(),
+                            )
+                        });
+                }
+                ReadIndexReply::NotLeader(_) => last_err = "leader changed".into(),
+                ReadIndexReply::Unavailable(e) => last_err = e,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The leader's side of a read index request.
+    pub async fn read_index_local(&self) -> ReadIndexReply {
+        match self.raft.ensure_linearizable().await {
+            Ok(log_id) => ReadIndexReply::Index(log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                ReadIndexReply::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
+            }
+            Err(RaftError::APIError(e)) => ReadIndexReply::Unavailable(e.to_string()),
+            Err(RaftError::Fatal(e)) => ReadIndexReply::Unavailable(format!("raft stopped: {e}")),
+        }
+    }
+
+    /// Stops Raft and flushes the store.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "flushing rocksdb");
+        }
+    }
+}

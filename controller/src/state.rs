@@ -1,0 +1,556 @@
+//! The registry state machine: a pure apply over plain data.
+//!
+//! `Registry::apply` takes a command and the log index it was committed at
+//! and returns the result plus the blob side effects the store must carry
+//! out. Nothing here touches disk, clocks or randomness, so every replica
+//! that applies the same log ends in the same state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RegistryError;
+use crate::model::{
+    Alias, ApplyResult, Command, ConfigView, Function, FunctionConfig, Outcome, Token, Version,
+    LATEST,
+};
+use crate::validate::{parse_qualifier, Qualifier};
+
+/// A change to the blob store that an apply asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BlobEffect {
+    Put { sha256: String, data: Vec<u8> },
+    Delete { sha256: String },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Registry {
+    pub functions: BTreeMap<String, Function>,
+    /// Tokens by id.
+    pub tokens: BTreeMap<String, Token>,
+    /// Blobs present in the blob store: sha256 -> size.
+    pub blobs: BTreeMap<String, u64>,
+    /// How many configurations ($LATEST or versions) reference each blob.
+    pub blob_refs: BTreeMap<String, u64>,
+}
+
+fn revision(index: u64) -> String {
+    format!("{index:016x}")
+}
+
+fn missing_function(name: &str) -> RegistryError {
+    RegistryError::not_found(format!(
+        "function {name} not found: create it with `nubo function create {name} ...` or check `nubo function list`"
+    ))
+}
+
+impl Registry {
+    /// Applies one committed command. `index` is its Raft log index, used
+    /// for revision ids so they are the same on every replica.
+    pub fn apply(&mut self, index: u64, cmd: Command) -> (ApplyResult, Vec<BlobEffect>) {
+        let mut effects = Vec::new();
+        let result = self.apply_inner(index, cmd, &mut effects);
+        if result.is_err() {
+            // A failed command changes nothing, including the blob store.
+            effects.clear();
+        }
+        (result, effects)
+    }
+
+    fn apply_inner(
+        &mut self,
+        index: u64,
+        cmd: Command,
+        effects: &mut Vec<BlobEffect>,
+    ) -> ApplyResult {
+        match cmd {
+            Command::Noop => Ok(Outcome::Done),
+            Command::CreateFunction {
+                name,
+                config,
+                code,
+                publish,
+                now_ms,
+            } => {
+                if self.functions.contains_key(&name) {
+                    return Err(RegistryError::AlreadyExists(format!(
+                        "function {name} already exists: use `nubo function update-code` or `update-config`, or pick another name"
+                    )));
+                }
+                self.ensure_blob(&config.code_sha256, config.code_size, code, effects)?;
+                self.add_ref(&config.code_sha256);
+                let mut f = Function {
+                    name: name.clone(),
+                    latest: config,
+                    latest_revision: revision(index),
+                    last_modified_ms: now_ms,
+                    versions: BTreeMap::new(),
+                    next_version: 1,
+                    aliases: BTreeMap::new(),
+                };
+                let view = if publish {
+                    let v = publish_new(&mut f, String::new(), now_ms);
+                    self.add_ref(&f.latest.code_sha256);
+                    v
+                } else {
+                    latest_view(&f)
+                };
+                self.functions.insert(name, f);
+                Ok(Outcome::Config(view))
+            }
+            Command::UpdateFunctionCode {
+                name,
+                code_sha256,
+                code_size,
+                code,
+                expected_revision,
+                publish,
+                now_ms,
+            } => {
+                let f = self
+                    .functions
+                    .get(&name)
+                    .ok_or_else(|| missing_function(&name))?;
+                check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
+                let runtime = f.latest.runtime.clone();
+                let _ = runtime;
+                self.ensure_blob(&code_sha256, code_size, code, effects)?;
+                self.add_ref(&code_sha256);
+                let f = self.functions.get_mut(&name).expect("checked above");
+                let old = std::mem::replace(&mut f.latest.code_sha256, code_sha256);
+                f.latest.code_size = code_size;
+                f.latest_revision = revision(index);
+                f.last_modified_ms = now_ms;
+                let view = if publish {
+                    self.publish(&name, String::new(), now_ms)?
+                } else {
+                    latest_view(self.functions.get(&name).expect("exists"))
+                };
+                self.drop_ref(&old, effects);
+                Ok(Outcome::Config(view))
+            }
+            Command::UpdateFunctionConfiguration {
+                name,
+                patch,
+                expected_revision,
+                now_ms,
+            } => {
+                let f = self
+                    .functions
+                    .get_mut(&name)
+                    .ok_or_else(|| missing_function(&name))?;
+                check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
+                f.latest = patch.apply_to(&f.latest);
+                f.latest_revision = revision(index);
+                f.last_modified_ms = now_ms;
+                Ok(Outcome::Config(latest_view(f)))
+            }
+            Command::DeleteFunction { name } => {
+                let f = self
+                    .functions
+                    .remove(&name)
+                    .ok_or_else(|| missing_function(&name))?;
+                self.drop_ref(&f.latest.code_sha256, effects);
+                for v in f.versions.values() {
+                    self.drop_ref(&v.config.code_sha256, effects);
+                }
+                Ok(Outcome::Done)
+            }
+            Command::DeleteVersion { name, version } => {
+                let f = self
+                    .functions
+                    .get_mut(&name)
+                    .ok_or_else(|| missing_function(&name))?;
+                if !f.versions.contains_key(&version) {
+                    return Err(RegistryError::not_found(format!(
+                        "version {version} of function {name} not found: see `nubo version list {name}`"
+                    )));
+                }
+                let vs = version.to_string();
+                if let Some(a) = f
+                    .aliases
+                    .values()
+                    .find(|a| a.function_version == vs || a.routing.contains_key(&vs))
+                {
+                    return Err(RegistryError::FailedPrecondition(format!(
+                        "version {version} of function {name} is used by alias {}: point the alias elsewhere first (`nubo alias update {name} {} --version N`)",
+                        a.name, a.name
+                    )));
+                }
+                let v = f.versions.remove(&version).expect("checked above");
+                self.drop_ref(&v.config.code_sha256, effects);
+                Ok(Outcome::Done)
+            }
+            Command::PublishVersion {
+                name,
+                description,
+                expected_code_sha256,
+                expected_revision,
+                now_ms,
+            } => {
+                let f = self
+                    .functions
+                    .get(&name)
+                    .ok_or_else(|| missing_function(&name))?;
+                check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
+                if let Some(sha) = expected_code_sha256 {
+                    if sha != f.latest.code_sha256 {
+                        return Err(RegistryError::FailedPrecondition(format!(
+                            "$LATEST code of {name} has sha256 {}, not the expected {sha}: it changed since you read it",
+                            f.latest.code_sha256
+                        )));
+                    }
+                }
+                Ok(Outcome::Config(self.publish(&name, description, now_ms)?))
+            }
+            Command::CreateAlias {
+                function,
+                alias,
+                function_version,
+                routing,
+                description,
+            } => {
+                let f = self
+                    .functions
+                    .get_mut(&function)
+                    .ok_or_else(|| missing_function(&function))?;
+                if f.aliases.contains_key(&alias) {
+                    return Err(RegistryError::AlreadyExists(format!(
+                        "alias {alias} of function {function} already exists: use `nubo alias update`"
+                    )));
+                }
+                check_versions_exist(f, &function_version, &routing)?;
+                let a = Alias {
+                    name: alias.clone(),
+                    function_version,
+                    routing,
+                    description,
+                    revision_id: revision(index),
+                };
+                f.aliases.insert(alias, a.clone());
+                Ok(Outcome::Alias(a))
+            }
+            Command::UpdateAlias {
+                function,
+                alias,
+                function_version,
+                routing,
+                description,
+                expected_revision,
+            } => {
+                let f = self
+                    .functions
+                    .get_mut(&function)
+                    .ok_or_else(|| missing_function(&function))?;
+                let current = f.aliases.get(&alias).ok_or_else(|| {
+                    RegistryError::not_found(format!(
+                        "alias {alias} of function {function} not found: create it with `nubo alias create`"
+                    ))
+                })?;
+                check_revision(
+                    &current.revision_id,
+                    expected_revision.as_deref(),
+                    &format!("alias {alias}"),
+                )?;
+                let mut next = current.clone();
+                if let Some(v) = function_version {
+                    next.function_version = v;
+                }
+                if let Some(r) = routing {
+                    next.routing = r;
+                }
+                if let Some(d) = description {
+                    next.description = d;
+                }
+                if next.routing.contains_key(&next.function_version) {
+                    return Err(RegistryError::invalid(format!(
+                        "routing config of alias {alias} names its primary version {}: an additional version must differ from the primary",
+                        next.function_version
+                    )));
+                }
+                check_versions_exist(f, &next.function_version, &next.routing)?;
+                next.revision_id = revision(index);
+                f.aliases.insert(alias, next.clone());
+                Ok(Outcome::Alias(next))
+            }
+            Command::DeleteAlias { function, alias } => {
+                let f = self
+                    .functions
+                    .get_mut(&function)
+                    .ok_or_else(|| missing_function(&function))?;
+                f.aliases.remove(&alias).ok_or_else(|| {
+                    RegistryError::not_found(format!(
+                        "alias {alias} of function {function} not found"
+                    ))
+                })?;
+                Ok(Outcome::Done)
+            }
+            Command::CreateToken { token } => {
+                if self.tokens.contains_key(&token.id)
+                    || self.tokens.values().any(|t| t.hash == token.hash)
+                {
+                    return Err(RegistryError::AlreadyExists(format!(
+                        "token {} already exists",
+                        token.id
+                    )));
+                }
+                self.tokens.insert(token.id.clone(), token);
+                Ok(Outcome::Done)
+            }
+            Command::RevokeToken { id } => {
+                self.tokens.remove(&id).ok_or_else(|| {
+                    RegistryError::not_found(format!(
+                        "token {id} not found: see `nubo token list`"
+                    ))
+                })?;
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    /// Makes sure the blob is in the store: either it is already there, or
+    /// the command carries its bytes.
+    fn ensure_blob(
+        &mut self,
+        sha256: &str,
+        size: u64,
+        code: Option<crate::model::InlineCode>,
+        effects: &mut Vec<BlobEffect>,
+    ) -> Result<(), RegistryError> {
+        if self.blobs.contains_key(sha256) {
+            return Ok(());
+        }
+        match code {
+            Some(c) if c.sha256 == sha256 => {
+                self.blobs.insert(sha256.to_string(), size);
+                effects.push(BlobEffect::Put {
+                    sha256: c.sha256,
+                    data: c.data,
+                });
+                Ok(())
+            }
+            // The API sent no bytes because the blob existed when it looked,
+            // and it was collected since. The API retries with the bytes.
+            _ => Err(RegistryError::FailedPrecondition(format!(
+                "code package {sha256} is not stored: upload it again"
+            ))),
+        }
+    }
+
+    fn add_ref(&mut self, sha256: &str) {
+        *self.blob_refs.entry(sha256.to_string()).or_insert(0) += 1;
+    }
+
+    /// Drops one reference; an unreferenced blob is collected.
+    fn drop_ref(&mut self, sha256: &str, effects: &mut Vec<BlobEffect>) {
+        let gone = match self.blob_refs.get_mut(sha256) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            None => true,
+        };
+        if gone {
+            self.blob_refs.remove(sha256);
+            if self.blobs.remove(sha256).is_some() {
+                effects.push(BlobEffect::Delete {
+                    sha256: sha256.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Publishes `$LATEST` unless it equals the newest version, in which case
+    /// that version is returned (Lambda's rule).
+    fn publish(
+        &mut self,
+        name: &str,
+        description: String,
+        now_ms: u64,
+    ) -> Result<ConfigView, RegistryError> {
+        let f = self.functions.get_mut(name).ok_or_else(|| missing_function(name))?;
+        if let Some((_, last)) = f.versions.iter().next_back() {
+            if last.config.same_for_publish(&f.latest) {
+                return Ok(version_view(name, last));
+            }
+        }
+        let view = publish_new(f, description, now_ms);
+        let sha = f.latest.code_sha256.clone();
+        self.add_ref(&sha);
+        Ok(view)
+    }
+
+    // ---- reads ----
+
+    pub fn function(&self, name: &str) -> Result<&Function, RegistryError> {
+        self.functions.get(name).ok_or_else(|| missing_function(name))
+    }
+
+    /// Resolves `name` + qualifier to a configuration (and the alias, when
+    /// the qualifier named one).
+    pub fn get(
+        &self,
+        name: &str,
+        qualifier: &str,
+    ) -> Result<(ConfigView, Option<Alias>), RegistryError> {
+        let f = self.function(name)?;
+        match parse_qualifier(qualifier)? {
+            Qualifier::Latest => Ok((latest_view(f), None)),
+            Qualifier::Version(n) => {
+                let v = f.versions.get(&n).ok_or_else(|| {
+                    RegistryError::not_found(format!(
+                        "version {n} of function {name} not found: see `nubo version list {name}`"
+                    ))
+                })?;
+                Ok((version_view(name, v), None))
+            }
+            Qualifier::Alias(a) => {
+                let alias = f.aliases.get(&a).ok_or_else(|| {
+                    RegistryError::not_found(format!(
+                        "alias {a} of function {name} not found: see `nubo alias list {name}`"
+                    ))
+                })?;
+                let n: u64 = alias.function_version.parse().map_err(|_| {
+                    RegistryError::FailedPrecondition(format!(
+                        "alias {a} points at an invalid version {}",
+                        alias.function_version
+                    ))
+                })?;
+                let v = f.versions.get(&n).ok_or_else(|| {
+                    RegistryError::FailedPrecondition(format!(
+                        "alias {a} points at version {n}, which no longer exists"
+                    ))
+                })?;
+                Ok((version_view(name, v), Some(alias.clone())))
+            }
+        }
+    }
+
+    /// Functions in name order after `marker`, at most `max` of them, and
+    /// the marker of the next page.
+    pub fn list_functions(&self, marker: &str, max: usize) -> (Vec<ConfigView>, String) {
+        use std::ops::Bound;
+        let start = if marker.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(marker.to_string())
+        };
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for (name, f) in self.functions.range((start, Bound::Unbounded)) {
+            if out.len() == max {
+                next = out
+                    .last()
+                    .map(|v: &ConfigView| v.function_name.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            let _ = name;
+            out.push(latest_view(f));
+        }
+        (out, next)
+    }
+
+    /// `$LATEST` then every version, in order.
+    pub fn list_versions(&self, name: &str) -> Result<Vec<ConfigView>, RegistryError> {
+        let f = self.function(name)?;
+        let mut out = vec![latest_view(f)];
+        out.extend(f.versions.values().map(|v| version_view(name, v)));
+        Ok(out)
+    }
+
+    pub fn list_aliases(&self, name: &str, version: &str) -> Result<Vec<Alias>, RegistryError> {
+        let f = self.function(name)?;
+        Ok(f.aliases
+            .values()
+            .filter(|a| {
+                version.is_empty()
+                    || a.function_version == version
+                    || a.routing.contains_key(version)
+            })
+            .cloned()
+            .collect())
+    }
+
+    pub fn alias(&self, name: &str, alias: &str) -> Result<Alias, RegistryError> {
+        let f = self.function(name)?;
+        f.aliases.get(alias).cloned().ok_or_else(|| {
+            RegistryError::not_found(format!(
+                "alias {alias} of function {name} not found: see `nubo alias list {name}`"
+            ))
+        })
+    }
+
+    pub fn token_by_hash(&self, hash: &str) -> Option<&Token> {
+        self.tokens.values().find(|t| t.hash == hash)
+    }
+
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        self.blobs.contains_key(sha256)
+    }
+}
+
+fn publish_new(f: &mut Function, description: String, now_ms: u64) -> ConfigView {
+    let number = f.next_version;
+    f.next_version += 1;
+    let v = Version {
+        number,
+        config: f.latest.clone(),
+        revision_id: f.latest_revision.clone(),
+        version_description: description,
+        published_at_ms: now_ms,
+    };
+    let view = version_view(&f.name, &v);
+    f.versions.insert(number, v);
+    view
+}
+
+fn latest_view(f: &Function) -> ConfigView {
+    ConfigView {
+        function_name: f.name.clone(),
+        version: LATEST.to_string(),
+        config: f.latest.clone(),
+        revision_id: f.latest_revision.clone(),
+        last_modified_ms: f.last_modified_ms,
+    }
+}
+
+fn version_view(name: &str, v: &Version) -> ConfigView {
+    let mut config: FunctionConfig = v.config.clone();
+    if !v.version_description.is_empty() {
+        config.description = v.version_description.clone();
+    }
+    ConfigView {
+        function_name: name.to_string(),
+        version: v.number.to_string(),
+        config,
+        revision_id: v.revision_id.clone(),
+        last_modified_ms: v.published_at_ms,
+    }
+}
+
+fn check_revision(current: &str, expected: Option<&str>, what: &str) -> Result<(), RegistryError> {
+    match expected {
+        Some(e) if !e.is_empty() && e != current => Err(RegistryError::FailedPrecondition(format!(
+            "{what} changed since you read it: revision is {current}, you sent {e}; read it again and retry"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_versions_exist(
+    f: &Function,
+    primary: &str,
+    routing: &BTreeMap<String, f64>,
+) -> Result<(), RegistryError> {
+    for v in std::iter::once(primary).chain(routing.keys().map(String::as_str)) {
+        let exists = v.parse::<u64>().ok().is_some_and(|n| f.versions.contains_key(&n));
+        if !exists {
+            return Err(RegistryError::not_found(format!(
+                "version {v} of function {} not found: publish it first (`nubo version publish {}`)",
+                f.name, f.name
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,501 @@
+//! RocksDB-backed Raft storage: the log store and the state machine store
+//! behind openraft's v2 storage traits.
+//!
+//! Column families:
+//! - `logs`: log entries, key = index (big-endian u64), value = JSON entry;
+//! - `meta`: vote, committed log id, last purged log id;
+//! - `sm`: the last snapshot (meta + data), so a restart begins from it;
+//! - `blobs`: code packages by sha256, written by apply effects.
+//!
+//! The registry itself lives in memory (it is small: 10,000 functions are a
+//! few MB) and is rebuilt on restart from the last snapshot plus a replay of
+//! the committed log, which openraft drives because `save_committed` is
+//! implemented.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::model::{ApplyResult, Outcome};
+use crate::state::{BlobEffect, Registry};
+use crate::types::{NodeId, TypeConfig};
+
+type SErr = StorageError<NodeId>;
+
+const CF_LOGS: &str = "logs";
+const CF_META: &str = "meta";
+const CF_SM: &str = "sm";
+const CF_BLOBS: &str = "blobs";
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn read_logs_err(e: impl std::error::Error + 'static) -> SErr {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_logs_err(e: impl std::error::Error + 'static) -> SErr {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+fn idx_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Opens (or creates) the controller's RocksDB.
+pub fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOGS, CF_META, CF_SM, CF_BLOBS]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(db))
+}
+
+/// Durability knob: `sync = true` fsyncs every log append and vote (the
+/// default; Raft's guarantees assume it). Tests may turn it off for speed.
+#[derive(Debug, Clone, Copy)]
+pub struct Durability {
+    pub sync: bool,
+}
+
+fn write_opts(d: Durability) -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(d.sync);
+    wo
+}
+
+// ---------------------------------------------------------------- log store
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    durability: Durability,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>, durability: Durability) -> Self {
+        LogStore { db, durability }
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SErr> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_META), key)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        match v {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e)),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<(), SErr> {
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync && self.durability.sync);
+        self.db
+            .put_cf_opt(self.cf(CF_META), key, bytes, &wo)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, SErr> {
+        let mut it = self.db.iterator_cf(self.cf(CF_LOGS), IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, v) = item.map_err(read_logs_err)?;
+                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(read_logs_err)?;
+                Ok(Some(e.log_id))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => *x + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_LOGS),
+            IteratorMode::From(&idx_key(start), Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(read_logs_err)?;
+            let idx = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte keys"));
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(read_logs_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let last_purged: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        let last = self.last_log_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        self.put_meta("vote", vote, true)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
+        // Not fsynced: losing it only means replaying a little more on restart.
+        self.put_meta("committed", &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_LOGS);
+        for e in entries {
+            let v = serde_json::to_vec(&e).map_err(write_logs_err)?;
+            batch.put_cf(cf, idx_key(e.log_id.index), v);
+        }
+        // One fsync for the whole batch: openraft hands us everything queued.
+        let res = self
+            .db
+            .write_opt(batch, &write_opts(self.durability))
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let failed = res.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(res);
+        match failed {
+            Some(e) => Err(write_logs_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let cf = self.cf(CF_LOGS);
+        self.db
+            .delete_range_cf_opt(
+                cf,
+                idx_key(log_id.index),
+                idx_key(u64::MAX),
+                &write_opts(self.durability),
+            )
+            .map_err(write_logs_err)?;
+        // delete_range excludes the end key itself.
+        self.db.delete_cf(cf, idx_key(u64::MAX)).map_err(write_logs_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        // Record the purge point first: a crash between the two leaves extra
+        // entries, never a gap.
+        self.put_meta("last_purged", &Some(log_id), true)?;
+        self.db
+            .delete_range_cf(self.cf(CF_LOGS), idx_key(0), idx_key(log_id.index + 1))
+            .map_err(write_logs_err)
+    }
+}
+
+// ------------------------------------------------------------ state machine
+
+/// What the API reads: the registry and how far it has applied.
+#[derive(Debug, Default)]
+pub struct SmState {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, openraft::BasicNode>,
+    pub registry: Registry,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    last_applied: Option<LogId<NodeId>>,
+    last_membership: StoredMembership<NodeId, openraft::BasicNode>,
+    registry: Registry,
+    /// Blob bytes, base64 inside JSON; a new node needs them to serve code.
+    blobs: Vec<crate::model::InlineCode>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, openraft::BasicNode>,
+    data: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct StateMachineStore {
+    db: Arc<DB>,
+    pub state: Arc<RwLock<SmState>>,
+    durability: Durability,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, loading the last snapshot if there is one.
+    pub fn new(db: Arc<DB>, durability: Durability) -> Result<Self, StoreError> {
+        let sm = StateMachineStore {
+            db,
+            state: Arc::new(RwLock::new(SmState::default())),
+            durability,
+        };
+        if let Some(snap) = sm.read_stored_snapshot()? {
+            let payload: SnapshotPayload =
+                serde_json::from_slice(&snap.data).map_err(|source| StoreError::Decode {
+                    what: "snapshot",
+                    source,
+                })?;
+            let mut st = sm.state.write().expect("lock");
+            st.last_applied = payload.last_applied;
+            st.last_membership = payload.last_membership;
+            st.registry = payload.registry;
+        }
+        Ok(sm)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    fn read_stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(CF_SM), "snapshot")
+            .map_err(|source| StoreError::Rocks {
+                op: "read snapshot",
+                source,
+            })?;
+        match v {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StoreError::Decode {
+                    what: "stored snapshot",
+                    source,
+                }),
+        }
+    }
+
+    /// Reads a code blob.
+    pub fn blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db
+            .get_cf(self.cf(CF_BLOBS), sha256)
+            .map_err(|source| StoreError::Rocks {
+                op: "read blob",
+                source,
+            })
+    }
+
+    fn apply_effects(&self, effects: Vec<BlobEffect>) -> Result<(), SErr> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let cf = self.cf(CF_BLOBS);
+        let mut batch = WriteBatch::default();
+        for e in effects {
+            match e {
+                BlobEffect::Put { sha256, data } => batch.put_cf(cf, sha256, data),
+                BlobEffect::Delete { sha256 } => batch.delete_cf(cf, sha256),
+            }
+        }
+        self.db
+            .write_opt(batch, &write_opts(self.durability))
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+    }
+
+    fn encode_snapshot(&self) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), SErr> {
+        let st = self.state.read().expect("lock");
+        let mut blobs = Vec::with_capacity(st.registry.blobs.len());
+        for sha in st.registry.blobs.keys() {
+            let data = self
+                .blob(sha)
+                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+                .unwrap_or_default();
+            blobs.push(crate::model::InlineCode {
+                sha256: sha.clone(),
+                data,
+            });
+        }
+        let payload = SnapshotPayload {
+            last_applied: st.last_applied,
+            last_membership: st.last_membership.clone(),
+            registry: st.registry.clone(),
+            blobs,
+        };
+        let data = serde_json::to_vec(&payload)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let snapshot_id = match st.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
+            None => format!("none-{}", data.len()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: st.last_applied,
+            last_membership: st.last_membership.clone(),
+            snapshot_id,
+        };
+        Ok((meta, data))
+    }
+
+    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<(), SErr> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        let bytes = serde_json::to_vec(&stored)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        self.db
+            .put_cf_opt(self.cf(CF_SM), "snapshot", bytes, &write_opts(self.durability))
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let (meta, data) = self.encode_snapshot()?;
+        self.persist_snapshot(&meta, &data)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), SErr> {
+        let st = self.state.read().expect("lock");
+        Ok((st.last_applied, st.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut all_effects = Vec::new();
+        {
+            let mut st = self.state.write().expect("lock");
+            for entry in entries {
+                st.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => results.push(Ok(Outcome::Done)),
+                    EntryPayload::Normal(cmd) => {
+                        let (res, effects) = st.registry.apply(entry.log_id.index, cmd);
+                        all_effects.extend(effects);
+                        results.push(res);
+                    }
+                    EntryPayload::Membership(m) => {
+                        st.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        results.push(Ok(Outcome::Done));
+                    }
+                }
+            }
+        }
+        // Blobs are written before the results go back to clients, so an
+        // acknowledged CreateFunction always has its code on this node.
+        self.apply_effects(all_effects)?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload = serde_json::from_slice(&data).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
+        // Replace the blob store's content with the snapshot's.
+        let cf = self.cf(CF_BLOBS);
+        let mut batch = WriteBatch::default();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            batch.delete_cf(cf, k);
+        }
+        for b in &payload.blobs {
+            batch.put_cf(cf, &b.sha256, &b.data);
+        }
+        self.db
+            .write_opt(batch, &write_opts(self.durability))
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
+        {
+            let mut st = self.state.write().expect("lock");
+            st.last_applied = meta.last_log_id;
+            st.last_membership = meta.last_membership.clone();
+            st.registry = payload.registry;
+        }
+        self.persist_snapshot(meta, &data)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        let stored = self
+            .read_stored_snapshot()
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

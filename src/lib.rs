@@ -1,0 +1,41 @@
+//! The `nubo` binary's library: role runners (`up`, `controller`) and the
+//! client commands. `main.rs` only parses arguments and calls in here.
+
+pub mod cli;
+pub mod client;
+pub mod roles;
+pub mod zipdir;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "nubo", version, about = "nubo: self-hosted Function-as-a-Service", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: client::GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole platform in one process with embedded storage.
+    Up(roles::UpArgs),
+    /// Run one controller (a member of the Raft group).
+    Controller(roles::ControllerArgs),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Up(args) => roles::run_up(args).await,
+        Command::Controller(args) => roles::run_controller(args).await,
+        Command::Client(cmd) => cli::run_client(&cli.global, cmd).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => cli::report_error(&e),
+    }
+}
