@@ -1,6 +1,7 @@
 //! The `nubo` binary's library: role runners (`up`, `controller`) and the
 //! client commands. `main.rs` only parses arguments and calls in here.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod roles;
@@ -23,6 +24,9 @@ pub enum Command {
     Up(roles::UpArgs),
     /// Run one controller (a member of the Raft group).
     Controller(roles::ControllerArgs),
+    /// Run a benchmark and write its figures to BENCHMARKS.md.
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -32,6 +36,7 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Up(args) => roles::run_up(args).await,
         Command::Controller(args) => roles::run_controller(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Client(cmd) => cli::run_client(&cli.global, cmd).await,
     };
     match result {

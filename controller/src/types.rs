@@ -1,5 +1,7 @@
 //! openraft type configuration of the controller group.
 
+use std::io::Cursor;
+
 use crate::model::{ApplyResult, Command};
 
 pub type NodeId = u64;

@@ -88,6 +88,19 @@ fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     buf.into_inner()
 }
 
+/// Incompressible bytes, so a zip of them is as large as they are.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn app_zip() -> Vec<u8> {
     zip_of(&[(
         "app.py",
@@ -473,9 +486,10 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
     };
 
     // Names and configuration ranges.
+    let long = "x".repeat(65);
     let cases: Vec<(&str, pb::FunctionConfig, Vec<u8>, Code, &str)> = vec![
         ("bad name!", py(), app_zip(), Code::InvalidArgument, "name"),
-        (&"x".repeat(65), py(), app_zip(), Code::InvalidArgument, "name"),
+        (long.as_str(), py(), app_zip(), Code::InvalidArgument, "name"),
         ("f1", config("cobol", "app.h"), app_zip(), Code::InvalidArgument, "runtime"),
         ("f1", config("python3.11", ""), app_zip(), Code::InvalidArgument, "handler"),
         ("f1", with(&|c| c.memory_mb = Some(64)), app_zip(), Code::InvalidArgument, "memory"),
@@ -546,7 +560,7 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
         (
             "f1",
             py(),
-            zip_of(&[("app.py", b"x"), ("big.bin", &vec![b'a'; 3 * 1024 * 1024])]),
+            zip_of(&[("app.py", b"x"), ("big.bin", &noise(3 * 1024 * 1024))]),
             Code::InvalidArgument,
             "limit",
         ),

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nubo_controller::config::ControllerConfig;
-use nubo_controller::error::ApiError;
-use nubo_controller::model::{Command, FunctionConfig, InlineCode, Outcome};
+use nubo_controller::model::{Command, FunctionConfig, InlineCode};
 use nubo_controller::network::Faults;
 use nubo_controller::node::ControllerNode;
 use nubo_controller::server::{self, Running};
@@ -257,9 +256,4 @@ pub fn create_cmd(name: &str, memory: u32) -> Command {
         publish: false,
         now_ms: 1,
     }
-}
-
-/// Writes through `node`, returning the outcome.
-pub async fn write(node: &ControllerNode, cmd: Command) -> Result<Outcome, ApiError> {
-    node.write(cmd).await
 }

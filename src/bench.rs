@@ -1,0 +1,566 @@
+//! `nubo bench control-plane`: the control-plane benchmark. Starts three
+//! real `nubo controller` processes on loopback with fsync on, measures the
+//! figures of issue 2 beside floors measured in the same run (one 4 KiB
+//! fsync; a tonic unary echo), and writes them to BENCHMARKS.md.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nubo_proto::v1 as pb;
+use pb::functions_client::FunctionsClient;
+use tonic::transport::Channel;
+
+const TOKEN: &str = "nubo_bench_admin_token_0123456789";
+const SECRET: &str = "bench-cluster-secret-0123456789";
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark (only `control-plane` so far).
+    pub which: String,
+    /// File to write the results section into.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// Samples for latency figures.
+    #[arg(long, default_value_t = 2000)]
+    pub samples: usize,
+    /// Functions for the memory figure.
+    #[arg(long, default_value_t = 10_000)]
+    pub functions: usize,
+}
+
+struct Controller {
+    child: Child,
+    id: u64,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn spawn_controller(dir: &Path, id: u64, ports: &[u16]) -> anyhow::Result<Controller> {
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .collect();
+    let child = Command::new(std::env::current_exe()?)
+        .args([
+            "controller",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &format!("127.0.0.1:{}", ports[id as usize - 1]),
+            "--peers",
+            &peers.join(","),
+            "--data-dir",
+            dir.join(format!("c{id}")).to_str().context("utf8 path")?,
+        ])
+        .env("NUBO_CLUSTER_SECRET", SECRET)
+        .env("NUBO_BOOTSTRAP_TOKEN", TOKEN)
+        .env("NUBO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Controller { child, id })
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("ascii"),
+    );
+    r
+}
+
+async fn channel(port: u16) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://127.0.0.1:{port}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn zip_with(size: usize, seed: u64) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let o = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("app.py", o).expect("zip");
+        writeln!(z, "def lambda_handler(e, c):\n    return {seed}").expect("zip");
+        if size > 0 {
+            z.start_file("data.bin", o).expect("zip");
+            // Incompressible-ish filler so the zip really is `size` bytes.
+            let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let mut data = Vec::with_capacity(size);
+            while data.len() < size {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                data.extend_from_slice(&x.to_le_bytes());
+            }
+            z.write_all(&data[..size]).expect("zip");
+        }
+        z.finish().expect("zip");
+    }
+    buf.into_inner()
+}
+
+async fn create_fn(
+    c: &mut FunctionsClient<Channel>,
+    name: &str,
+    code: Vec<u8>,
+    publish: bool,
+) -> Result<pb::FunctionConfiguration, tonic::Status> {
+    let mut msgs = vec![pb::CreateFunctionChunk {
+        part: Some(pb::create_function_chunk::Part::Header(
+            pb::CreateFunctionHeader {
+                function_name: name.into(),
+                config: Some(pb::FunctionConfig {
+                    runtime: "python3.11".into(),
+                    handler: "app.lambda_handler".into(),
+                    ..Default::default()
+                }),
+                publish,
+                code_size: code.len() as u64,
+            },
+        )),
+    }];
+    for ch in code.chunks(1024 * 1024) {
+        msgs.push(pb::CreateFunctionChunk {
+            part: Some(pb::create_function_chunk::Part::Code(ch.to_vec())),
+        });
+    }
+    c.create_function(authed(tokio_stream::iter(msgs)))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn set_memory(name: &str, mb: u32) -> tonic::Request<pb::UpdateFunctionConfigurationRequest> {
+    authed(pb::UpdateFunctionConfigurationRequest {
+        function_name: name.into(),
+        config: Some(pb::FunctionConfig {
+            memory_mb: Some(mb),
+            ..Default::default()
+        }),
+        revision_id: String::new(),
+    })
+}
+
+/// One 4 KiB write + fdatasync, the floor under any durable write.
+fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("fsync.probe"))?;
+    let block = vec![7u8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f.write_all_at(&block, (i as u64 % 256) * 4096)?;
+        f.sync_data()?;
+        out.push(t.elapsed());
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A raw tonic unary echo on loopback: the floor under any API call.
+async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+    #[derive(Clone)]
+    struct Echo;
+    #[tonic::async_trait]
+    impl pb::raft_internal_server::RaftInternal for Echo {
+        async fn append_entries(
+            &self,
+            r: tonic::Request<pb::RaftPayload>,
+        ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+        async fn vote(
+            &self,
+            r: tonic::Request<pb::RaftPayload>,
+        ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+        async fn install_snapshot(
+            &self,
+            r: tonic::Request<pb::RaftPayload>,
+        ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+        async fn forward(
+            &self,
+            r: tonic::Request<pb::RaftPayload>,
+        ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+        async fn read_index(
+            &self,
+            r: tonic::Request<pb::RaftPayload>,
+        ) -> Result<tonic::Response<pb::RaftPayload>, tonic::Status> {
+            Ok(tonic::Response::new(r.into_inner()))
+        }
+    }
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s2 = stop.clone();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(pb::raft_internal_server::RaftInternalServer::new(Echo))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                s2.cancelled(),
+            )
+            .await;
+    });
+    let mut c = pb::raft_internal_client::RaftInternalClient::new(channel(port).await?);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.vote(pb::RaftPayload {
+            data: b"{\"ping\":1}".to_vec(),
+        })
+        .await?;
+        out.push(t.elapsed());
+    }
+    stop.cancel();
+    let _ = server.await;
+    out.sort();
+    Ok(out)
+}
+
+async fn leader_of(port: u16) -> anyhow::Result<u64> {
+    let mut c = pb::cluster_client::ClusterClient::new(channel(port).await?);
+    let s = c.status(authed(pb::ClusterStatusRequest {})).await?.into_inner();
+    Ok(s.leader_id)
+}
+
+async fn wait_ready(ports: &[u16]) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    loop {
+        for &p in ports {
+            if let Ok(l) = leader_of(p).await {
+                if l != 0 {
+                    return Ok(l);
+                }
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("cluster did not elect a leader (and create the admin token) within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in s.lines() {
+        if let Some(v) = line.strip_prefix("VmRSS:") {
+            return Ok(v.trim().trim_end_matches("kB").trim().parse()?);
+        }
+    }
+    bail!("no VmRSS in /proc/{pid}/status")
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.which != "control-plane" {
+        bail!("unknown benchmark {:?}: try `control-plane`", args.which);
+    }
+    let dir = tempfile::tempdir()?;
+    eprintln!("bench: floors (4 KiB fsync, tonic echo)...");
+    let fsync = fsync_floor(dir.path(), 300)?;
+    let echo = echo_floor(args.samples).await?;
+
+    eprintln!("bench: starting 3 controllers (fsync on)...");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut procs: Vec<Option<Controller>> = Vec::new();
+    for id in 1..=3 {
+        procs.push(Some(spawn_controller(dir.path(), id, &ports)?));
+    }
+    let leader = wait_ready(&ports).await?;
+    let lport = ports[leader as usize - 1];
+    let mut fc = FunctionsClient::new(channel(lport).await?)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20);
+
+    // Alias update latency, one client.
+    eprintln!("bench: alias update latency ({} samples)...", args.samples);
+    create_fn(&mut fc, "bench", zip_with(0, 1), true).await?;
+    fc.update_function_configuration(set_memory("bench", 256)).await?;
+    fc.publish_version(authed(pb::PublishVersionRequest {
+        function_name: "bench".into(),
+        ..Default::default()
+    }))
+    .await?;
+    fc.create_alias(authed(pb::CreateAliasRequest {
+        function_name: "bench".into(),
+        name: "live".into(),
+        function_version: "1".into(),
+        ..Default::default()
+    }))
+    .await?;
+    let mut alias_lat = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let t = Instant::now();
+        fc.update_alias(authed(pb::UpdateAliasRequest {
+            function_name: "bench".into(),
+            name: "live".into(),
+            function_version: if i % 2 == 0 { "2" } else { "1" }.into(),
+            ..Default::default()
+        }))
+        .await?;
+        alias_lat.push(t.elapsed());
+    }
+    alias_lat.sort();
+
+    // Throughput: 64 clients updating configuration of their own function.
+    eprintln!("bench: 64-client write throughput...");
+    for i in 0..64 {
+        create_fn(&mut fc, &format!("w{i}"), zip_with(0, 1), false).await?;
+    }
+    let ch = channel(lport).await?;
+    let per_client = 200usize;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let mut c = FunctionsClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            for j in 0..per_client {
+                let mb = 128 + ((j % 8) as u32) * 128;
+                c.update_function_configuration(set_memory(&format!("w{i}"), mb))
+                    .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let write_secs = t.elapsed().as_secs_f64();
+    let writes_per_sec = (64 * per_client) as f64 / write_secs;
+
+    // CreateFunction with a 5 MB zip.
+    eprintln!("bench: CreateFunction with 5 MB zips...");
+    let mut create5 = Vec::new();
+    for i in 0..15 {
+        let z = zip_with(5 * 1024 * 1024, 100 + i);
+        let t = Instant::now();
+        create_fn(&mut fc, &format!("big{i}"), z, false).await?;
+        create5.push(t.elapsed());
+    }
+    create5.sort();
+
+    // Failover: SIGKILL the leader, time until a write succeeds elsewhere.
+    eprintln!("bench: leader failover...");
+    let mut failovers = Vec::new();
+    let mut current = leader;
+    for round in 0..3 {
+        let p = procs[current as usize - 1].take().expect("leader process");
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(p.child.id() as i32, libc::SIGKILL);
+        }
+        let killed_at = Instant::now();
+        drop(p);
+        let others: Vec<u16> = ports
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 + 1 != current)
+            .map(|(_, p)| *p)
+            .collect();
+        let mut clients = Vec::new();
+        for &p in &others {
+            clients.push(FunctionsClient::new(channel(p).await?));
+        }
+        let mut done = None;
+        'outer: while killed_at.elapsed() < Duration::from_secs(20) {
+            for c in clients.iter_mut() {
+                let mut req = set_memory("bench", 128 + 128 * (round % 4 + 1));
+                req.set_timeout(Duration::from_millis(300));
+                if c.update_function_configuration(req).await.is_ok() {
+                    done = Some(killed_at.elapsed());
+                    break 'outer;
+                }
+            }
+        }
+        let d = done.context("no write succeeded within 20 s of killing the leader")?;
+        failovers.push(d);
+        // Bring the killed node back for the next round.
+        procs[current as usize - 1] = Some(spawn_controller(dir.path(), current, &ports)?);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        current = leader_of(others[0]).await?;
+    }
+    failovers.sort();
+
+    // Memory: a controller holding N functions x 3 versions x 2 aliases.
+    eprintln!("bench: loading {} functions (3 versions, 2 aliases each)...", args.functions);
+    let lport = ports[wait_ready(&ports).await? as usize - 1];
+    let ch = channel(lport).await?;
+    let n = args.functions;
+    let t = Instant::now();
+    let workers = 32;
+    let mut tasks = Vec::new();
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for w in 0..workers {
+        let mut c = FunctionsClient::new(ch.clone());
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                let name = format!("m{i}");
+                create_fn(&mut c, &name, zip_with(0, i as u64), true).await?;
+                for mb in [256, 512] {
+                    c.update_function_configuration(set_memory(&name, mb)).await?;
+                    c.publish_version(authed(pb::PublishVersionRequest {
+                        function_name: name.clone(),
+                        ..Default::default()
+                    }))
+                    .await?;
+                }
+                for (a, v) in [("live", "3"), ("canary", "2")] {
+                    c.create_alias(authed(pb::CreateAliasRequest {
+                        function_name: name.clone(),
+                        name: a.into(),
+                        function_version: v.into(),
+                        ..Default::default()
+                    }))
+                    .await?;
+                }
+                let done = progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if done % 1000 == 0 {
+                    eprintln!("bench:   {done}/{n} functions");
+                }
+                i += workers;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let load_secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rss = Vec::new();
+    for c in procs.iter().flatten() {
+        rss.push((c.id, rss_kb(c.child.id())?));
+    }
+
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut md = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(md, "## Control plane (issue 2)\n");
+    let _ = writeln!(
+        md,
+        "Measured by `nubo bench control-plane` (debug={}) on {} ({} cores), 3 `nubo controller` processes on loopback, fsync on. Floors measured in the same run.\n",
+        cfg!(debug_assertions),
+        host,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let _ = writeln!(md, "| figure | result | floor (same run) | goal |");
+    let _ = writeln!(md, "| --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| alias update latency, 1 client | p50 {} / p99 {} | fsync 4 KiB p50 {} / p99 {}; tonic echo p50 {} / p99 {} | p50 <= 5 ms |",
+        ms(pct(&alias_lat, 0.5)),
+        ms(pct(&alias_lat, 0.99)),
+        ms(pct(&fsync, 0.5)),
+        ms(pct(&fsync, 0.99)),
+        ms(pct(&echo, 0.5)),
+        ms(pct(&echo, 0.99))
+    );
+    let _ = writeln!(
+        md,
+        "| writes/s, 64 clients (UpdateFunctionConfiguration) | {:.0}/s ({} writes in {:.2} s) | 1 / fsync p50 = {:.0}/s | >= 5,000/s |",
+        writes_per_sec,
+        64 * per_client,
+        write_secs,
+        1.0 / pct(&fsync, 0.5).as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "| leader failover (SIGKILL -> next successful write), 3 rounds | min {} / median {} / max {} | election timeout 300-600 ms, heartbeat 100 ms | <= 1 s |",
+        ms(failovers[0]),
+        ms(pct(&failovers, 0.5)),
+        ms(failovers[failovers.len() - 1])
+    );
+    let _ = writeln!(
+        md,
+        "| CreateFunction, 5 MB zip | p50 {} (15 samples) | | |",
+        ms(pct(&create5, 0.5))
+    );
+    let rss_s: Vec<String> = rss
+        .iter()
+        .map(|(id, kb)| format!("node {id}: {:.1} MB", *kb as f64 / 1024.0))
+        .collect();
+    let _ = writeln!(
+        md,
+        "| RSS with {n} functions x 3 versions x 2 aliases | {} (loaded in {:.1} s) | | |",
+        rss_s.join(", "),
+        load_secs
+    );
+    println!("{md}");
+    write_section(&args.out, "## Control plane (issue 2)", &md)?;
+    eprintln!("bench: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Replaces (or appends) the section starting with `heading` in `path`.
+fn write_section(path: &Path, heading: &str, body: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        "# nubo benchmarks\n\nFigures written by the benchmark commands; each beside a floor measured in the same run, since these machines are shared and absolute times drift.\n\n".to_string()
+    });
+    let new = match old.find(heading) {
+        Some(start) => {
+            let rest = &old[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map(|i| start + heading.len() + i + 1)
+                .unwrap_or(old.len());
+            format!("{}{}{}", &old[..start], body, &old[end..])
+        }
+        None => format!("{old}{body}\n"),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
