@@ -80,6 +80,7 @@ pub struct ConfigFlags {
     /// Environment variable; repeat for more. Replaces the whole environment.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env_item)]
     pub env: Vec<(String, String)>,
+    /// Free-form description.
     #[arg(long)]
     pub description: Option<String>,
     /// Size of /tmp in MB.
@@ -321,7 +322,9 @@ pub fn parse_qualified(s: &str) -> Result<Qualified, String> {
         return Err(format!("{s:?}: the function name is empty"));
     }
     match qualifier {
-        Some("") => Err(format!("{s:?}: nothing after ':' (expected NAME:QUALIFIER)")),
+        Some("") => Err(format!(
+            "{s:?}: nothing after ':' (expected NAME:QUALIFIER)"
+        )),
         Some(q) if q.contains(':') => Err(format!("{s:?}: more than one ':'")),
         q => Ok(Qualified {
             name: name.to_string(),
@@ -344,15 +347,20 @@ pub fn parse_env_item(s: &str) -> Result<(String, String), String> {
 /// One `--routing VERSION=WEIGHT` item; the weight is a share in [0, 1).
 pub fn parse_routing_item(s: &str) -> Result<(String, f64), String> {
     let Some((v, w)) = s.split_once('=') else {
-        return Err(format!("invalid --routing item {s:?}: expected VERSION=WEIGHT"));
+        return Err(format!(
+            "invalid --routing item {s:?}: expected VERSION=WEIGHT"
+        ));
     };
     let v = v.trim();
     if v.is_empty() {
-        return Err(format!("invalid --routing item {s:?}: the version is empty"));
+        return Err(format!(
+            "invalid --routing item {s:?}: the version is empty"
+        ));
     }
-    let weight: f64 = w.trim().parse().map_err(|_| {
-        format!("invalid --routing item {s:?}: the weight {w:?} is not a number")
-    })?;
+    let weight: f64 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid --routing item {s:?}: the weight {w:?} is not a number"))?;
     if !(0.0..1.0).contains(&weight) {
         return Err(format!(
             "invalid --routing item {s:?}: the weight must be at least 0 and below 1"
@@ -542,14 +550,17 @@ async fn function_cmd(client: &Client, out: &Out, cmd: FunctionCommand) -> anyho
                     .into_inner();
                 functions.extend(resp.functions);
                 // The `!= marker` check stops a server that repeats itself.
-                if a.max_items.is_some() || resp.next_marker.is_empty() || resp.next_marker == marker
+                if a.max_items.is_some()
+                    || resp.next_marker.is_empty()
+                    || resp.next_marker == marker
                 {
                     break resp.next_marker;
                 }
                 marker = resp.next_marker;
             };
             if out.json() {
-                let mut v = json!({ "functions": functions.iter().map(config_json).collect::<Vec<_>>() });
+                let mut v =
+                    json!({ "functions": functions.iter().map(config_json).collect::<Vec<_>>() });
                 if !next_marker.is_empty() {
                     v["next_marker"] = json!(next_marker);
                 }
@@ -616,10 +627,9 @@ async fn function_cmd(client: &Client, out: &Out, cmd: FunctionCommand) -> anyho
             {
                 bail!("nothing to change: give at least one setting (see `nubo function update-config --help`)");
             }
-            let mut config = a.config.to_proto(
-                a.runtime.unwrap_or_default(),
-                a.handler.unwrap_or_default(),
-            )?;
+            let mut config = a
+                .config
+                .to_proto(a.runtime.unwrap_or_default(), a.handler.unwrap_or_default())?;
             if a.clear_env {
                 config.replace_environment = true;
                 config.environment.clear();
@@ -1084,10 +1094,35 @@ fn finish_progress(progress: Option<ProgressBar>) {
     }
 }
 
-/// A progress-bar "terminal" for logs: each redraw becomes one line.
+/// A progress-bar "terminal" for logs: a redraw becomes one plain line, at
+/// most one a second (indicatif's own limiter lets bursts through); the last
+/// state is printed when the bar goes away.
 #[derive(Debug, Default)]
 struct LineTerm {
-    buf: Mutex<String>,
+    state: Mutex<LineState>,
+}
+
+#[derive(Debug, Default)]
+struct LineState {
+    buf: String,
+    pending: Option<String>,
+    last_print: Option<std::time::Instant>,
+}
+
+impl LineTerm {
+    fn emit(line: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+        let _ = err.flush();
+    }
+}
+
+impl Drop for LineTerm {
+    fn drop(&mut self) {
+        if let Some(line) = self.state.lock().unwrap().pending.take() {
+            LineTerm::emit(&line);
+        }
+    }
 }
 
 impl TermLike for LineTerm {
@@ -1107,27 +1142,40 @@ impl TermLike for LineTerm {
         Ok(())
     }
     fn write_line(&self, s: &str) -> std::io::Result<()> {
-        let mut b = self.buf.lock().unwrap();
-        b.push_str(s);
-        b.push('\n');
+        let mut st = self.state.lock().unwrap();
+        st.buf.push_str(s);
+        st.buf.push('\n');
         Ok(())
     }
     fn write_str(&self, s: &str) -> std::io::Result<()> {
-        self.buf.lock().unwrap().push_str(s);
+        self.state.lock().unwrap().buf.push_str(s);
         Ok(())
     }
     fn clear_line(&self) -> std::io::Result<()> {
         Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
-        let text = std::mem::take(&mut *self.buf.lock().unwrap());
-        let mut err = std::io::stderr().lock();
-        for line in text.split(['\n', '\r']).map(str::trim_end) {
-            if !line.trim().is_empty() {
-                writeln!(err, "{line}")?;
-            }
+        let mut st = self.state.lock().unwrap();
+        let text = std::mem::take(&mut st.buf);
+        let Some(line) = text
+            .split(['\n', '\r'])
+            .map(str::trim_end)
+            .rfind(|l| !l.trim().is_empty())
+        else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        if st
+            .last_print
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            st.pending = Some(line.to_string());
+        } else {
+            st.pending = None;
+            st.last_print = Some(now);
+            LineTerm::emit(line);
         }
-        err.flush()
+        Ok(())
     }
 }
 
@@ -1330,7 +1378,10 @@ fn render_cluster(s: &pb::ClusterStatusResponse) -> String {
         ("term".into(), s.term.to_string()),
         ("last_log_index".into(), s.last_log_index.to_string()),
         ("commit_index".into(), s.commit_index.to_string()),
-        ("last_applied_index".into(), s.last_applied_index.to_string()),
+        (
+            "last_applied_index".into(),
+            s.last_applied_index.to_string(),
+        ),
     ]);
     text.push('\n');
     let rows: Vec<Vec<String>> = s
@@ -1391,7 +1442,11 @@ fn cell(s: &str) -> String {
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| (0..headers.len()).map(|i| cell(r.get(i).map_or("", |s| s))).collect())
+        .map(|r| {
+            (0..headers.len())
+                .map(|i| cell(r.get(i).map_or("", |s| s)))
+                .collect()
+        })
         .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for r in &rows {
@@ -1423,7 +1478,11 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// `key: value` lines with the values aligned; an empty key continues the
 /// previous one (one environment variable per line).
 pub fn render_kv(pairs: &[(String, String)]) -> String {
-    let width = pairs.iter().map(|(k, _)| k.chars().count() + 1).max().unwrap_or(0);
+    let width = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count() + 1)
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in pairs {
         let key = if k.is_empty() {
@@ -1521,9 +1580,9 @@ fn status_hint(s: &Status) -> Option<String> {
             }
         }
         Code::PermissionDenied => Some(
-            "the token's scope does not allow this: cluster and token commands need an admin \
-             token, changing functions needs admin or deploy; an admin can issue one with \
-             `nubo token create --scope ...`"
+            "the token's scope does not allow this call: use a token with a wider scope \
+             (invoke < deploy < admin), such as the admin token `nubo up` stored, or ask an \
+             admin for one (`nubo token create --scope ...`)"
                 .to_string(),
         ),
         Code::Unavailable if s.message().starts_with(CONNECT_ERROR_PREFIX) => Some(format!(
@@ -1610,7 +1669,10 @@ mod tests {
             }
         );
         let q = parse_qualified("fn:prod").unwrap();
-        assert_eq!((q.name.as_str(), q.qualifier.as_deref()), ("fn", Some("prod")));
+        assert_eq!(
+            (q.name.as_str(), q.qualifier.as_deref()),
+            ("fn", Some("prod"))
+        );
         assert_eq!(
             parse_qualified("fn:$LATEST").unwrap().qualifier.as_deref(),
             Some("$LATEST")
@@ -1682,7 +1744,9 @@ mod tests {
     #[test]
     fn status_errors_are_named() {
         assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
-        let e = anyhow::Error::new(Status::unavailable("cannot connect to x: Connection refused"));
+        let e = anyhow::Error::new(Status::unavailable(
+            "cannot connect to x: Connection refused",
+        ));
         assert_eq!(report_error(&e), 1);
     }
 
@@ -1732,12 +1796,20 @@ mod tests {
         };
         assert_eq!(a.config.env.len(), 2);
         assert_eq!(a.config.network, Some(Network::NoNetwork));
-        let err = crate::Cli::try_parse_from(["nubo", "function", "update-config", "f", "--env", "oops"])
-            .unwrap_err()
-            .to_string();
+        let err =
+            crate::Cli::try_parse_from(["nubo", "function", "update-config", "f", "--env", "oops"])
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("\"oops\""), "{err}");
         assert!(crate::Cli::try_parse_from([
-            "nubo", "alias", "update", "f", "a", "--routing", "2=0.1", "--clear-routing"
+            "nubo",
+            "alias",
+            "update",
+            "f",
+            "a",
+            "--routing",
+            "2=0.1",
+            "--clear-routing"
         ])
         .is_err());
     }

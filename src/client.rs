@@ -82,11 +82,14 @@ impl GlobalArgs {
     }
 }
 
+/// `$HOME/.config/nubo`; the same fallback as `nubo up` uses, so the CLI
+/// finds the token it stored.
 pub fn default_config_dir() -> PathBuf {
-    match std::env::var_os("HOME") {
-        Some(home) if !home.is_empty() => PathBuf::from(home).join(".config").join("nubo"),
-        _ => PathBuf::from(".nubo"),
-    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".config")
+        .join("nubo")
 }
 
 /// Splits a comma-separated endpoint list; a bare `host:port` gets `http://`.
@@ -94,8 +97,7 @@ pub fn parse_endpoints(s: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let uri = normalize_endpoint(item);
-        Endpoint::from_shared(uri.clone())
-            .with_context(|| format!("invalid endpoint {item:?}"))?;
+        Endpoint::from_shared(uri.clone()).with_context(|| format!("invalid endpoint {item:?}"))?;
         if !out.contains(&uri) {
             out.push(uri);
         }
@@ -316,7 +318,10 @@ impl Client {
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| Status::invalid_argument(format!("invalid endpoint {endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT);
-        let ch = ep.connect().await.map_err(|e| connect_error(endpoint, &e))?;
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| connect_error(endpoint, &e))?;
         self.channels
             .lock()
             .unwrap()
@@ -417,7 +422,11 @@ mod tests {
         .unwrap()
         .with_retry_budget(Duration::from_millis(300));
         let err = c
-            .call(|conn| async move { conn.cluster().status(Default::default()).await })
+            .call(|conn| async move {
+                conn.cluster()
+                    .status(nubo_proto::v1::ClusterStatusRequest {})
+                    .await
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);

@@ -1042,7 +1042,14 @@ impl pb::raft_internal_server::RaftInternal for Internal {
     async fn forward(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(request.metadata())?;
         let req: ForwardRequest = decode(request.into_inner())?;
-        encode(&self.node.apply_on_leader(req).await)
+        let limit = std::time::Duration::from_millis(self.node.config.request_timeout_ms);
+        let reply = match tokio::time::timeout(limit, self.node.apply_on_leader(req)).await {
+            Ok(r) => r,
+            Err(_) => crate::node::ForwardReply::Unavailable(
+                "the leader could not reach a quorum in time".into(),
+            ),
+        };
+        encode(&reply)
     }
 
     async fn read_index(
@@ -1050,7 +1057,13 @@ impl pb::raft_internal_server::RaftInternal for Internal {
         request: Request<pb::RaftPayload>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(request.metadata())?;
-        let reply: ReadIndexReply = self.node.read_index_local().await;
+        let limit = std::time::Duration::from_millis(self.node.config.request_timeout_ms);
+        let reply = match tokio::time::timeout(limit, self.node.read_index_local()).await {
+            Ok(r) => r,
+            Err(_) => ReadIndexReply::Unavailable(
+                "the leader could not confirm its leadership in time".into(),
+            ),
+        };
         encode(&reply)
     }
 }

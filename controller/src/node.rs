@@ -168,14 +168,24 @@ impl ControllerNode {
             if start.elapsed() > deadline {
                 return Err(ApiError::unavailable(
                     format!(
-                        "no quorum: the write could not be committed within {deadline:?} ({last_err}); check `nubo cluster status` — a majority of controllers must be up"
+                        "no quorum: the write was not acknowledged within {deadline:?} ({last_err}); a majority of controllers must be up and connected, check `nubo cluster status`. If the write reached a leader it may still apply once a quorum returns: read before retrying"
                     ),
                     self.leader_addr(),
                 ));
             }
             // Is it us?
             let reply = match self.leader_hint() {
-                Some((leader, _)) if leader == self.id => self.apply_on_leader(req.clone()).await,
+                Some((leader, _)) if leader == self.id => {
+                    // A leader cut off from its quorum never completes the
+                    // write by itself: bound it.
+                    let remaining = deadline.saturating_sub(start.elapsed());
+                    match tokio::time::timeout(remaining, self.apply_on_leader(req.clone())).await {
+                        Ok(r) => r,
+                        Err(_) => ForwardReply::Unavailable(
+                            "the leader could not reach a quorum in time".into(),
+                        ),
+                    }
+                }
                 Some((leader, addr)) => {
                     let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
                     match self
@@ -265,7 +275,15 @@ impl ControllerNode {
                 ));
             }
             let reply = match self.leader_hint() {
-                Some((leader, _)) if leader == self.id => self.read_index_local().await,
+                Some((leader, _)) if leader == self.id => {
+                    let remaining = deadline.saturating_sub(start.elapsed());
+                    match tokio::time::timeout(remaining, self.read_index_local()).await {
+                        Ok(r) => r,
+                        Err(_) => ReadIndexReply::Unavailable(
+                            "the leader could not confirm its leadership with a quorum in time".into(),
+                        ),
+                    }
+                }
                 Some((leader, addr)) => {
                     let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
                     match self

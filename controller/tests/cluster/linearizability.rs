@@ -19,7 +19,7 @@
 //!   cluster under a nemesis (isolation, partitions, crashes, message loss)
 //!   and checks the history it recorded.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Debug};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +42,11 @@ use crate::harness::{create_cmd, TestCluster};
 /// A sequential specification. `step` returns every state the object may be
 /// in after `input` ran in `state` and produced `output` (`None`: the output
 /// is unknown, so any output the specification allows). No state means the
-/// step is impossible.
+/// step is impossible; with an unknown output some state must always be
+/// possible (every operation has some outcome).
 pub trait Model {
     type State: Clone + Debug + Eq + Hash + Ord;
-    type Input: Debug;
+    type Input: Debug + Eq + Hash;
     type Output: Debug;
 
     fn init(&self) -> Self::State;
@@ -138,6 +139,9 @@ impl Bitset {
     }
     fn get(&self, i: usize) -> bool {
         self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+    fn is_subset_of(&self, other: &Bitset) -> bool {
+        self.0.iter().zip(&other.0).all(|(a, b)| a & !b == 0)
     }
 }
 
@@ -234,8 +238,36 @@ fn step_set<M: Model>(
     next
 }
 
+/// For each operation with an unknown outcome, the previous one (by call
+/// time) with the same input, if any.
+fn twins<I: Eq + Hash, O>(ops: &[Operation<I, O>]) -> Vec<Option<usize>> {
+    let mut unknown: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].ret.is_none()).collect();
+    unknown.sort_by_key(|&i| ops[i].call);
+    let mut last: HashMap<&I, usize> = HashMap::new();
+    let mut twin = vec![None; ops.len()];
+    for i in unknown {
+        twin[i] = last.insert(&ops[i].input, i);
+    }
+    twin
+}
+
 /// Decides whether `ops` (one object's history) is linearizable with
 /// respect to `model`, giving up after `max_steps` search steps.
+///
+/// Operations with unknown outcomes stay pending until the end of the
+/// history, so they could multiply the search; three reductions keep them
+/// in check, all relying on the model accepting an unknown-outcome
+/// operation in any state (so one can always be placed at the end, which
+/// is also where "never happened" lives):
+/// - one is never linearized where it would not change the state;
+/// - of several pending ones with the same input, only the earliest-called
+///   is a candidate (they are interchangeable);
+/// - the memo prunes a configuration if one with the same known operations
+///   linearized, the same state, and a subset of its unknown operations
+///   linearized was already seen (fewer unknowns placed can only leave
+///   more options).
+///
+/// The search succeeds once every operation with a known outcome is placed.
 pub fn check_operations<M: Model>(
     model: &M,
     ops: &[Operation<M::Input, M::Output>],
@@ -243,43 +275,79 @@ pub fn check_operations<M: Model>(
 ) -> Result<CheckStats, CheckError> {
     let n = ops.len();
     let mut events = Events::new(ops);
-    let mut linearized = Bitset::new(n);
+    let twin = twins(ops);
+    let mut known_left = ops.iter().filter(|o| o.ret.is_some()).count();
+    // Linearized operations with known and with unknown outcomes.
+    let mut known_lin = Bitset::new(n);
+    let mut unknown_lin = Bitset::new(n);
     let mut state: Vec<M::State> = vec![model.init()];
-    let mut cache: HashSet<(Bitset, Vec<M::State>)> = HashSet::new();
+    // (known linearized, state) -> unknown linearized sets seen with them.
+    let mut cache: HashMap<(Bitset, Vec<M::State>), Vec<Bitset>> = HashMap::new();
+    let mut memo_entries = 0usize;
     // (operation, state set before it)
     let mut stack: Vec<(usize, Vec<M::State>)> = Vec::new();
     let mut best: (Vec<usize>, Vec<M::State>) = (Vec::new(), state.clone());
     let mut steps = 0u64;
     let mut entry = events.next[HEAD];
-    while events.next[HEAD] != NIL {
+    while known_left > 0 {
         steps += 1;
         if steps > max_steps {
             return Err(CheckError::Budget { steps, ops: n });
         }
-        // The list always ends with a return event, so a walk from the
-        // head meets one before running off the end.
+        // Unknown-outcome operations return at +infinity, after every
+        // known return, so a walk from the head meets the return of a
+        // pending known operation before running off the end.
         debug_assert!(entry != NIL);
         let i = events.op[entry];
         if events.is_call[entry] {
-            let next = step_set(model, &state, &ops[i]);
-            if !next.is_empty() {
-                let mut lin = linearized.clone();
-                lin.set(i);
-                let key = (lin, next);
-                if !cache.contains(&key) {
-                    cache.insert(key.clone());
-                    let (lin, next) = key;
-                    stack.push((i, std::mem::replace(&mut state, next)));
-                    linearized = lin;
-                    events.lift(i);
-                    if stack.len() > best.0.len() {
-                        best = (stack.iter().map(|e| e.0).collect(), state.clone());
-                    }
-                    entry = events.next[HEAD];
-                    continue;
-                }
+            let unknown = ops[i].ret.is_none();
+            let blocked = unknown && twin[i].is_some_and(|t| !unknown_lin.get(t));
+            let next = if blocked {
+                Vec::new()
+            } else {
+                step_set(model, &state, &ops[i])
+            };
+            // An unknown-outcome operation that changes nothing is left
+            // for later (or the end).
+            if next.is_empty() || (unknown && next == state) {
+                entry = events.next[entry];
+                continue;
             }
-            entry = events.next[entry];
+            let (mut k, mut u) = (known_lin.clone(), unknown_lin.clone());
+            if unknown {
+                u.set(i);
+            } else {
+                k.set(i);
+            }
+            let key = (k, next);
+            let fresh = match cache.get_mut(&key) {
+                Some(seen) if seen.iter().any(|s| s.is_subset_of(&u)) => false,
+                Some(seen) => {
+                    seen.push(u.clone());
+                    true
+                }
+                None => {
+                    cache.insert(key.clone(), vec![u.clone()]);
+                    true
+                }
+            };
+            if !fresh {
+                entry = events.next[entry];
+                continue;
+            }
+            memo_entries += 1;
+            let (k, next) = key;
+            stack.push((i, std::mem::replace(&mut state, next)));
+            known_lin = k;
+            unknown_lin = u;
+            events.lift(i);
+            if !unknown {
+                known_left -= 1;
+            }
+            if stack.len() > best.0.len() {
+                best = (stack.iter().map(|e| e.0).collect(), state.clone());
+            }
+            entry = events.next[HEAD];
         } else {
             // Operation `i` returned and was not linearized: undo the last
             // choice and try the next candidate after it.
@@ -287,15 +355,20 @@ pub fn check_operations<M: Model>(
                 return Err(CheckError::Violation(explain(model, ops, &best.0, &best.1)));
             };
             state = prev;
-            linearized.clear(j);
             events.unlift(j);
+            if ops[j].ret.is_some() {
+                known_lin.clear(j);
+                known_left += 1;
+            } else {
+                unknown_lin.clear(j);
+            }
             entry = events.next[events.call_node[j]];
         }
     }
     Ok(CheckStats {
         ops: n,
         steps,
-        cache_entries: cache.len(),
+        cache_entries: memo_entries,
     })
 }
 
@@ -386,7 +459,7 @@ pub struct FnState {
     pub alias: Option<(u64, Rev)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RegOp {
     Create {
         memory: u32,
@@ -1005,8 +1078,8 @@ fn lost_alias_revision_is_learned_from_reads() {
 #[test]
 fn search_budget_is_reported() {
     use RegOp::*;
-    // Many lost updates and an impossible final read: the search must try
-    // many subsets before it can conclude.
+    // Twelve overlapping updates and an impossible final read: the search
+    // must try every subset of the updates before it can conclude.
     let mut h = vec![op(
         0,
         Create { memory: 128 },
@@ -1014,13 +1087,14 @@ fn search_budget_is_reported() {
         1,
         RegOut::Config { memory: 128 },
     )];
-    for i in 0..10 {
-        h.push(unknown(
+    for i in 0..12 {
+        let memory = [256, 512][i % 2];
+        h.push(op(
             i + 1,
-            UpdateMemory {
-                memory: [256, 512][i % 2],
-            },
+            UpdateMemory { memory },
             2 + i as u64,
+            50,
+            RegOut::Config { memory },
         ));
     }
     h.push(op(0, Read, 100, 101, read(1024, 0, None)));
@@ -1029,7 +1103,78 @@ fn search_budget_is_reported() {
         check_operations(&RegistryModel::for_history(&h), &h, 50),
         Err(CheckError::Budget { steps: 51, ops })
     );
-    assert!(matches!(check(&h), Err(CheckError::Violation(_))));
+    let err = check(&h).expect_err("impossible read");
+    assert!(matches!(err, CheckError::Violation(_)), "{err}");
+}
+
+/// A diagnosis for failed histories: alias revisions that reads observed
+/// but no write reported producing (and no write with a lost outcome can
+/// explain), with the writes that probably produced them while telling
+/// their client they failed — the signature of a write applied twice.
+fn phantom_alias_writes(ops: &[Op]) -> Vec<String> {
+    let claimed = RegistryModel::for_history(ops).claimed;
+    let mut first_seen: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for o in ops {
+        if let Some((
+            ret,
+            RegOut::Read {
+                alias: Some((v, r)),
+                ..
+            },
+        )) = &o.ret
+        {
+            if !claimed.contains(r) {
+                let e = first_seen.entry(*r).or_insert((*v, *ret));
+                if *ret < e.1 {
+                    *e = (*v, *ret);
+                }
+            }
+        }
+    }
+    let targets = |o: &Op| match o.input {
+        RegOp::CreateAlias { version } | RegOp::AliasCas { version, .. } => Some(version),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (r, (v, seen)) in first_seen {
+        let lost = ops
+            .iter()
+            .any(|o| o.ret.is_none() && targets(o) == Some(v) && o.call < seen);
+        if lost {
+            continue;
+        }
+        let mut suspects: Vec<&Op> = ops
+            .iter()
+            .filter(|o| targets(o) == Some(v) && o.call < seen)
+            .filter(|o| {
+                matches!(
+                    &o.ret,
+                    Some((_, RegOut::FailedPrecondition | RegOut::AlreadyExists))
+                )
+            })
+            .collect();
+        suspects.sort_by_key(|o| std::cmp::Reverse(o.call));
+        let mut line = format!(
+            "  alias revision {r} (version {v}), first read by {:.3} ms, was returned by no write",
+            seen as f64 / 1e6
+        );
+        if let Some(o) = suspects.first() {
+            line.push_str(&format!(
+                "; the last write of that version invoked before it: {}",
+                o.describe()
+            ));
+        }
+        out.push(line);
+    }
+    if !out.is_empty() {
+        out.insert(
+            0,
+            "  diagnosis: writes took effect although their clients were told they failed \
+             (a write applied twice, e.g. a forwarded write retried after its reply was lost):"
+                .into(),
+        );
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -1047,7 +1192,8 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_STEPS_PER_KEY: u64 = 5_000_000;
 
 type Live = Arc<Mutex<BTreeMap<u64, Arc<ControllerNode>>>>;
-type History = Arc<Mutex<Vec<(usize, Op)>>>;
+/// (function index, node the client called, operation)
+type History = Arc<Mutex<Vec<(usize, u64, Op)>>>;
 
 /// What one client last saw of one function.
 #[derive(Default, Clone)]
@@ -1255,6 +1401,7 @@ async fn record_op(
     let ret = reply.out.clone().map(|o| (now(start), o));
     history.lock().expect("history lock").push((
         key,
+        node.id,
         Operation {
             client,
             input,
@@ -1310,11 +1457,13 @@ async fn nemesis(
     seed: u64,
     live: Live,
     stop: Arc<AtomicBool>,
-) -> (TestCluster, Vec<String>) {
+    start: Instant,
+) -> (TestCluster, Vec<(u64, String)>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let all = cluster.all_ids();
     let faults = cluster.faults.clone();
-    let mut log = Vec::new();
+    let mut log: Vec<(u64, String)> = Vec::new();
+    let mut note = |what: String| log.push((now(start), what));
     let pause = |rng: &mut StdRng| Duration::from_millis(rng.gen_range(300..=800));
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..=500))).await;
@@ -1325,33 +1474,37 @@ async fn nemesis(
             0 => {
                 if let Some(leader) = current_leader(&cluster) {
                     faults.isolate(leader, &all);
-                    log.push(format!("isolate leader {leader}"));
+                    note(format!("isolate leader {leader}"));
                     tokio::time::sleep(pause(&mut rng)).await;
                     faults.heal();
+                    note("heal".into());
                 }
             }
             1 => {
                 let one = *all.choose(&mut rng).expect("nodes");
                 let rest: Vec<u64> = all.iter().copied().filter(|&i| i != one).collect();
                 faults.partition(&[vec![one], rest]);
-                log.push(format!("partition {{{one}}}"));
+                note(format!("partition {{{one}}}"));
                 tokio::time::sleep(pause(&mut rng)).await;
                 faults.heal();
+                note("heal".into());
             }
             2 => {
                 let id = *all.choose(&mut rng).expect("nodes");
                 live.lock().expect("live lock").remove(&id);
+                note(format!("kill {id}"));
                 cluster.kill(id).await;
-                log.push(format!("kill {id}"));
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(400..=600))).await;
                 cluster.restart(id).await;
                 live.lock().expect("live lock").insert(id, cluster.node(id));
+                note(format!("restarted {id}"));
             }
             _ => {
                 faults.set_drop_rate(0.05);
-                log.push("drop 5%".into());
+                note("drop 5%".into());
                 tokio::time::sleep(pause(&mut rng)).await;
                 faults.heal();
+                note("heal".into());
             }
         }
     }
@@ -1403,7 +1556,7 @@ async fn registry_history_is_linearizable_under_nemesis() {
             ))
         })
         .collect();
-    let nemesis = tokio::spawn(nemesis(cluster, seed, live.clone(), stop.clone()));
+    let nemesis = tokio::spawn(nemesis(cluster, seed, live.clone(), stop.clone(), start));
 
     while history.lock().expect("history lock").len() < TARGET_OPS && start.elapsed() < WALL_LIMIT {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1434,9 +1587,18 @@ async fn registry_history_is_linearizable_under_nemesis() {
 
     let history = std::mem::take(&mut *history.lock().expect("history lock"));
     let total = history.len();
-    let unknown_count = history.iter().filter(|(_, o)| o.ret.is_none()).count();
+    let unknown_count = history.iter().filter(|(_, _, o)| o.ret.is_none()).count();
     let mut per_key: Vec<Vec<Op>> = vec![Vec::new(); KEYS.len()];
-    for (key, o) in history {
+    let mut dump = String::new();
+    for (key, node, o) in &history {
+        dump.push_str(&format!(
+            "{:>14} {} node {node} {}\n",
+            o.call,
+            KEYS[*key],
+            o.describe()
+        ));
+    }
+    for (key, _, o) in history {
         // A read with no output constrains nothing.
         if o.ret.is_none() && o.input == RegOp::Read {
             continue;
@@ -1466,16 +1628,46 @@ async fn registry_history_is_linearizable_under_nemesis() {
                     took.as_secs_f64() * 1e3
                 ));
                 failures.push(format!("function {}: {e}", KEYS[key]));
+                failures.extend(phantom_alias_writes(ops));
             }
         }
     }
+    let injected: Vec<&str> = faults
+        .iter()
+        .map(|(_, f)| f.as_str())
+        .filter(|f| *f != "heal" && !f.starts_with("restarted"))
+        .collect();
     println!(
         "linearizability: {total} ops ({unknown_count} unknown outcomes) by {CLIENTS} clients in {:.1} s, {} faults injected; check: {}",
         run_time.as_secs_f64(),
-        faults.len(),
+        injected.len(),
         timings.join(", ")
     );
-    println!("linearizability: faults: {}", faults.join(", "));
+    println!("linearizability: faults: {}", injected.join(", "));
+    if !failures.is_empty() {
+        // The whole history, for a closer look.
+        for (t, f) in &faults {
+            dump.push_str(&format!("{t:>14} NEMESIS {f}\n"));
+        }
+        let mut lines: Vec<&str> = dump.lines().collect();
+        lines.sort_by_key(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+        });
+        let path =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("linearizability-history.txt");
+        match std::fs::write(&path, lines.join("\n")) {
+            Ok(()) => failures.push(format!(
+                "the history (ns since start, by call time) is in {}",
+                path.display()
+            )),
+            Err(e) => failures.push(format!(
+                "could not write the history to {}: {e}",
+                path.display()
+            )),
+        }
+    }
 
     cluster.assert_one_leader_per_term();
     cluster.shutdown().await;
