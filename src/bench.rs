@@ -265,7 +265,10 @@ async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
 
 async fn leader_of(port: u16) -> anyhow::Result<u64> {
     let mut c = pb::cluster_client::ClusterClient::new(channel(port).await?);
-    let s = c.status(authed(pb::ClusterStatusRequest {})).await?.into_inner();
+    let s = c
+        .status(authed(pb::ClusterStatusRequest {}))
+        .await?
+        .into_inner();
     Ok(s.leader_id)
 }
 
@@ -320,7 +323,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Alias update latency, one client.
     eprintln!("bench: alias update latency ({} samples)...", args.samples);
     create_fn(&mut fc, "bench", zip_with(0, 1), true).await?;
-    fc.update_function_configuration(set_memory("bench", 256)).await?;
+    fc.update_function_configuration(set_memory("bench", 256))
+        .await?;
     fc.publish_version(authed(pb::PublishVersionRequest {
         function_name: "bench".into(),
         ..Default::default()
@@ -427,7 +431,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     failovers.sort();
 
     // Memory: a controller holding N functions x 3 versions x 2 aliases.
-    eprintln!("bench: loading {} functions (3 versions, 2 aliases each)...", args.functions);
+    eprintln!(
+        "bench: loading {} functions (3 versions, 2 aliases each)...",
+        args.functions
+    );
     let lport = ports[wait_ready(&ports).await? as usize - 1];
     let ch = channel(lport).await?;
     let n = args.functions;
@@ -444,7 +451,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let name = format!("m{i}");
                 create_fn(&mut c, &name, zip_with(0, i as u64), true).await?;
                 for mb in [256, 512] {
-                    c.update_function_configuration(set_memory(&name, mb)).await?;
+                    c.update_function_configuration(set_memory(&name, mb))
+                        .await?;
                     c.publish_version(authed(pb::PublishVersionRequest {
                         function_name: name.clone(),
                         ..Default::default()
@@ -461,7 +469,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .await?;
                 }
                 let done = progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if done % 1000 == 0 {
+                if done.is_multiple_of(1000) {
                     eprintln!("bench:   {done}/{n} functions");
                 }
                 i += workers;

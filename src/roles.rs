@@ -156,7 +156,10 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(token) = info.token {
         let file = config_dir().join("token");
         server::write_secret_file(&file, &token)?;
-        eprintln!("admin token stored in {} (the CLI reads it from there)", file.display());
+        eprintln!(
+            "admin token stored in {} (the CLI reads it from there)",
+            file.display()
+        );
     }
     let endpoint = format!("http://{}", running.addr);
     if let Some(m) = running.metrics_addr {

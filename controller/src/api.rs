@@ -307,7 +307,8 @@ impl Api {
     ) -> Result<Outcome, ApiError> {
         if self.node.with_registry(|r| r.has_blob(sha)) {
             match self.node.write(make(None)).await {
-                Err(ApiError::Registry(RegistryError::FailedPrecondition(m))) if m.contains("upload it again") => {}
+                Err(ApiError::Registry(RegistryError::FailedPrecondition(m)))
+                    if m.contains("upload it again") => {}
                 other => return other,
             }
         }
@@ -429,7 +430,9 @@ impl pb::functions_server::Functions for Api {
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             self.read(false).await?;
-            let (view, alias) = self.node.with_registry(|reg| reg.get(&r.function_name, &r.qualifier))?;
+            let (view, alias) = self
+                .node
+                .with_registry(|reg| reg.get(&r.function_name, &r.qualifier))?;
             Ok(pb::GetFunctionResponse {
                 configuration: Some(config_to_pb(&view)),
                 alias: alias.map(|a| alias_to_pb(&r.function_name, &a)),
@@ -456,7 +459,9 @@ impl pb::functions_server::Functions for Api {
                 n => n as usize,
             };
             self.read(r.stale_ok).await?;
-            let (items, next) = self.node.with_registry(|reg| reg.list_functions(&r.marker, max));
+            let (items, next) = self
+                .node
+                .with_registry(|reg| reg.list_functions(&r.marker, max));
             Ok(pb::ListFunctionsResponse {
                 functions: items.iter().map(config_to_pb).collect(),
                 next_marker: next,
@@ -473,14 +478,12 @@ impl pb::functions_server::Functions for Api {
             self.authorize(request.metadata(), Scope::Deploy, "UpdateFunctionCode")?;
             let limits = self.node.config.limits();
             let (h, code) = self
-                .receive_code(
-                    request.into_inner(),
-                    |h: &pb::UpdateFunctionCodeHeader| {
-                        validate::function_name(&h.function_name)?;
-                        self.node.with_registry(|r| r.function(&h.function_name).map(|_| ()))?;
-                        Ok(())
-                    },
-                )
+                .receive_code(request.into_inner(), |h: &pb::UpdateFunctionCodeHeader| {
+                    validate::function_name(&h.function_name)?;
+                    self.node
+                        .with_registry(|r| r.function(&h.function_name).map(|_| ()))?;
+                    Ok(())
+                })
                 .await?;
             let (runtime, handler) = self.node.with_registry(|r| {
                 r.function(&h.function_name)
@@ -585,7 +588,9 @@ impl pb::functions_server::Functions for Api {
                 .sm
                 .blob(&sha)
                 .map_err(|e| ApiError::Internal(e.to_string()))?
-                .ok_or_else(|| RegistryError::not_found(format!("no code package with sha256 {sha}")))?;
+                .ok_or_else(|| {
+                    RegistryError::not_found(format!("no code package with sha256 {sha}"))
+                })?;
             let chunks: Vec<Result<pb::CodeChunk, Status>> = data
                 .chunks(CODE_CHUNK)
                 .map(|c| Ok(pb::CodeChunk { data: c.to_vec() }))
@@ -628,15 +633,26 @@ impl pb::functions_server::Functions for Api {
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             self.read(r.stale_ok).await?;
-            let all = self.node.with_registry(|reg| reg.list_versions(&r.function_name))?;
-            let max = if r.max_items == 0 { usize::MAX } else { r.max_items as usize };
+            let all = self
+                .node
+                .with_registry(|reg| reg.list_versions(&r.function_name))?;
+            let max = if r.max_items == 0 {
+                usize::MAX
+            } else {
+                r.max_items as usize
+            };
             let start = if r.marker.is_empty() {
                 0
             } else {
                 all.iter()
                     .position(|v| v.version == r.marker)
                     .map(|i| i + 1)
-                    .ok_or_else(|| RegistryError::invalid(format!("marker {} is not a version of {}", r.marker, r.function_name)))?
+                    .ok_or_else(|| {
+                        RegistryError::invalid(format!(
+                            "marker {} is not a version of {}",
+                            r.marker, r.function_name
+                        ))
+                    })?
             };
             let page: Vec<_> = all.iter().skip(start).take(max).collect();
             let next = if start + page.len() < all.len() {
@@ -691,7 +707,9 @@ impl pb::functions_server::Functions for Api {
             validate::function_name(&r.function_name)?;
             validate::alias_name(&r.name)?;
             self.read(false).await?;
-            let a = self.node.with_registry(|reg| reg.alias(&r.function_name, &r.name))?;
+            let a = self
+                .node
+                .with_registry(|reg| reg.alias(&r.function_name, &r.name))?;
             Ok(alias_to_pb(&r.function_name, &a))
         })
         .await
@@ -718,7 +736,11 @@ impl pb::functions_server::Functions for Api {
             if let Some(w) = &routing {
                 // The primary may change in the same call; the state machine
                 // re-checks against the final primary.
-                let primary = if r.function_version.is_empty() { "" } else { r.function_version.as_str() };
+                let primary = if r.function_version.is_empty() {
+                    ""
+                } else {
+                    r.function_version.as_str()
+                };
                 validate::routing_weights(primary, w)?;
             }
             let f = r.function_name.clone();
@@ -771,7 +793,10 @@ impl pb::functions_server::Functions for Api {
                 .node
                 .with_registry(|reg| reg.list_aliases(&r.function_name, &r.function_version))?;
             Ok(pb::ListAliasesResponse {
-                aliases: list.iter().map(|a| alias_to_pb(&r.function_name, a)).collect(),
+                aliases: list
+                    .iter()
+                    .map(|a| alias_to_pb(&r.function_name, a))
+                    .collect(),
             })
         })
         .await
@@ -815,14 +840,21 @@ impl Api {
                 pb::NodeStatus {
                     id: *id,
                     address: n.addr.clone(),
-                    role: if voters.contains(id) { "voter".into() } else { "learner".into() },
+                    role: if voters.contains(id) {
+                        "voter".into()
+                    } else {
+                        "learner".into()
+                    },
                     is_leader: *id == leader,
                     health,
                     matched_index: matched.unwrap_or(if *id == self.node.id { last } else { 0 }),
                 }
             })
             .collect();
-        let leader_address = membership.get_node(&leader).map(|n| n.addr.clone()).unwrap_or_default();
+        let leader_address = membership
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default();
         let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
         pb::ClusterStatusResponse {
             node_id: self.node.id,
@@ -919,7 +951,9 @@ impl pb::tokens_server::Tokens for Api {
                 ))
             })?;
             if r.name.len() > 128 {
-                return Err(RegistryError::invalid("token name is longer than 128 characters").into());
+                return Err(
+                    RegistryError::invalid("token name is longer than 128 characters").into(),
+                );
             }
             let secret = new_token_secret();
             let id = new_token_id();
@@ -988,11 +1022,18 @@ pub struct Internal {
 
 impl Internal {
     fn check(&self, md: &MetadataMap) -> Result<(), Status> {
-        let got = md.get(SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let got = md
+            .get(SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let want = self.node.config.cluster_secret.as_str();
         // Constant-time comparison: the secret guards cluster membership.
         let ok = got.len() == want.len()
-            && got.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && got
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if ok {
             Ok(())
         } else {
@@ -1024,7 +1065,10 @@ impl pb::raft_internal_server::RaftInternal for Internal {
         encode(&self.node.raft.append_entries(req).await)
     }
 
-    async fn vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(request.metadata())?;
         let req = decode(request.into_inner())?;
         encode(&self.node.raft.vote(req).await)
@@ -1039,7 +1083,10 @@ impl pb::raft_internal_server::RaftInternal for Internal {
         encode(&self.node.raft.install_snapshot(req).await)
     }
 
-    async fn forward(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn forward(
+        &self,
+        request: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         self.check(request.metadata())?;
         let req: ForwardRequest = decode(request.into_inner())?;
         let limit = std::time::Duration::from_millis(self.node.config.request_timeout_ms);

@@ -55,7 +55,10 @@ impl Metrics {
             .replication
             .as_ref()
             .and_then(|r| {
-                let mut m: Vec<u64> = r.values().map(|v| v.map(|l| l.index).unwrap_or(0)).collect();
+                let mut m: Vec<u64> = r
+                    .values()
+                    .map(|v| v.map(|l| l.index).unwrap_or(0))
+                    .collect();
                 m.sort_unstable();
                 m.get(m.len().saturating_sub(1) / 2).copied()
             })
@@ -63,16 +66,35 @@ impl Metrics {
         let _ = writeln!(out, "# HELP nubo_raft_commit_index Commit index (leader: replication majority; follower: applied).\n# TYPE nubo_raft_commit_index gauge\nnubo_raft_commit_index {commit}");
         let _ = writeln!(out, "# HELP nubo_api_requests_total API requests by method and status code.\n# TYPE nubo_api_requests_total counter");
         for ((m, c), n) in self.requests.lock().expect("lock").iter() {
-            let _ = writeln!(out, "nubo_api_requests_total{{method=\"{m}\",code=\"{c}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "nubo_api_requests_total{{method=\"{m}\",code=\"{c}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP nubo_api_request_duration_seconds API latency by method.\n# TYPE nubo_api_request_duration_seconds histogram");
         for (m, h) in self.latency.lock().expect("lock").iter() {
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"{b}\"}} {}", h.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
             }
-            let _ = writeln!(out, "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "nubo_api_request_duration_seconds_sum{{method=\"{m}\"}} {}", h.sum);
-            let _ = writeln!(out, "nubo_api_request_duration_seconds_count{{method=\"{m}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "nubo_api_request_duration_seconds_bucket{{method=\"{m}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "nubo_api_request_duration_seconds_sum{{method=\"{m}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "nubo_api_request_duration_seconds_count{{method=\"{m}\"}} {}",
+                h.count
+            );
         }
         out
     }

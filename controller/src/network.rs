@@ -130,7 +130,11 @@ impl Peers {
 
     /// How long ago an RPC to `node` last succeeded.
     pub fn last_ok(&self, node: NodeId) -> Option<Duration> {
-        self.last_ok.lock().expect("lock").get(&node).map(|t| t.elapsed())
+        self.last_ok
+            .lock()
+            .expect("lock")
+            .get(&node)
+            .map(|t| t.elapsed())
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -167,7 +171,9 @@ impl Peers {
         request.set_timeout(timeout);
         request.metadata_mut().insert(
             SECRET_HEADER,
-            self.secret.parse().map_err(|_| "cluster secret is not valid ASCII".to_string())?,
+            self.secret
+                .parse()
+                .map_err(|_| "cluster secret is not valid ASCII".to_string())?,
         );
         let fut = async {
             match method {
@@ -181,10 +187,19 @@ impl Peers {
         let resp = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| format!("rpc to node {to} timed out after {timeout:?}"))?
-            .map_err(|s| format!("rpc to node {to} ({addr}) failed: {}: {}", s.code(), s.message()))?;
+            .map_err(|s| {
+                format!(
+                    "rpc to node {to} ({addr}) failed: {}: {}",
+                    s.code(),
+                    s.message()
+                )
+            })?;
         // The reply crosses the same faulty network.
         self.faults.check(to, self.self_id).await?;
-        self.last_ok.lock().expect("lock").insert(to, Instant::now());
+        self.last_ok
+            .lock()
+            .expect("lock")
+            .insert(to, Instant::now());
         serde_json::from_slice(&resp.into_inner().data).map_err(|e| format!("decoding reply: {e}"))
     }
 }

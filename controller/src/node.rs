@@ -20,6 +20,8 @@ use crate::store::{open_db, Durability, LogStore, StateMachineStore};
 use crate::types::{NodeId, Raft};
 
 /// Requests a follower hands to the leader.
+// Short-lived messages: boxing the big variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Command),
@@ -28,6 +30,7 @@ pub enum ForwardRequest {
     Remove { id: NodeId },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardReply {
     Applied(Result<Outcome, RegistryError>),
@@ -57,7 +60,10 @@ pub struct ControllerNode {
 impl ControllerNode {
     /// Opens the store under `config.data_dir` and starts the Raft node.
     /// Does not initialize the cluster; see `bootstrap`.
-    pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Arc<Self>, ApiError> {
+    pub async fn start(
+        config: ControllerConfig,
+        faults: Arc<Faults>,
+    ) -> Result<Arc<Self>, ApiError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ApiError::Internal(format!(
                 "creating data dir {}: {e}",
@@ -160,7 +166,10 @@ impl ControllerNode {
     }
 
     /// Runs a request on the leader, forwarding when needed.
-    pub async fn submit(&self, req: ForwardRequest) -> Result<Result<Outcome, RegistryError>, ApiError> {
+    pub async fn submit(
+        &self,
+        req: ForwardRequest,
+    ) -> Result<Result<Outcome, RegistryError>, ApiError> {
         let start = Instant::now();
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
@@ -187,7 +196,9 @@ impl ControllerNode {
                     }
                 }
                 Some((leader, addr)) => {
-                    let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
+                    let remaining = deadline
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_millis(50));
                     match self
                         .peers
                         .call::<ForwardRequest, ForwardReply>(
@@ -280,15 +291,24 @@ impl ControllerNode {
                     match tokio::time::timeout(remaining, self.read_index_local()).await {
                         Ok(r) => r,
                         Err(_) => ReadIndexReply::Unavailable(
-                            "the leader could not confirm its leadership with a quorum in time".into(),
+                            "the leader could not confirm its leadership with a quorum in time"
+                                .into(),
                         ),
                     }
                 }
                 Some((leader, addr)) => {
-                    let remaining = deadline.saturating_sub(start.elapsed()).max(Duration::from_millis(50));
+                    let remaining = deadline
+                        .saturating_sub(start.elapsed())
+                        .max(Duration::from_millis(50));
                     match self
                         .peers
-                        .call::<(), ReadIndexReply>(leader, &addr, Method::ReadIndex, &(), remaining)
+                        .call::<(), ReadIndexReply>(
+                            leader,
+                            &addr,
+                            Method::ReadIndex,
+                            &(),
+                            remaining,
+                        )
                         .await
                     {
                         Ok(r) => r,

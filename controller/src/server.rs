@@ -57,7 +57,9 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
             config.listen
         ))
     })?;
-    let addr = listener.local_addr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let node = ControllerNode::start(config.clone(), faults).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
@@ -91,12 +93,14 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
 
     let mut metrics_addr = None;
     if !config.metrics_listen.is_empty() {
-        let l = TcpListener::bind(&config.metrics_listen).await.map_err(|e| {
-            ApiError::Internal(format!(
-                "cannot listen for metrics on {}: {e}",
-                config.metrics_listen
-            ))
-        })?;
+        let l = TcpListener::bind(&config.metrics_listen)
+            .await
+            .map_err(|e| {
+                ApiError::Internal(format!(
+                    "cannot listen for metrics on {}: {e}",
+                    config.metrics_listen
+                ))
+            })?;
         metrics_addr = l.local_addr().ok();
         let n = node.clone();
         let app = axum::Router::new().route(
@@ -119,7 +123,9 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
 
     if !config.join {
         let members = if config.peers.is_empty() {
-            [(config.id, config.advertise.clone())].into_iter().collect()
+            [(config.id, config.advertise.clone())]
+                .into_iter()
+                .collect()
         } else {
             config.peers.clone()
         };
@@ -143,8 +149,8 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
 /// initializing node does this, once.
 pub async fn ensure_admin_token(node: &Arc<ControllerNode>) -> Result<BootstrapInfo, ApiError> {
     let c = &node.config;
-    let initializer = c.join.eq(&false)
-        && (c.peers.is_empty() || c.peers.keys().next() == Some(&c.id));
+    let initializer =
+        c.join.eq(&false) && (c.peers.is_empty() || c.peers.keys().next() == Some(&c.id));
     let file = c.data_dir.join("admin.token");
     if !initializer {
         return Ok(BootstrapInfo {
@@ -155,7 +161,9 @@ pub async fn ensure_admin_token(node: &Arc<ControllerNode>) -> Result<BootstrapI
     if file.exists() {
         return Ok(BootstrapInfo {
             token_file: Some(file.clone()),
-            token: std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string()),
+            token: std::fs::read_to_string(&file)
+                .ok()
+                .map(|s| s.trim().to_string()),
         });
     }
     node.linearizable_read().await?;
@@ -206,5 +214,6 @@ pub fn write_secret_file(path: &std::path::Path, secret: &str) -> Result<(), Api
         .mode(0o600)
         .open(path)
         .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))?;
-    writeln!(f, "{secret}").map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+    writeln!(f, "{secret}")
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
 }

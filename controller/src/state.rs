@@ -112,8 +112,6 @@ impl Registry {
                     .get(&name)
                     .ok_or_else(|| missing_function(&name))?;
                 check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
-                let runtime = f.latest.runtime.clone();
-                let _ = runtime;
                 self.ensure_blob(&code_sha256, code_size, code, effects)?;
                 self.add_ref(&code_sha256);
                 let f = self.functions.get_mut(&name).expect("checked above");
@@ -299,9 +297,7 @@ impl Registry {
             }
             Command::RevokeToken { id } => {
                 self.tokens.remove(&id).ok_or_else(|| {
-                    RegistryError::not_found(format!(
-                        "token {id} not found: see `nubo token list`"
-                    ))
+                    RegistryError::not_found(format!("token {id} not found: see `nubo token list`"))
                 })?;
                 Ok(Outcome::Done)
             }
@@ -368,7 +364,10 @@ impl Registry {
         description: String,
         now_ms: u64,
     ) -> Result<ConfigView, RegistryError> {
-        let f = self.functions.get_mut(name).ok_or_else(|| missing_function(name))?;
+        let f = self
+            .functions
+            .get_mut(name)
+            .ok_or_else(|| missing_function(name))?;
         if let Some((_, last)) = f.versions.iter().next_back() {
             if last.config.same_for_publish(&f.latest) {
                 return Ok(version_view(name, last));
@@ -383,7 +382,9 @@ impl Registry {
     // ---- reads ----
 
     pub fn function(&self, name: &str) -> Result<&Function, RegistryError> {
-        self.functions.get(name).ok_or_else(|| missing_function(name))
+        self.functions
+            .get(name)
+            .ok_or_else(|| missing_function(name))
     }
 
     /// Resolves `name` + qualifier to a configuration (and the alias, when
@@ -544,7 +545,10 @@ fn check_versions_exist(
     routing: &BTreeMap<String, f64>,
 ) -> Result<(), RegistryError> {
     for v in std::iter::once(primary).chain(routing.keys().map(String::as_str)) {
-        let exists = v.parse::<u64>().ok().is_some_and(|n| f.versions.contains_key(&n));
+        let exists = v
+            .parse::<u64>()
+            .ok()
+            .is_some_and(|n| f.versions.contains_key(&n));
         if !exists {
             return Err(RegistryError::not_found(format!(
                 "version {v} of function {} not found: publish it first (`nubo version publish {}`)",
@@ -553,4 +557,333 @@ fn check_versions_exist(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ConfigPatch, InlineCode};
+
+    fn cfg(sha: &str) -> FunctionConfig {
+        let mut c = FunctionConfig::defaults(sha.into(), 3);
+        c.runtime = "python3.11".into();
+        c.handler = "app.handler".into();
+        c
+    }
+
+    fn code(sha: &str) -> Option<InlineCode> {
+        Some(InlineCode {
+            sha256: sha.into(),
+            data: sha.as_bytes().to_vec(),
+        })
+    }
+
+    fn create(r: &mut Registry, i: u64, name: &str, sha: &str) -> (ApplyResult, Vec<BlobEffect>) {
+        r.apply(
+            i,
+            Command::CreateFunction {
+                name: name.into(),
+                config: cfg(sha),
+                code: code(sha),
+                publish: false,
+                now_ms: i,
+            },
+        )
+    }
+
+    fn publish(r: &mut Registry, i: u64, name: &str) -> String {
+        match r.apply(
+            i,
+            Command::PublishVersion {
+                name: name.into(),
+                description: String::new(),
+                expected_code_sha256: None,
+                expected_revision: None,
+                now_ms: i,
+            },
+        ) {
+            (Ok(Outcome::Config(v)), _) => v.version,
+            other => panic!("publish failed: {other:?}"),
+        }
+    }
+
+    fn set_memory(r: &mut Registry, i: u64, name: &str, mb: u32) -> ApplyResult {
+        r.apply(
+            i,
+            Command::UpdateFunctionConfiguration {
+                name: name.into(),
+                patch: ConfigPatch {
+                    memory_mb: Some(mb),
+                    ..Default::default()
+                },
+                expected_revision: None,
+                now_ms: i,
+            },
+        )
+        .0
+    }
+
+    #[test]
+    fn create_stores_the_blob_once_and_rejects_duplicates() {
+        let mut r = Registry::default();
+        let (res, eff) = create(&mut r, 1, "f", "aa");
+        assert!(res.is_ok());
+        assert_eq!(eff.len(), 1, "the blob is written");
+        let (res, eff) = create(&mut r, 2, "f", "aa");
+        assert!(matches!(res, Err(RegistryError::AlreadyExists(_))));
+        assert!(eff.is_empty(), "a failed command has no effects");
+        // A second function with the same code shares the blob.
+        let (res, eff) = create(&mut r, 3, "g", "aa");
+        assert!(res.is_ok());
+        assert!(eff.is_empty());
+        assert_eq!(r.blob_refs["aa"], 2);
+    }
+
+    #[test]
+    fn missing_blob_without_inline_code_is_a_precondition_failure() {
+        let mut r = Registry::default();
+        let (res, _) = r.apply(
+            1,
+            Command::CreateFunction {
+                name: "f".into(),
+                config: cfg("zz"),
+                code: None,
+                publish: false,
+                now_ms: 1,
+            },
+        );
+        match res {
+            Err(RegistryError::FailedPrecondition(m)) => assert!(m.contains("upload it again")),
+            other => panic!("{other:?}"),
+        }
+        assert!(r.functions.is_empty());
+    }
+
+    #[test]
+    fn versions_count_up_dedupe_unchanged_latest_and_are_never_reused() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").0.unwrap();
+        assert_eq!(publish(&mut r, 2, "f"), "1");
+        assert_eq!(publish(&mut r, 3, "f"), "1", "unchanged $LATEST returns v1");
+        set_memory(&mut r, 4, "f", 256).unwrap();
+        assert_eq!(publish(&mut r, 5, "f"), "2");
+        let (res, _) = r.apply(
+            6,
+            Command::DeleteVersion {
+                name: "f".into(),
+                version: 2,
+            },
+        );
+        res.unwrap();
+        set_memory(&mut r, 7, "f", 512).unwrap();
+        assert_eq!(publish(&mut r, 8, "f"), "3", "number 2 is not reused");
+        let (view, _) = r.get("f", "3").unwrap();
+        assert_eq!(view.config.memory_mb, 512);
+        assert_eq!(r.get("f", "1").unwrap().0.config.memory_mb, 128);
+    }
+
+    #[test]
+    fn alias_compare_and_set_and_delete_guard() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").0.unwrap();
+        publish(&mut r, 2, "f");
+        set_memory(&mut r, 3, "f", 256).unwrap();
+        publish(&mut r, 4, "f");
+        let (res, _) = r.apply(
+            5,
+            Command::CreateAlias {
+                function: "f".into(),
+                alias: "prod".into(),
+                function_version: "1".into(),
+                routing: [("2".to_string(), 0.25)].into_iter().collect(),
+                description: String::new(),
+            },
+        );
+        let Ok(Outcome::Alias(a)) = res else {
+            panic!("{res:?}")
+        };
+        let upd = |rev: &str, v: &str| Command::UpdateAlias {
+            function: "f".into(),
+            alias: "prod".into(),
+            function_version: Some(v.into()),
+            routing: Some(BTreeMap::new()),
+            description: None,
+            expected_revision: Some(rev.into()),
+        };
+        let (res, _) = r.apply(6, upd(&a.revision_id, "2"));
+        let Ok(Outcome::Alias(b)) = res else {
+            panic!("{res:?}")
+        };
+        assert_eq!(b.function_version, "2");
+        assert_ne!(a.revision_id, b.revision_id);
+        let (res, _) = r.apply(7, upd(&a.revision_id, "1"));
+        assert!(
+            matches!(res, Err(RegistryError::FailedPrecondition(_))),
+            "stale CAS must fail"
+        );
+        let (res, _) = r.apply(
+            8,
+            Command::DeleteVersion {
+                name: "f".into(),
+                version: 2,
+            },
+        );
+        assert!(matches!(res, Err(RegistryError::FailedPrecondition(m)) if m.contains("prod")));
+        // Routing to a version that does not exist.
+        let (res, _) = r.apply(
+            9,
+            Command::UpdateAlias {
+                function: "f".into(),
+                alias: "prod".into(),
+                function_version: None,
+                routing: Some([("9".to_string(), 0.5)].into_iter().collect()),
+                description: None,
+                expected_revision: None,
+            },
+        );
+        assert!(matches!(res, Err(RegistryError::NotFound(_))));
+        let (alias_view, alias) = r.get("f", "prod").unwrap();
+        assert_eq!(alias_view.version, "2");
+        assert_eq!(alias.unwrap().name, "prod");
+    }
+
+    #[test]
+    fn unreferenced_blobs_are_collected() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").0.unwrap();
+        publish(&mut r, 2, "f");
+        let (res, eff) = r.apply(
+            3,
+            Command::UpdateFunctionCode {
+                name: "f".into(),
+                code_sha256: "bb".into(),
+                code_size: 2,
+                code: code("bb"),
+                expected_revision: None,
+                publish: false,
+                now_ms: 3,
+            },
+        );
+        res.unwrap();
+        // aa is still used by version 1.
+        assert_eq!(
+            eff,
+            vec![BlobEffect::Put {
+                sha256: "bb".into(),
+                data: b"bb".to_vec()
+            }]
+        );
+        let (res, eff) = r.apply(4, Command::DeleteFunction { name: "f".into() });
+        res.unwrap();
+        let mut deleted: Vec<_> = eff
+            .iter()
+            .map(|e| match e {
+                BlobEffect::Delete { sha256 } => sha256.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        deleted.sort();
+        assert_eq!(deleted, vec!["aa", "bb"]);
+        assert!(r.blobs.is_empty() && r.blob_refs.is_empty());
+    }
+
+    #[test]
+    fn revision_checks_on_latest() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").0.unwrap();
+        let rev = r.functions["f"].latest_revision.clone();
+        set_memory(&mut r, 2, "f", 256).unwrap();
+        let (res, _) = r.apply(
+            3,
+            Command::PublishVersion {
+                name: "f".into(),
+                description: String::new(),
+                expected_code_sha256: None,
+                expected_revision: Some(rev),
+                now_ms: 3,
+            },
+        );
+        assert!(matches!(res, Err(RegistryError::FailedPrecondition(_))));
+        let (res, _) = r.apply(
+            4,
+            Command::PublishVersion {
+                name: "f".into(),
+                description: String::new(),
+                expected_code_sha256: Some("other".into()),
+                expected_revision: None,
+                now_ms: 4,
+            },
+        );
+        assert!(matches!(res, Err(RegistryError::FailedPrecondition(m)) if m.contains("sha256")));
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let cmds: Vec<Command> = (0..50)
+            .map(|i| match i % 3 {
+                0 => Command::CreateFunction {
+                    name: format!("f{}", i % 7),
+                    config: cfg(&format!("s{}", i % 5)),
+                    code: code(&format!("s{}", i % 5)),
+                    publish: i % 2 == 0,
+                    now_ms: i,
+                },
+                1 => Command::PublishVersion {
+                    name: format!("f{}", i % 7),
+                    description: String::new(),
+                    expected_code_sha256: None,
+                    expected_revision: None,
+                    now_ms: i,
+                },
+                _ => Command::DeleteFunction {
+                    name: format!("f{}", i % 7),
+                },
+            })
+            .collect();
+        let mut a = Registry::default();
+        let mut b = Registry::default();
+        let ra: Vec<_> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| a.apply(i as u64, c.clone()))
+            .collect();
+        let rb: Vec<_> = cmds
+            .iter()
+            .enumerate()
+            .map(|(i, c)| b.apply(i as u64, c.clone()))
+            .collect();
+        assert_eq!(ra, rb);
+        assert_eq!(a, b);
+        // And it survives a JSON round trip (snapshots).
+        let c: Registry = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn tokens_are_unique_and_revocable() {
+        let mut r = Registry::default();
+        let t = Token {
+            id: "t1".into(),
+            name: "ci".into(),
+            scope: crate::model::Scope::Deploy,
+            hash: "h1".into(),
+            created_at_ms: 1,
+        };
+        r.apply(1, Command::CreateToken { token: t.clone() })
+            .0
+            .unwrap();
+        assert!(matches!(
+            r.apply(2, Command::CreateToken { token: t }).0,
+            Err(RegistryError::AlreadyExists(_))
+        ));
+        assert_eq!(r.token_by_hash("h1").unwrap().id, "t1");
+        r.apply(3, Command::RevokeToken { id: "t1".into() })
+            .0
+            .unwrap();
+        assert!(r.token_by_hash("h1").is_none());
+        assert!(matches!(
+            r.apply(4, Command::RevokeToken { id: "t1".into() }).0,
+            Err(RegistryError::NotFound(_))
+        ));
+    }
 }

@@ -12,6 +12,10 @@
 //! the committed log, which openraft drives because `save_committed` is
 //! implemented.
 
+// openraft's `StorageError` is large, and the trait signatures that return
+// it are openraft's; boxing it in our helpers would only move the problem.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -23,7 +27,9 @@ use openraft::{
     AnyError, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader,
     RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -38,7 +44,11 @@ const CF_META: &str = "meta";
 const CF_SM: &str = "sm";
 const CF_BLOBS: &str = "blobs";
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> SErr {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> SErr {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -96,7 +106,9 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, SErr> {
@@ -113,8 +125,8 @@ impl LogStore {
     }
 
     fn put_meta<T: Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<(), SErr> {
-        let bytes =
-            serde_json::to_vec(value).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut wo = WriteOptions::default();
         wo.set_sync(sync && self.durability.sync);
         self.db
@@ -193,7 +205,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>("committed")?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
@@ -212,7 +226,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write_opt(batch, &write_opts(self.durability))
             .map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = res.as_ref().err().map(|e| std::io::Error::other(e.to_string()));
+        let failed = res
+            .as_ref()
+            .err()
+            .map(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(res);
         match failed {
             Some(e) => Err(write_logs_err(e)),
@@ -231,7 +248,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
             .map_err(write_logs_err)?;
         // delete_range excludes the end key itself.
-        self.db.delete_cf(cf, idx_key(u64::MAX)).map_err(write_logs_err)
+        self.db
+            .delete_cf(cf, idx_key(u64::MAX))
+            .map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
@@ -299,7 +318,9 @@ impl StateMachineStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 
     fn read_stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
@@ -348,7 +369,9 @@ impl StateMachineStore {
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
     }
 
-    fn encode_snapshot(&self) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), SErr> {
+    fn encode_snapshot(
+        &self,
+    ) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), SErr> {
         let st = self.state.read().expect("lock");
         let mut blobs = Vec::with_capacity(st.registry.blobs.len());
         for sha in st.registry.blobs.keys() {
@@ -381,7 +404,11 @@ impl StateMachineStore {
         Ok((meta, data))
     }
 
-    fn persist_snapshot(&self, meta: &SnapshotMeta<NodeId, openraft::BasicNode>, data: &[u8]) -> Result<(), SErr> {
+    fn persist_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        data: &[u8],
+    ) -> Result<(), SErr> {
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: data.to_vec(),
@@ -389,7 +416,12 @@ impl StateMachineStore {
         let bytes = serde_json::to_vec(&stored)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
         self.db
-            .put_cf_opt(self.cf(CF_SM), "snapshot", bytes, &write_opts(self.durability))
+            .put_cf_opt(
+                self.cf(CF_SM),
+                "snapshot",
+                bytes,
+                &write_opts(self.durability),
+            )
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))
     }
 }
@@ -410,7 +442,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, openraft::BasicNode>), SErr> {
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        SErr,
+    > {
         let st = self.state.read().expect("lock");
         Ok((st.last_applied, st.last_membership.clone()))
     }
@@ -471,7 +509,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let cf = self.cf(CF_BLOBS);
         let mut batch = WriteBatch::default();
         for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) = item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+            let (k, _) =
+                item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
             batch.delete_cf(cf, k);
         }
         for b in &payload.blobs {

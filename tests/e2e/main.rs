@@ -19,7 +19,9 @@ fn free_port() -> u16 {
 }
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 /// A child process killed (SIGKILL) when dropped, so a failing test leaves
@@ -153,7 +155,11 @@ fn start_up(env: &Env, port: u16, metrics: u16) -> Proc {
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -169,21 +175,38 @@ fn nubo_up_deploys_and_keeps_data_across_restarts() {
     let (port, metrics) = (free_port(), free_port());
     let ep = format!("http://127.0.0.1:{port}");
     let mut up = start_up(&env, port, metrics);
-    assert!(env.config_dir().join("token").exists(), "nubo up must store the admin token");
+    assert!(
+        env.config_dir().join("token").exists(),
+        "nubo up must store the admin token"
+    );
 
     let code = example("hello");
     env.cli_ok(
         &ep,
         None,
         &[
-            "function", "create", "hello", "--runtime", "python3.11", "--handler",
-            "app.lambda_handler", "--code", code.to_str().unwrap(), "--memory", "256",
-            "--env", "GREETING=Hi",
+            "function",
+            "create",
+            "hello",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            code.to_str().unwrap(),
+            "--memory",
+            "256",
+            "--env",
+            "GREETING=Hi",
         ],
     );
     let v = env.cli_ok(&ep, None, &["version", "publish", "hello", "-o", "json"]);
     assert!(v.contains("\"1\""), "publish printed {v}");
-    env.cli_ok(&ep, None, &["alias", "create", "hello", "prod", "--version", "1"]);
+    env.cli_ok(
+        &ep,
+        None,
+        &["alias", "create", "hello", "prod", "--version", "1"],
+    );
     let got = env.cli_ok(&ep, None, &["function", "get", "hello:prod", "-o", "json"]);
     assert!(got.contains("256") && got.contains("python3.11"), "{got}");
     let list = env.cli_ok(&ep, None, &["function", "list"]);
@@ -200,10 +223,17 @@ fn nubo_up_deploys_and_keeps_data_across_restarts() {
 
     let m = http_get(&format!("127.0.0.1:{metrics}"), "/metrics");
     assert!(m.contains("nubo_raft_term"), "{m}");
-    assert!(m.contains("nubo_api_requests_total{method=\"CreateFunction\",code=\"OK\"} 1"), "{m}");
+    assert!(
+        m.contains("nubo_api_requests_total{method=\"CreateFunction\",code=\"OK\"} 1"),
+        "{m}"
+    );
 
     up.signal(libc::SIGTERM);
-    assert_eq!(up.wait(Duration::from_secs(20)), Some(0), "SIGTERM must exit 0");
+    assert_eq!(
+        up.wait(Duration::from_secs(20)),
+        Some(0),
+        "SIGTERM must exit 0"
+    );
 
     let _up = start_up(&env, port, metrics);
     let got = env.cli_ok(&ep, None, &["function", "get", "hello:prod", "-o", "json"]);
@@ -250,7 +280,10 @@ fn cli_keeps_working_when_the_leader_is_killed() {
     let mut procs: Vec<Proc> = (1..=3)
         .map(|id| start_controller(env.dir.path(), id, &ports))
         .collect();
-    let eps: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
     let all = eps.join(",");
     let code = example("hello");
     let code = code.to_str().unwrap();
@@ -262,15 +295,27 @@ fn cli_keeps_working_when_the_leader_is_killed() {
         if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("leader") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "cluster not ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cluster not ready"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     for i in 0..3 {
         env.cli_ok(
             &all,
             Some(TOKEN),
-            &["function", "create", &format!("f{i}"), "--runtime", "python3.11", "--handler",
-              "app.lambda_handler", "--code", code],
+            &[
+                "function",
+                "create",
+                &format!("f{i}"),
+                "--runtime",
+                "python3.11",
+                "--handler",
+                "app.lambda_handler",
+                "--code",
+                code,
+            ],
         );
     }
     let status = env.cli_ok(&all, Some(TOKEN), &["cluster", "status", "-o", "json"]);
@@ -285,16 +330,32 @@ fn cli_keeps_working_when_the_leader_is_killed() {
         env.cli_ok(
             &all,
             Some(TOKEN),
-            &["function", "create", &format!("f{i}"), "--runtime", "python3.11", "--handler",
-              "app.lambda_handler", "--code", code],
+            &[
+                "function",
+                "create",
+                &format!("f{i}"),
+                "--runtime",
+                "python3.11",
+                "--handler",
+                "app.lambda_handler",
+                "--code",
+                code,
+            ],
         );
     }
     env.cli_ok(&all, Some(TOKEN), &["version", "publish", "f0"]);
     let list = env.cli_ok(&all, Some(TOKEN), &["function", "list", "-o", "json"]);
     for i in 0..6 {
-        assert!(list.contains(&format!("\"f{i}\"")), "f{i} missing after failover: {list}");
+        assert!(
+            list.contains(&format!("\"f{i}\"")),
+            "f{i} missing after failover: {list}"
+        );
     }
     let status = env.cli_ok(&all, Some(TOKEN), &["cluster", "status", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_ne!(v["leader_id"].as_u64(), Some(leader), "a new leader must be elected");
+    assert_ne!(
+        v["leader_id"].as_u64(),
+        Some(leader),
+        "a new leader must be elected"
+    );
 }

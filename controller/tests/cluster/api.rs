@@ -57,7 +57,13 @@ impl Api {
 
     /// A snapshot of the whole registry, to prove a rejected call changed nothing.
     fn registry(&self) -> nubo_controller::state::Registry {
-        self.running.as_ref().unwrap().node.registry().registry.clone()
+        self.running
+            .as_ref()
+            .unwrap()
+            .node
+            .registry()
+            .registry
+            .clone()
     }
 
     async fn stop(mut self) {
@@ -190,9 +196,15 @@ fn expect_err<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, needl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_flow_matches_lambda_semantics() {
     let api = Api::start().await;
-    let f = create(&api, ADMIN, "hello", config("python3.11", "app.lambda_handler"), app_zip())
-        .await
-        .unwrap();
+    let f = create(
+        &api,
+        ADMIN,
+        "hello",
+        config("python3.11", "app.lambda_handler"),
+        app_zip(),
+    )
+    .await
+    .unwrap();
     assert_eq!(f.version, "$LATEST");
     assert_eq!(f.memory_mb, 128);
     assert_eq!(f.timeout_seconds, 3);
@@ -210,10 +222,21 @@ async fn deploy_flow_matches_lambda_semantics() {
             ADMIN,
         )
     };
-    let v1 = fc.publish_version(publish("one")).await.unwrap().into_inner();
+    let v1 = fc
+        .publish_version(publish("one"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v1.version, "1");
-    let again = fc.publish_version(publish("same")).await.unwrap().into_inner();
-    assert_eq!(again.version, "1", "unchanged $LATEST must return the existing version");
+    let again = fc
+        .publish_version(publish("same"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        again.version, "1",
+        "unchanged $LATEST must return the existing version"
+    );
     fc.update_function_configuration(authed(
         pb::UpdateFunctionConfigurationRequest {
             function_name: "hello".into(),
@@ -227,7 +250,11 @@ async fn deploy_flow_matches_lambda_semantics() {
     ))
     .await
     .unwrap();
-    let v2 = fc.publish_version(publish("two")).await.unwrap().into_inner();
+    let v2 = fc
+        .publish_version(publish("two"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v2.version, "2");
     assert_eq!(v2.memory_mb, 256);
 
@@ -261,7 +288,11 @@ async fn deploy_flow_matches_lambda_semantics() {
             ADMIN,
         )
     };
-    let moved = fc.update_alias(upd(&alias.revision_id, "2")).await.unwrap().into_inner();
+    let moved = fc
+        .update_alias(upd(&alias.revision_id, "2"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(moved.function_version, "2");
     assert!(moved.additional_version_weights.is_empty());
     expect_err(
@@ -323,14 +354,24 @@ async fn deploy_flow_matches_lambda_semantics() {
     ))
     .await
     .unwrap();
-    let v3 = fc.publish_version(publish("three")).await.unwrap().into_inner();
+    let v3 = fc
+        .publish_version(publish("three"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v3.version, "3");
 
     // Pagination.
     for i in 0..5 {
-        create(&api, ADMIN, &format!("p{i}"), config("python3.11", "app.lambda_handler"), app_zip())
-            .await
-            .unwrap();
+        create(
+            &api,
+            ADMIN,
+            &format!("p{i}"),
+            config("python3.11", "app.lambda_handler"),
+            app_zip(),
+        )
+        .await
+        .unwrap();
     }
     let mut marker = String::new();
     let mut seen = Vec::new();
@@ -417,16 +458,31 @@ async fn tokens_and_scopes_are_enforced() {
         "scope",
     );
     // invoke can read, cannot deploy.
-    fc.list_functions(authed(list.clone(), &invoke.token)).await.unwrap();
+    fc.list_functions(authed(list.clone(), &invoke.token))
+        .await
+        .unwrap();
     expect_err(
-        create(&api, &invoke.token, "f", config("python3.11", "app.lambda_handler"), app_zip()).await,
+        create(
+            &api,
+            &invoke.token,
+            "f",
+            config("python3.11", "app.lambda_handler"),
+            app_zip(),
+        )
+        .await,
         Code::PermissionDenied,
         "needs `deploy`",
     );
     // deploy can deploy, cannot manage tokens or membership.
-    create(&api, &deploy.token, "f", config("python3.11", "app.lambda_handler"), app_zip())
-        .await
-        .unwrap();
+    create(
+        &api,
+        &deploy.token,
+        "f",
+        config("python3.11", "app.lambda_handler"),
+        app_zip(),
+    )
+    .await
+    .unwrap();
     expect_err(
         tc.create_token(authed(
             pb::CreateTokenRequest {
@@ -474,9 +530,15 @@ async fn tokens_and_scopes_are_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
     let api = Api::start().await;
-    create(&api, ADMIN, "exists", config("python3.11", "app.lambda_handler"), app_zip())
-        .await
-        .unwrap();
+    create(
+        &api,
+        ADMIN,
+        "exists",
+        config("python3.11", "app.lambda_handler"),
+        app_zip(),
+    )
+    .await
+    .unwrap();
     let before = api.registry();
     let py = || config("python3.11", "app.lambda_handler");
     let with = |f: &dyn Fn(&mut pb::FunctionConfig)| {
@@ -489,18 +551,68 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
     let long = "x".repeat(65);
     let cases: Vec<(&str, pb::FunctionConfig, Vec<u8>, Code, &str)> = vec![
         ("bad name!", py(), app_zip(), Code::InvalidArgument, "name"),
-        (long.as_str(), py(), app_zip(), Code::InvalidArgument, "name"),
-        ("f1", config("cobol", "app.h"), app_zip(), Code::InvalidArgument, "runtime"),
-        ("f1", config("python3.11", ""), app_zip(), Code::InvalidArgument, "handler"),
-        ("f1", with(&|c| c.memory_mb = Some(64)), app_zip(), Code::InvalidArgument, "memory"),
-        ("f1", with(&|c| c.memory_mb = Some(20_000)), app_zip(), Code::InvalidArgument, "memory"),
-        ("f1", with(&|c| c.timeout_seconds = Some(0)), app_zip(), Code::InvalidArgument, "timeout"),
-        ("f1", with(&|c| c.timeout_seconds = Some(901)), app_zip(), Code::InvalidArgument, "timeout"),
-        ("f1", with(&|c| c.ephemeral_storage_mb = Some(100)), app_zip(), Code::InvalidArgument, "ephemeral"),
+        (
+            long.as_str(),
+            py(),
+            app_zip(),
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            "f1",
+            config("cobol", "app.h"),
+            app_zip(),
+            Code::InvalidArgument,
+            "runtime",
+        ),
+        (
+            "f1",
+            config("python3.11", ""),
+            app_zip(),
+            Code::InvalidArgument,
+            "handler",
+        ),
+        (
+            "f1",
+            with(&|c| c.memory_mb = Some(64)),
+            app_zip(),
+            Code::InvalidArgument,
+            "memory",
+        ),
+        (
+            "f1",
+            with(&|c| c.memory_mb = Some(20_000)),
+            app_zip(),
+            Code::InvalidArgument,
+            "memory",
+        ),
+        (
+            "f1",
+            with(&|c| c.timeout_seconds = Some(0)),
+            app_zip(),
+            Code::InvalidArgument,
+            "timeout",
+        ),
+        (
+            "f1",
+            with(&|c| c.timeout_seconds = Some(901)),
+            app_zip(),
+            Code::InvalidArgument,
+            "timeout",
+        ),
+        (
+            "f1",
+            with(&|c| c.ephemeral_storage_mb = Some(100)),
+            app_zip(),
+            Code::InvalidArgument,
+            "ephemeral",
+        ),
         (
             "f1",
             with(&|c| {
-                c.environment = [("BIG".to_string(), "v".repeat(5000))].into_iter().collect()
+                c.environment = [("BIG".to_string(), "v".repeat(5000))]
+                    .into_iter()
+                    .collect()
             }),
             app_zip(),
             Code::InvalidArgument,
@@ -515,7 +627,11 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
         ),
         (
             "f1",
-            with(&|c| c.environment = [("AWS_REGION".to_string(), "x".into())].into_iter().collect()),
+            with(&|c| {
+                c.environment = [("AWS_REGION".to_string(), "x".into())]
+                    .into_iter()
+                    .collect()
+            }),
             app_zip(),
             Code::InvalidArgument,
             "AWS_REGION",
@@ -544,12 +660,42 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
             Code::InvalidArgument,
             "event_age",
         ),
-        ("exists", py(), app_zip(), Code::AlreadyExists, "already exists"),
+        (
+            "exists",
+            py(),
+            app_zip(),
+            Code::AlreadyExists,
+            "already exists",
+        ),
         // Code packages.
-        ("f1", py(), b"this is not a zip".to_vec(), Code::InvalidArgument, "not a valid zip"),
-        ("f1", py(), zip_of(&[("../evil.py", b"x"), ("app.py", b"x")]), Code::InvalidArgument, "../evil.py"),
-        ("f1", py(), zip_of(&[("/etc/evil", b"x"), ("app.py", b"x")]), Code::InvalidArgument, "/etc/evil"),
-        ("f1", py(), zip_of(&[("other.py", b"x")]), Code::InvalidArgument, "app.py"),
+        (
+            "f1",
+            py(),
+            b"this is not a zip".to_vec(),
+            Code::InvalidArgument,
+            "not a valid zip",
+        ),
+        (
+            "f1",
+            py(),
+            zip_of(&[("../evil.py", b"x"), ("app.py", b"x")]),
+            Code::InvalidArgument,
+            "../evil.py",
+        ),
+        (
+            "f1",
+            py(),
+            zip_of(&[("/etc/evil", b"x"), ("app.py", b"x")]),
+            Code::InvalidArgument,
+            "/etc/evil",
+        ),
+        (
+            "f1",
+            py(),
+            zip_of(&[("other.py", b"x")]),
+            Code::InvalidArgument,
+            "app.py",
+        ),
         (
             "f1",
             config("provided", "whatever"),
@@ -568,7 +714,11 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
     for (name, cfg, code, want, needle) in cases {
         let r = create(&api, ADMIN, name, cfg, code).await;
         expect_err(r, want, needle);
-        assert_eq!(before, api.registry(), "rejected create of {name:?} changed the store");
+        assert_eq!(
+            before,
+            api.registry(),
+            "rejected create of {name:?} changed the store"
+        );
     }
 
     // Unzipped size and zip bombs (deflated, small on the wire).
@@ -601,8 +751,12 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
         z.start_file("app.py", zip::write::SimpleFileOptions::default())
             .unwrap();
         z.write_all(b"x").unwrap();
-        z.add_symlink("passwd", "../../etc/passwd", zip::write::SimpleFileOptions::default())
-            .unwrap();
+        z.add_symlink(
+            "passwd",
+            "../../etc/passwd",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
         z.finish().unwrap();
     }
     expect_err(
@@ -622,10 +776,26 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
             ADMIN,
         )
     };
-    expect_err(fc.get_function(get("nope", "")).await, Code::NotFound, "nope");
-    expect_err(fc.get_function(get("exists", "7")).await, Code::NotFound, "version 7");
-    expect_err(fc.get_function(get("exists", "live")).await, Code::NotFound, "alias live");
-    expect_err(update_code(&api, "nope", app_zip()).await, Code::NotFound, "nope");
+    expect_err(
+        fc.get_function(get("nope", "")).await,
+        Code::NotFound,
+        "nope",
+    );
+    expect_err(
+        fc.get_function(get("exists", "7")).await,
+        Code::NotFound,
+        "version 7",
+    );
+    expect_err(
+        fc.get_function(get("exists", "live")).await,
+        Code::NotFound,
+        "alias live",
+    );
+    expect_err(
+        update_code(&api, "nope", app_zip()).await,
+        Code::NotFound,
+        "nope",
+    );
     expect_err(
         update_code(&api, "exists", zip_of(&[("x.py", b"")])).await,
         Code::InvalidArgument,
@@ -639,16 +809,35 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
                 function_name: "exists".into(),
                 name: name.into(),
                 function_version: v.into(),
-                additional_version_weights: w.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                additional_version_weights: w
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
                 description: String::new(),
             },
             ADMIN,
         )
     };
-    expect_err(fc.create_alias(alias("$LATEST", "a", vec![])).await, Code::InvalidArgument, "$LATEST");
-    expect_err(fc.create_alias(alias("1", "123", vec![])).await, Code::InvalidArgument, "digits");
-    expect_err(fc.create_alias(alias("1", "a", vec![])).await, Code::NotFound, "version 1");
-    expect_err(fc.create_alias(alias("1", "a", vec![("2", 1.5)])).await, Code::InvalidArgument, "weight");
+    expect_err(
+        fc.create_alias(alias("$LATEST", "a", vec![])).await,
+        Code::InvalidArgument,
+        "$LATEST",
+    );
+    expect_err(
+        fc.create_alias(alias("1", "123", vec![])).await,
+        Code::InvalidArgument,
+        "digits",
+    );
+    expect_err(
+        fc.create_alias(alias("1", "a", vec![])).await,
+        Code::NotFound,
+        "version 1",
+    );
+    expect_err(
+        fc.create_alias(alias("1", "a", vec![("2", 1.5)])).await,
+        Code::InvalidArgument,
+        "weight",
+    );
     expect_err(
         fc.update_alias(authed(
             pb::UpdateAliasRequest {

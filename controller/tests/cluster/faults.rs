@@ -85,7 +85,10 @@ async fn partitioned_leader_cannot_commit_and_majority_continues() {
     let lost = c.node(old).write(create_cmd("minority", 128)).await;
     match &lost {
         Err(ApiError::Unavailable { message, .. }) => {
-            assert!(message.contains("quorum"), "message should say why: {message}")
+            assert!(
+                message.contains("quorum"),
+                "message should say why: {message}"
+            )
         }
         other => panic!("isolated leader must not ack, got {other:?}"),
     }
@@ -143,7 +146,10 @@ async fn new_node_catches_up_by_snapshot() {
     let leader = c.wait_leader(WAIT).await;
     // Compaction happened: the leader has a snapshot and purged its log.
     let m = c.node(leader).raft.metrics().borrow().clone();
-    assert!(m.snapshot.is_some(), "no snapshot after 60 writes with snapshot_logs=20");
+    assert!(
+        m.snapshot.is_some(),
+        "no snapshot after 60 writes with snapshot_logs=20"
+    );
 
     let addr = c.add_joiner(4).await;
     c.node(1)
@@ -151,7 +157,14 @@ async fn new_node_catches_up_by_snapshot() {
         .await
         .unwrap()
         .unwrap();
-    let target = c.node(leader).raft.metrics().borrow().last_applied.unwrap().index;
+    let target = c
+        .node(leader)
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .unwrap()
+        .index;
     c.wait_applied(target, WAIT).await;
     let n4 = c.node(4);
     let got = n4.registry().registry.clone();

@@ -115,7 +115,11 @@ impl TestCluster {
                 {
                     let m = rx.borrow().clone();
                     if let Some(l) = m.current_leader {
-                        seen.lock().unwrap().entry(m.current_term).or_default().insert(l);
+                        seen.lock()
+                            .unwrap()
+                            .entry(m.current_term)
+                            .or_default()
+                            .insert(l);
                     }
                 }
                 if rx.changed().await.is_err() {
@@ -142,7 +146,11 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u64) -> Arc<ControllerNode> {
-        self.nodes[&id].as_ref().expect("node is running").node.clone()
+        self.nodes[&id]
+            .as_ref()
+            .expect("node is running")
+            .node
+            .clone()
     }
 
     pub fn is_up(&self, id: u64) -> bool {
@@ -193,7 +201,10 @@ impl TestCluster {
                     return id;
                 }
             }
-            assert!(start.elapsed() < timeout, "no new leader within {timeout:?}");
+            assert!(
+                start.elapsed() < timeout,
+                "no new leader within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
