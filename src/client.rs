@@ -116,10 +116,13 @@ fn normalize_endpoint(s: &str) -> String {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// Adds `authorization: Bearer <token>` to every call, and the request id
+/// of the logical call, the same on every retry, so the controllers apply a
+/// retried write once.
 #[derive(Clone, Debug)]
 pub struct Auth {
     header: Option<MetadataValue<Ascii>>,
+    request_id: Option<MetadataValue<Ascii>>,
 }
 
 impl Interceptor for Auth {
@@ -127,8 +130,16 @@ impl Interceptor for Auth {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
         }
+        if let Some(id) = &self.request_id {
+            req.metadata_mut().insert("x-nubo-request-id", id.clone());
+        }
         Ok(req)
     }
+}
+
+fn new_request_id() -> Option<MetadataValue<Ascii>> {
+    let id: u128 = rand::random();
+    MetadataValue::try_from(format!("{id:032x}")).ok()
 }
 
 pub type FunctionsApi = FunctionsClient<InterceptedService<Channel, Auth>>;
@@ -189,7 +200,10 @@ impl Client {
         Ok(Client {
             endpoints,
             token,
-            auth: Auth { header },
+            auth: Auth {
+                header,
+                request_id: None,
+            },
             retry_budget: retry_budget_from_env(),
             channels: Mutex::new(HashMap::new()),
             preferred: Mutex::new(0),
@@ -224,6 +238,10 @@ impl Client {
     {
         let deadline = Instant::now() + self.retry_budget;
         let mut backoff = Duration::from_millis(100);
+        let auth = Auth {
+            header: self.auth.header.clone(),
+            request_id: new_request_id(),
+        };
         let mut leader: Option<String> = None;
         let mut warned = false;
         loop {
@@ -235,7 +253,7 @@ impl Client {
                         let conn = Conn {
                             channel,
                             endpoint: endpoint.clone(),
-                            auth: self.auth.clone(),
+                            auth: auth.clone(),
                         };
                         f(conn).await
                     }

@@ -53,6 +53,25 @@ pub fn to_status(e: ApiError) -> Status {
     }
 }
 
+/// Metadata key of a client-chosen request id: a retried call with the
+/// same id is applied once (the first outcome is returned again).
+pub const REQUEST_ID_HEADER: &str = "x-nubo-request-id";
+
+fn request_id(md: &MetadataMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = md.get(REQUEST_ID_HEADER) else {
+        return Ok(None);
+    };
+    let s = v.to_str().unwrap_or("");
+    if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RegistryError::invalid(format!(
+            "{REQUEST_ID_HEADER} must be 1-128 printable ASCII characters"
+        ))
+        .into());
+    }
+    // Scoped per method by the caller's id space; prefix to keep ours apart.
+    Ok(Some(format!("client:{s}")))
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -237,6 +256,10 @@ impl Api {
         res.map(Response::new)
     }
 
+    async fn write(&self, rid: &Option<String>, cmd: Command) -> Result<Outcome, ApiError> {
+        self.node.write_with_id(cmd, rid.clone()).await
+    }
+
     async fn read(&self, stale_ok: bool) -> Result<(), ApiError> {
         if stale_ok {
             Ok(())
@@ -301,22 +324,29 @@ impl Api {
     /// was collected in between.
     async fn write_with_code(
         &self,
+        rid: &Option<String>,
         make: impl Fn(Option<InlineCode>) -> Command,
         sha: &str,
         code: Vec<u8>,
     ) -> Result<Outcome, ApiError> {
         if self.node.with_registry(|r| r.has_blob(sha)) {
-            match self.node.write(make(None)).await {
+            // Each attempt has its own id: the first one's "not stored"
+            // outcome must not be replayed to the second.
+            let first = rid.as_ref().map(|r| format!("{r}/ref"));
+            match self.node.write_with_id(make(None), first).await {
                 Err(ApiError::Registry(RegistryError::FailedPrecondition(m)))
                     if m.contains("upload it again") => {}
                 other => return other,
             }
         }
         self.node
-            .write(make(Some(InlineCode {
-                sha256: sha.to_string(),
-                data: code,
-            })))
+            .write_with_id(
+                make(Some(InlineCode {
+                    sha256: sha.to_string(),
+                    data: code,
+                })),
+                rid.clone(),
+            )
             .await
     }
 }
@@ -365,6 +395,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::FunctionConfiguration>, Status> {
         self.run("CreateFunction", async {
             self.authorize(request.metadata(), Scope::Deploy, "CreateFunction")?;
+            let rid = request_id(request.metadata())?;
             let limits = self.node.config.limits();
             let (h, code) = self
                 .receive_code(
@@ -405,6 +436,7 @@ impl pb::functions_server::Functions for Api {
             let now = now_ms();
             let out = self
                 .write_with_code(
+                    &rid,
                     |c| Command::CreateFunction {
                         name: name.clone(),
                         config: config.clone(),
@@ -476,6 +508,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::FunctionConfiguration>, Status> {
         self.run("UpdateFunctionCode", async {
             self.authorize(request.metadata(), Scope::Deploy, "UpdateFunctionCode")?;
+            let rid = request_id(request.metadata())?;
             let limits = self.node.config.limits();
             let (h, code) = self
                 .receive_code(request.into_inner(), |h: &pb::UpdateFunctionCodeHeader| {
@@ -493,6 +526,7 @@ impl pb::functions_server::Functions for Api {
             let now = now_ms();
             let out = self
                 .write_with_code(
+                    &rid,
                     |c| Command::UpdateFunctionCode {
                         name: h.function_name.clone(),
                         code_sha256: info.sha256.clone(),
@@ -517,6 +551,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::FunctionConfiguration>, Status> {
         self.run("UpdateFunctionConfiguration", async {
             self.authorize(request.metadata(), Scope::Deploy, "UpdateFunctionConfiguration")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             let patch = patch_from(&r.config.unwrap_or_default());
@@ -527,9 +562,7 @@ impl pb::functions_server::Functions for Api {
                 )
                 .into());
             }
-            let out = self
-                .node
-                .write(Command::UpdateFunctionConfiguration {
+            let out = self.write(&rid, Command::UpdateFunctionConfiguration {
                     name: r.function_name,
                     patch,
                     expected_revision: non_empty(&r.revision_id),
@@ -547,6 +580,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::DeleteFunctionResponse>, Status> {
         self.run("DeleteFunction", async {
             self.authorize(request.metadata(), Scope::Deploy, "DeleteFunction")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             let cmd = if r.qualifier.is_empty() {
@@ -568,7 +602,7 @@ impl pb::functions_server::Functions for Api {
                     }
                 }
             };
-            self.node.write(cmd).await?;
+            self.write(&rid, cmd).await?;
             Ok(pb::DeleteFunctionResponse {})
         })
         .await
@@ -606,18 +640,21 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::FunctionConfiguration>, Status> {
         self.run("PublishVersion", async {
             self.authorize(request.metadata(), Scope::Deploy, "PublishVersion")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             validate::description(&r.description)?;
             let out = self
-                .node
-                .write(Command::PublishVersion {
-                    name: r.function_name,
-                    description: r.description,
-                    expected_code_sha256: non_empty(&r.code_sha256),
-                    expected_revision: non_empty(&r.revision_id),
-                    now_ms: now_ms(),
-                })
+                .write(
+                    &rid,
+                    Command::PublishVersion {
+                        name: r.function_name,
+                        description: r.description,
+                        expected_code_sha256: non_empty(&r.code_sha256),
+                        expected_revision: non_empty(&r.revision_id),
+                        now_ms: now_ms(),
+                    },
+                )
                 .await?;
             outcome_config(out)
         })
@@ -674,6 +711,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::Alias>, Status> {
         self.run("CreateAlias", async {
             self.authorize(request.metadata(), Scope::Deploy, "CreateAlias")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             validate::alias_name(&r.name)?;
@@ -683,14 +721,16 @@ impl pb::functions_server::Functions for Api {
             validate::routing_weights(&r.function_version, &routing)?;
             let f = r.function_name.clone();
             let out = self
-                .node
-                .write(Command::CreateAlias {
-                    function: r.function_name,
-                    alias: r.name,
-                    function_version: r.function_version,
-                    routing,
-                    description: r.description,
-                })
+                .write(
+                    &rid,
+                    Command::CreateAlias {
+                        function: r.function_name,
+                        alias: r.name,
+                        function_version: r.function_version,
+                        routing,
+                        description: r.description,
+                    },
+                )
                 .await?;
             outcome_alias(&f, out)
         })
@@ -721,6 +761,7 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::Alias>, Status> {
         self.run("UpdateAlias", async {
             self.authorize(request.metadata(), Scope::Deploy, "UpdateAlias")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             validate::alias_name(&r.name)?;
@@ -745,15 +786,17 @@ impl pb::functions_server::Functions for Api {
             }
             let f = r.function_name.clone();
             let out = self
-                .node
-                .write(Command::UpdateAlias {
-                    function: r.function_name,
-                    alias: r.name,
-                    function_version: non_empty(&r.function_version),
-                    routing,
-                    description: r.description,
-                    expected_revision: non_empty(&r.revision_id),
-                })
+                .write(
+                    &rid,
+                    Command::UpdateAlias {
+                        function: r.function_name,
+                        alias: r.name,
+                        function_version: non_empty(&r.function_version),
+                        routing,
+                        description: r.description,
+                        expected_revision: non_empty(&r.revision_id),
+                    },
+                )
                 .await?;
             outcome_alias(&f, out)
         })
@@ -766,15 +809,18 @@ impl pb::functions_server::Functions for Api {
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
         self.run("DeleteAlias", async {
             self.authorize(request.metadata(), Scope::Deploy, "DeleteAlias")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             validate::function_name(&r.function_name)?;
             validate::alias_name(&r.name)?;
-            self.node
-                .write(Command::DeleteAlias {
+            self.write(
+                &rid,
+                Command::DeleteAlias {
                     function: r.function_name,
                     alias: r.name,
-                })
-                .await?;
+                },
+            )
+            .await?;
             Ok(pb::DeleteAliasResponse {})
         })
         .await
@@ -943,6 +989,7 @@ impl pb::tokens_server::Tokens for Api {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         self.run("CreateToken", async {
             self.authorize(request.metadata(), Scope::Admin, "CreateToken")?;
+            let rid = request_id(request.metadata())?;
             let r = request.into_inner();
             let scope = Scope::parse(&r.scope).ok_or_else(|| {
                 RegistryError::invalid(format!(
@@ -957,8 +1004,9 @@ impl pb::tokens_server::Tokens for Api {
             }
             let secret = new_token_secret();
             let id = new_token_id();
-            self.node
-                .write(Command::CreateToken {
+            self.write(
+                &rid,
+                Command::CreateToken {
                     token: Token {
                         id: id.clone(),
                         name: r.name,
@@ -966,8 +1014,9 @@ impl pb::tokens_server::Tokens for Api {
                         hash: hash_token(&secret),
                         created_at_ms: now_ms(),
                     },
-                })
-                .await?;
+                },
+            )
+            .await?;
             Ok(pb::CreateTokenResponse {
                 token: secret,
                 id,
@@ -1006,8 +1055,9 @@ impl pb::tokens_server::Tokens for Api {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.run("RevokeToken", async {
             self.authorize(request.metadata(), Scope::Admin, "RevokeToken")?;
+            let rid = request_id(request.metadata())?;
             let id = request.into_inner().id;
-            self.node.write(Command::RevokeToken { id }).await?;
+            self.write(&rid, Command::RevokeToken { id }).await?;
             Ok(pb::RevokeTokenResponse {})
         })
         .await

@@ -276,6 +276,13 @@ pub enum Command {
     },
     /// A no-op entry (used to probe that the log accepts writes).
     Noop,
+    /// `cmd` tagged with a request id: applying the same id again returns
+    /// the first result and changes nothing, so a write retried after a
+    /// lost reply (forwarding, client failover) is applied once.
+    Idempotent {
+        id: String,
+        cmd: Box<Command>,
+    },
 }
 
 impl Command {
@@ -294,6 +301,7 @@ impl Command {
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
             Command::Noop => "Noop",
+            Command::Idempotent { cmd, .. } => cmd.kind(),
         }
     }
 }

@@ -164,6 +164,13 @@ impl Peers {
     ) -> Result<Resp, String> {
         self.faults.check(self.self_id, to).await?;
         let data = serde_json::to_vec(req).map_err(|e| format!("encoding request: {e}"))?;
+        // openraft's TTL suits heartbeats; an entry carrying a code package
+        // of many MB needs time to cross the wire and be fsynced.
+        let timeout = if data.len() > 1024 * 1024 {
+            timeout.max(Duration::from_secs(30))
+        } else {
+            timeout
+        };
         let mut client = RaftInternalClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);

@@ -161,6 +161,28 @@ impl ControllerNode {
     /// is forwarded to the leader. Retries while there is no leader, up to
     /// the request timeout; then UNAVAILABLE.
     pub async fn write(&self, cmd: Command) -> Result<Outcome, ApiError> {
+        self.write_with_id(cmd, None).await
+    }
+
+    /// Like `write`, under a request id: the id makes retries (ours after a
+    /// lost forward reply, or the client's after a lost API reply) apply
+    /// the command once. Without a client id a fresh one is made, which
+    /// still covers this node's own retries.
+    pub async fn write_with_id(
+        &self,
+        cmd: Command,
+        id: Option<String>,
+    ) -> Result<Outcome, ApiError> {
+        let id = id.unwrap_or_else(|| {
+            use rand::RngCore;
+            let mut b = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut b);
+            hex::encode(b)
+        });
+        let cmd = Command::Idempotent {
+            id,
+            cmd: Box::new(cmd),
+        };
         let r = self.submit(ForwardRequest::Write(cmd)).await?;
         Ok(r?)
     }

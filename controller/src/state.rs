@@ -32,7 +32,17 @@ pub struct Registry {
     pub blobs: BTreeMap<String, u64>,
     /// How many configurations ($LATEST or versions) reference each blob.
     pub blob_refs: BTreeMap<String, u64>,
+    /// Results of the most recent idempotent requests, by request id.
+    #[serde(default)]
+    pub recent: BTreeMap<String, ApplyResult>,
+    /// Their ids, oldest first, to bound `recent`.
+    #[serde(default)]
+    pub recent_order: std::collections::VecDeque<String>,
 }
+
+/// How many request ids the registry remembers. A retry arrives within
+/// seconds, while this many writes take minutes even at full load.
+pub const RECENT_REQUESTS: usize = 50_000;
 
 fn revision(index: u64) -> String {
     format!("{index:016x}")
@@ -65,6 +75,27 @@ impl Registry {
     ) -> ApplyResult {
         match cmd {
             Command::Noop => Ok(Outcome::Done),
+            Command::Idempotent { id, cmd } => {
+                if let Some(first) = self.recent.get(&id) {
+                    return first.clone();
+                }
+                let res = self.apply_inner(index, *cmd, effects);
+                // Only successes are remembered: a failed command changed
+                // nothing, so running its retry afresh is indistinguishable
+                // from the first attempt never having happened, and
+                // rejected input leaves the state exactly as it was.
+                if res.is_err() {
+                    return res;
+                }
+                self.recent.insert(id.clone(), res.clone());
+                self.recent_order.push_back(id);
+                while self.recent_order.len() > RECENT_REQUESTS {
+                    if let Some(old) = self.recent_order.pop_front() {
+                        self.recent.remove(&old);
+                    }
+                }
+                res
+            }
             Command::CreateFunction {
                 name,
                 config,
@@ -857,6 +888,46 @@ mod tests {
         // And it survives a JSON round trip (snapshots).
         let c: Registry = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn an_idempotent_request_applies_once() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").0.unwrap();
+        let publish_once = |id: &str| Command::Idempotent {
+            id: id.into(),
+            cmd: Box::new(Command::PublishVersion {
+                name: "f".into(),
+                description: String::new(),
+                expected_code_sha256: None,
+                expected_revision: None,
+                now_ms: 2,
+            }),
+        };
+        let first = r.apply(2, publish_once("req-1")).0.unwrap();
+        set_memory(&mut r, 3, "f", 256).unwrap();
+        // The retry of req-1 returns version 1 again and publishes nothing.
+        let again = r.apply(4, publish_once("req-1")).0.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(r.functions["f"].versions.len(), 1);
+        // A new id publishes.
+        let Outcome::Config(v) = r.apply(5, publish_once("req-2")).0.unwrap() else {
+            panic!()
+        };
+        assert_eq!(v.version, "2");
+        // A failed request leaves no trace, so its retry runs afresh.
+        let before = r.clone();
+        let bad = Command::Idempotent {
+            id: "req-3".into(),
+            cmd: Box::new(Command::DeleteFunction {
+                name: "nope".into(),
+            }),
+        };
+        assert!(r.apply(6, bad.clone()).0.is_err());
+        assert_eq!(before, r);
+        create(&mut r, 7, "nope", "bb").0.unwrap();
+        r.apply(8, bad).0.unwrap();
+        assert!(!r.functions.contains_key("nope"));
     }
 
     #[test]

@@ -9,12 +9,17 @@
 //!   so a history is linearizable iff each per-key sub-history is).
 //!   Operations whose outcome is unknown (timeout, `UNAVAILABLE`) may take
 //!   effect at any point after their invocation — their return is +infinity
-//!   and their output is not checked. Nondeterministic models are handled by
-//!   stepping sets of states (the usual power-set construction). The search
-//!   has a step budget and reports exhaustion instead of hanging.
+//!   and their output is not checked — or never; a few sound reductions keep
+//!   them from blowing up the search (see [`check_operations`]).
+//!   Nondeterministic models are handled by stepping sets of states (the
+//!   usual power-set construction). The search has a step budget and reports
+//!   exhaustion instead of hanging. On failure it reports the longest
+//!   linearizable prefix and the operations that cannot follow it.
 //! - a sequential model of one function ([`RegistryModel`]): `$LATEST`
 //!   memory, published versions, and one alias `live`, with exactly the
-//!   semantics of `state.rs`.
+//!   semantics of `state.rs`. Alias revisions are Raft log indexes the model
+//!   cannot predict: it takes them from outputs, requires them to grow, and
+//!   learns the revision an unknown-outcome write produced from later reads.
 //! - a driver test that runs six clients against a 3-node in-process
 //!   cluster under a nemesis (isolation, partitions, crashes, message loss)
 //!   and checks the history it recorded.
