@@ -79,22 +79,19 @@ impl Registry {
                 if let Some(first) = self.recent.get(&id) {
                     return first.clone();
                 }
-                let res = self.apply_inner(index, *cmd, effects);
                 // Only successes are remembered: a failed command changed
                 // nothing, so running its retry afresh is indistinguishable
                 // from the first attempt never having happened, and
                 // rejected input leaves the state exactly as it was.
-                if res.is_err() {
-                    return res;
-                }
-                self.recent.insert(id.clone(), res.clone());
+                let out = self.apply_inner(index, *cmd, effects)?;
+                self.recent.insert(id.clone(), Ok(out.clone()));
                 self.recent_order.push_back(id);
                 while self.recent_order.len() > RECENT_REQUESTS {
                     if let Some(old) = self.recent_order.pop_front() {
                         self.recent.remove(&old);
                     }
                 }
-                res
+                Ok(out)
             }
             Command::CreateFunction {
                 name,
