@@ -5,6 +5,7 @@ pub mod api;
 pub mod codezip;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod metrics;
 pub mod model;
 pub mod network;

@@ -254,7 +254,12 @@ impl ControllerNode {
     /// Executes a request on this node as leader.
     pub async fn apply_on_leader(&self, req: ForwardRequest) -> ForwardReply {
         let res = match req {
-            ForwardRequest::Write(cmd) => self.raft.client_write(cmd).await.map(|r| r.data),
+            ForwardRequest::Write(cmd) => {
+                let r = self.raft.client_write(cmd).await.map(|r| r.data);
+                // Committed on a quorum, not yet acknowledged to anyone.
+                crate::failpoint::hit("after-commit").await;
+                r
+            }
             ForwardRequest::AddLearner { id, addr } => self
                 .raft
                 .add_learner(id, BasicNode { addr }, true)

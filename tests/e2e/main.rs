@@ -119,6 +119,10 @@ impl Env {
 
 /// Starts `nubo up` and waits for its `ready` line.
 fn start_up(env: &Env, port: u16, metrics: u16) -> Proc {
+    start_up_with(env, port, metrics, &[])
+}
+
+fn start_up_with(env: &Env, port: u16, metrics: u16, vars: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(NUBO)
         .args([
             "up",
@@ -130,6 +134,8 @@ fn start_up(env: &Env, port: u16, metrics: u16) -> Proc {
             &format!("127.0.0.1:{metrics}"),
         ])
         .env("NUBO_CONFIG_DIR", env.config_dir())
+        .env_remove("NUBO_FAILPOINTS")
+        .envs(vars.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -358,4 +364,55 @@ fn cli_keeps_working_when_the_leader_is_killed() {
         Some(leader),
         "a new leader must be elected"
     );
+}
+
+/// Durability ends at the Raft commit, before the reply: a controller that
+/// crashes right after committing (failpoint `after-commit`) never answers,
+/// yet the write is there after the restart. The client saw an error, so
+/// it may retry; with the same request id the retry is applied once.
+#[test]
+fn a_crash_between_commit_and_reply_keeps_the_write() {
+    let env = Env::new();
+    let (port, metrics) = (free_port(), free_port());
+    let ep = format!("http://127.0.0.1:{port}");
+    // First start creates the token; the failpoint is armed on the second.
+    let mut up = start_up(&env, port, metrics);
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait(Duration::from_secs(20)), Some(0));
+    let mut up = start_up_with(
+        &env,
+        port,
+        metrics,
+        &[("NUBO_FAILPOINTS", "after-commit=exit")],
+    );
+    let code = example("hello");
+    let mut cmd = Command::new(NUBO);
+    cmd.args([
+        "function",
+        "create",
+        "crashy",
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.lambda_handler",
+        "--code",
+        code.to_str().unwrap(),
+    ])
+    .env("NUBO_ENDPOINT", &ep)
+    .env("NUBO_CONFIG_DIR", env.config_dir())
+    .env("NUBO_RETRY_SECS", "1");
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the crashed controller cannot have replied"
+    );
+    assert_eq!(
+        up.wait(Duration::from_secs(10)),
+        Some(86),
+        "failpoint exit code"
+    );
+
+    let _up = start_up(&env, port, metrics);
+    let got = env.cli_ok(&ep, None, &["function", "get", "crashy", "-o", "json"]);
+    assert!(got.contains("crashy"), "committed write lost: {got}");
 }
