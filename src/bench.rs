@@ -32,6 +32,20 @@ pub struct BenchArgs {
     pub functions: usize,
 }
 
+enum BenchDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl BenchDir {
+    fn path(&self) -> &Path {
+        match self {
+            BenchDir::Temp(t) => t.path(),
+            BenchDir::Kept(p) => p,
+        }
+    }
+}
+
 struct Controller {
     child: Child,
     id: u64,
@@ -72,9 +86,14 @@ fn spawn_controller(dir: &Path, id: u64, ports: &[u16]) -> anyhow::Result<Contro
         ])
         .env("NUBO_CLUSTER_SECRET", SECRET)
         .env("NUBO_BOOTSTRAP_TOKEN", TOKEN)
-        .env("NUBO_LOG", "warn")
+        .env("NUBO_LOG", "info,openraft=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("c{id}.log")))?,
+        ))
         .spawn()?;
     Ok(Controller { child, id })
 }
@@ -303,7 +322,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.which != "control-plane" {
         bail!("unknown benchmark {:?}: try `control-plane`", args.which);
     }
-    let dir = tempfile::tempdir()?;
+    let dir = tempfile::Builder::new().prefix("nubo-bench").tempdir()?;
+    // NUBO_BENCH_KEEP=1 keeps the data and controller logs for a post-mortem.
+    let dir = if std::env::var_os("NUBO_BENCH_KEEP").is_some() {
+        let p = dir.keep();
+        eprintln!("bench: keeping {}", p.display());
+        BenchDir::Kept(p)
+    } else {
+        BenchDir::Temp(dir)
+    };
     eprintln!("bench: floors (4 KiB fsync, tonic echo)...");
     let fsync = fsync_floor(dir.path(), 300)?;
     let echo = echo_floor(args.samples).await?;
@@ -421,7 +448,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        let d = done.context("no write succeeded within 20 s of killing the leader")?;
+        let Some(d) = done else {
+            let keep = std::env::temp_dir().join("nubo-bench-logs");
+            let _ = std::fs::create_dir_all(&keep);
+            for i in 1..=3 {
+                let _ = std::fs::copy(
+                    dir.path().join(format!("c{i}.log")),
+                    keep.join(format!("c{i}.log")),
+                );
+            }
+            bail!(
+                "no write succeeded within 20 s of killing leader {current}; controller logs copied to {}",
+                keep.display()
+            );
+        };
         failovers.push(d);
         // Bring the killed node back for the next round.
         procs[current as usize - 1] = Some(spawn_controller(dir.path(), current, &ports)?);

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codezip;
 use crate::error::{ApiError, RegistryError};
 use crate::model::{
-    Alias, Command, ConfigPatch, ConfigView, FunctionConfig, InlineCode, Outcome, Scope, Token,
+    Alias, Command, ConfigPatch, ConfigView, FunctionConfig, Outcome, Scope, Token,
 };
 use crate::network::SECRET_HEADER;
 use crate::node::{ControllerNode, ForwardRequest, ReadIndexReply};
@@ -319,35 +319,29 @@ impl Api {
         Ok((header, code))
     }
 
-    /// Writes a command that carries code, inlining the bytes only when the
-    /// blob is not already stored; retries once with the bytes if the blob
-    /// was collected in between.
+    /// Writes a command that references a code package. When the registry
+    /// already references the package, the command goes alone; otherwise
+    /// (or when the last reference went meanwhile) the bytes are first
+    /// stored on a majority of controllers.
     async fn write_with_code(
         &self,
         rid: &Option<String>,
-        make: impl Fn(Option<InlineCode>) -> Command,
+        make: impl Fn(bool) -> Command,
         sha: &str,
         code: Vec<u8>,
     ) -> Result<Outcome, ApiError> {
         if self.node.with_registry(|r| r.has_blob(sha)) {
             // Each attempt has its own id: the first one's "not stored"
-            // outcome must not be replayed to the second.
+            // outcome must not stand for the second.
             let first = rid.as_ref().map(|r| format!("{r}/ref"));
-            match self.node.write_with_id(make(None), first).await {
+            match self.node.write_with_id(make(false), first).await {
                 Err(ApiError::Registry(RegistryError::FailedPrecondition(m)))
                     if m.contains("upload it again") => {}
                 other => return other,
             }
         }
-        self.node
-            .write_with_id(
-                make(Some(InlineCode {
-                    sha256: sha.to_string(),
-                    data: code,
-                })),
-                rid.clone(),
-            )
-            .await
+        self.node.store_code(sha, code).await?;
+        self.node.write_with_id(make(true), rid.clone()).await
     }
 }
 
@@ -440,7 +434,7 @@ impl pb::functions_server::Functions for Api {
                     |c| Command::CreateFunction {
                         name: name.clone(),
                         config: config.clone(),
-                        code: c,
+                        code_stored: c,
                         publish,
                         now_ms: now,
                     },
@@ -531,7 +525,7 @@ impl pb::functions_server::Functions for Api {
                         name: h.function_name.clone(),
                         code_sha256: info.sha256.clone(),
                         code_size: info.size,
-                        code: c,
+                        code_stored: c,
                         expected_revision: non_empty(&h.revision_id),
                         publish: h.publish,
                         now_ms: now,
@@ -1062,6 +1056,45 @@ impl pb::tokens_server::Tokens for Api {
         })
         .await
     }
+}
+
+#[tonic::async_trait]
+impl pb::blob_internal_server::BlobInternal for Internal {
+    async fn push_blob(
+        &self,
+        request: Request<pb::BlobPayload>,
+    ) -> Result<Response<pb::BlobAck>, Status> {
+        self.check(request.metadata())?;
+        let b = request.into_inner();
+        // Content addressing is the integrity check.
+        if hash_bytes(&b.data) != b.sha256 {
+            return Err(Status::invalid_argument(
+                "blob bytes do not match their sha256",
+            ));
+        }
+        self.node
+            .sm
+            .put_blob(&b.sha256, &b.data)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::BlobAck {}))
+    }
+
+    async fn fetch_blob(
+        &self,
+        request: Request<pb::BlobRequest>,
+    ) -> Result<Response<pb::BlobPayload>, Status> {
+        self.check(request.metadata())?;
+        let sha = request.into_inner().sha256;
+        match self.node.sm.blob(&sha) {
+            Ok(Some(data)) => Ok(Response::new(pb::BlobPayload { sha256: sha, data })),
+            Ok(None) => Err(Status::not_found(format!("no blob {sha} here"))),
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+fn hash_bytes(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
 }
 
 /// Controller-to-controller service, authenticated by the cluster secret.

@@ -58,6 +58,11 @@ pub struct ControllerConfig {
     pub request_timeout_ms: u64,
     pub max_zipped_bytes: u64,
     pub max_unzipped_bytes: u64,
+    /// How often a controller looks for code packages it lacks or no longer needs.
+    pub blob_sync_ms: u64,
+    /// How long an unreferenced code package stays before it is deleted
+    /// (covers uploads whose command is still on its way).
+    pub blob_gc_grace_secs: u64,
 }
 
 impl Default for ControllerConfig {
@@ -79,6 +84,8 @@ impl Default for ControllerConfig {
             request_timeout_ms: 8_000,
             max_zipped_bytes: 50 * 1024 * 1024,
             max_unzipped_bytes: 250 * 1024 * 1024,
+            blob_sync_ms: 5_000,
+            blob_gc_grace_secs: 600,
         }
     }
 }

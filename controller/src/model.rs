@@ -213,10 +213,10 @@ pub enum Command {
     CreateFunction {
         name: String,
         config: FunctionConfig,
-        /// The code bytes, unless the blob was already stored when the API
-        /// looked. Carried in the same entry so a blob is stored only when
-        /// the command that references it succeeds.
-        code: Option<InlineCode>,
+        /// The code package was pushed to a majority of controllers just
+        /// before this command (blobs travel outside the log). Without it
+        /// the blob must already be referenced.
+        code_stored: bool,
         publish: bool,
         now_ms: u64,
     },
@@ -224,7 +224,7 @@ pub enum Command {
         name: String,
         code_sha256: String,
         code_size: u64,
-        code: Option<InlineCode>,
+        code_stored: bool,
         expected_revision: Option<String>,
         publish: bool,
         now_ms: u64,
@@ -306,20 +306,6 @@ impl Command {
     }
 }
 
-/// A code package travelling inside a log entry.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct InlineCode {
-    pub sha256: String,
-    #[serde(with = "b64")]
-    pub data: Vec<u8>,
-}
-
-impl std::fmt::Debug for InlineCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "InlineCode({}, {} bytes)", self.sha256, self.data.len())
-    }
-}
-
 /// A view of one function configuration as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigView {
@@ -342,19 +328,3 @@ pub enum Outcome {
 /// What the state machine returns for one entry: the command's result, or
 /// the registry error it produced (deterministic on every node).
 pub type ApplyResult = Result<Outcome, crate::error::RegistryError>;
-
-/// Base64 encoding for blob bytes inside JSON log entries.
-pub mod b64 {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s.as_bytes())
-            .map_err(serde::de::Error::custom)
-    }
-}

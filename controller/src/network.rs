@@ -211,6 +211,79 @@ impl Peers {
     }
 }
 
+impl Peers {
+    fn blob_client(
+        &self,
+        addr: &str,
+    ) -> Result<nubo_proto::v1::blob_internal_client::BlobInternalClient<Channel>, String> {
+        Ok(
+            nubo_proto::v1::blob_internal_client::BlobInternalClient::new(self.channel(addr)?)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    fn secret_request<T>(&self, msg: T, timeout: Duration) -> Result<tonic::Request<T>, String> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(timeout);
+        r.metadata_mut().insert(
+            SECRET_HEADER,
+            self.secret
+                .parse()
+                .map_err(|_| "cluster secret is not valid ASCII".to_string())?,
+        );
+        Ok(r)
+    }
+
+    /// Stores a code blob on peer `to`; Ok once it is durable there.
+    pub async fn push_blob(
+        &self,
+        to: NodeId,
+        addr: &str,
+        sha256: &str,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        self.faults.check(self.self_id, to).await?;
+        let req = self.secret_request(
+            nubo_proto::v1::BlobPayload {
+                sha256: sha256.to_string(),
+                data,
+            },
+            timeout,
+        )?;
+        tokio::time::timeout(timeout, self.blob_client(addr)?.push_blob(req))
+            .await
+            .map_err(|_| format!("pushing code to node {to} timed out after {timeout:?}"))?
+            .map_err(|s| format!("pushing code to node {to} ({addr}): {}", s.message()))?;
+        self.faults.check(to, self.self_id).await?;
+        Ok(())
+    }
+
+    /// Reads a code blob from peer `to`.
+    pub async fn fetch_blob(
+        &self,
+        to: NodeId,
+        addr: &str,
+        sha256: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        self.faults.check(self.self_id, to).await?;
+        let req = self.secret_request(
+            nubo_proto::v1::BlobRequest {
+                sha256: sha256.to_string(),
+            },
+            timeout,
+        )?;
+        let resp = tokio::time::timeout(timeout, self.blob_client(addr)?.fetch_blob(req))
+            .await
+            .map_err(|_| format!("fetching code from node {to} timed out"))?
+            .map_err(|s| format!("fetching code from node {to}: {}", s.message()))?;
+        self.faults.check(to, self.self_id).await?;
+        Ok(resp.into_inner().data)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Method {
     AppendEntries,

@@ -83,6 +83,10 @@ impl ControllerNode {
             election_timeout_max: config.election_timeout_ms * 2,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: 1000,
+            // Snapshot chunks are JSON-encoded byte arrays: keep them small
+            // and give each the time a loaded follower needs.
+            snapshot_max_chunk_size: 1024 * 1024,
+            install_snapshot_timeout: 10_000,
             purge_batch_size: 256,
             ..Default::default()
         }
@@ -376,6 +380,166 @@ impl ControllerNode {
             }
             Err(RaftError::APIError(e)) => ReadIndexReply::Unavailable(e.to_string()),
             Err(RaftError::Fatal(e)) => ReadIndexReply::Unavailable(format!("raft stopped: {e}")),
+        }
+    }
+
+    /// Every other member (voters and learners) with its address, and the
+    /// number of voters' acknowledgements (counting this node's own, when
+    /// it is a voter) that make a majority.
+    fn blob_targets(&self) -> (Vec<(NodeId, String)>, usize, bool) {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let others = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        (others, voters.len() / 2 + 1, voters.contains(&self.id))
+    }
+
+    /// Stores a code package on this node and pushes it to every peer,
+    /// returning once a majority of voters hold it durably. Only then may
+    /// a command referencing it be committed: any majority that commits it
+    /// overlaps one that has the bytes. Slower peers finish in the
+    /// background; a node that missed it fetches it later.
+    pub async fn store_code(&self, sha256: &str, data: Vec<u8>) -> Result<(), ApiError> {
+        self.sm
+            .put_blob(sha256, &data)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (others, needed, self_voter) = self.blob_targets();
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        let mut acks = usize::from(self_voter);
+        if acks >= needed {
+            // Single-node cluster: spread to learners in the background.
+            self.push_in_background(others, sha256, data);
+            return Ok(());
+        }
+        let timeout = Duration::from_millis(self.config.request_timeout_ms.max(30_000));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(others.len().max(1));
+        let data = Arc::new(data);
+        for (id, addr) in others {
+            let peers = self.peers.clone();
+            let sha = sha256.to_string();
+            let data = data.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let r = peers
+                    .push_blob(id, &addr, &sha, (*data).clone(), timeout)
+                    .await;
+                let _ = tx.send((id, r)).await;
+            });
+        }
+        drop(tx);
+        let mut errors = Vec::new();
+        while let Some((id, r)) = rx.recv().await {
+            match r {
+                Ok(()) if voters.contains(&id) => {
+                    acks += 1;
+                    if acks >= needed {
+                        return Ok(());
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(ApiError::unavailable(
+            format!(
+                "the code package reached {acks} of the {needed} controllers a majority needs ({}); check `nubo cluster status`",
+                errors.join("; ")
+            ),
+            self.leader_addr(),
+        ))
+    }
+
+    fn push_in_background(&self, others: Vec<(NodeId, String)>, sha256: &str, data: Vec<u8>) {
+        if others.is_empty() {
+            return;
+        }
+        let data = Arc::new(data);
+        for (id, addr) in others {
+            let peers = self.peers.clone();
+            let sha = sha256.to_string();
+            let data = data.clone();
+            tokio::spawn(async move {
+                let _ = peers
+                    .push_blob(id, &addr, &sha, (*data).clone(), Duration::from_secs(60))
+                    .await;
+            });
+        }
+    }
+
+    /// Fetches a referenced blob this node lacks from any peer that has it,
+    /// verifies its sha256 and stores it.
+    pub async fn fetch_code(&self, sha256: &str) -> Result<Vec<u8>, ApiError> {
+        use sha2::Digest;
+        let (others, _, _) = self.blob_targets();
+        let mut errors = Vec::new();
+        for (id, addr) in others {
+            match self
+                .peers
+                .fetch_blob(id, &addr, sha256, Duration::from_secs(60))
+                .await
+            {
+                Ok(data) if hex::encode(sha2::Sha256::digest(&data)) == sha256 => {
+                    self.sm
+                        .put_blob(sha256, &data)
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    return Ok(data);
+                }
+                Ok(_) => errors.push(format!("node {id} sent bytes with a different sha256")),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(ApiError::unavailable(
+            format!(
+                "code package {sha256} is not on this controller and no peer could send it ({})",
+                errors.join("; ")
+            ),
+            self.leader_addr(),
+        ))
+    }
+
+    /// One pass of blob upkeep: fetch referenced blobs this node lacks
+    /// (missed pushes, snapshot installs), and delete blobs no one has
+    /// referenced for `grace` (failed uploads, deleted functions).
+    /// `unreferenced` remembers since when each blob has been unreferenced.
+    pub async fn blob_maintenance(
+        &self,
+        unreferenced: &mut std::collections::HashMap<String, Instant>,
+        grace: Duration,
+    ) {
+        let referenced: BTreeSet<String> =
+            self.with_registry(|r| r.blobs.keys().cloned().collect());
+        let local: BTreeSet<String> = match self.sm.local_blobs() {
+            Ok(l) => l.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing blobs");
+                return;
+            }
+        };
+        for sha in referenced.difference(&local) {
+            if let Err(e) = self.fetch_code(sha).await {
+                tracing::warn!(%sha, error = %e, "fetching a missing code package");
+            }
+        }
+        unreferenced.retain(|sha, _| local.contains(sha) && !referenced.contains(sha));
+        for sha in local.difference(&referenced) {
+            let since = *unreferenced.entry(sha.clone()).or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                if let Err(e) = self.sm.delete_blob(sha) {
+                    tracing::warn!(%sha, error = %e, "deleting an unreferenced blob");
+                }
+                unreferenced.remove(sha);
+            }
         }
     }
 

@@ -76,7 +76,12 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
         .add_service(pb::tokens_server::TokensServer::new(api))
         .add_service(
-            pb::raft_internal_server::RaftInternalServer::new(internal)
+            pb::raft_internal_server::RaftInternalServer::new(internal.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::blob_internal_server::BlobInternalServer::new(internal)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         );
@@ -90,6 +95,24 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
             tracing::error!(error = %e, "grpc server stopped");
         }
     }));
+
+    // Blob upkeep: fetch what this node lacks, collect what no one uses.
+    {
+        let node = node.clone();
+        let stop = shutdown.clone();
+        let every = Duration::from_millis(config.blob_sync_ms);
+        let grace = Duration::from_secs(config.blob_gc_grace_secs);
+        tasks.push(tokio::spawn(async move {
+            let mut unreferenced = std::collections::HashMap::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                node.blob_maintenance(&mut unreferenced, grace).await;
+            }
+        }));
+    }
 
     let mut metrics_addr = None;
     if !config.metrics_listen.is_empty() {

@@ -1,8 +1,7 @@
 //! The registry state machine: a pure apply over plain data.
 //!
 //! `Registry::apply` takes a command and the log index it was committed at
-//! and returns the result plus the blob side effects the store must carry
-//! out. Nothing here touches disk, clocks or randomness, so every replica
+//! and returns the result. Nothing here touches disk, clocks or randomness, so every replica
 //! that applies the same log ends in the same state.
 
 use std::collections::BTreeMap;
@@ -16,19 +15,13 @@ use crate::model::{
 };
 use crate::validate::{parse_qualifier, Qualifier};
 
-/// A change to the blob store that an apply asks for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BlobEffect {
-    Put { sha256: String, data: Vec<u8> },
-    Delete { sha256: String },
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
     pub functions: BTreeMap<String, Function>,
     /// Tokens by id.
     pub tokens: BTreeMap<String, Token>,
-    /// Blobs present in the blob store: sha256 -> size.
+    /// Code packages referenced by some configuration: sha256 -> size.
+    /// The bytes live in each controller's blob store, outside the log.
     pub blobs: BTreeMap<String, u64>,
     /// How many configurations ($LATEST or versions) reference each blob.
     pub blob_refs: BTreeMap<String, u64>,
@@ -57,22 +50,7 @@ fn missing_function(name: &str) -> RegistryError {
 impl Registry {
     /// Applies one committed command. `index` is its Raft log index, used
     /// for revision ids so they are the same on every replica.
-    pub fn apply(&mut self, index: u64, cmd: Command) -> (ApplyResult, Vec<BlobEffect>) {
-        let mut effects = Vec::new();
-        let result = self.apply_inner(index, cmd, &mut effects);
-        if result.is_err() {
-            // A failed command changes nothing, including the blob store.
-            effects.clear();
-        }
-        (result, effects)
-    }
-
-    fn apply_inner(
-        &mut self,
-        index: u64,
-        cmd: Command,
-        effects: &mut Vec<BlobEffect>,
-    ) -> ApplyResult {
+    pub fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
         match cmd {
             Command::Noop => Ok(Outcome::Done),
             Command::Idempotent { id, cmd } => {
@@ -83,7 +61,7 @@ impl Registry {
                 // nothing, so running its retry afresh is indistinguishable
                 // from the first attempt never having happened, and
                 // rejected input leaves the state exactly as it was.
-                let out = self.apply_inner(index, *cmd, effects)?;
+                let out = self.apply(index, *cmd)?;
                 self.recent.insert(id.clone(), Ok(out.clone()));
                 self.recent_order.push_back(id);
                 while self.recent_order.len() > RECENT_REQUESTS {
@@ -96,7 +74,7 @@ impl Registry {
             Command::CreateFunction {
                 name,
                 config,
-                code,
+                code_stored,
                 publish,
                 now_ms,
             } => {
@@ -105,7 +83,7 @@ impl Registry {
                         "function {name} already exists: use `nubo function update-code` or `update-config`, or pick another name"
                     )));
                 }
-                self.ensure_blob(&config.code_sha256, config.code_size, code, effects)?;
+                self.ensure_blob(&config.code_sha256, config.code_size, code_stored)?;
                 self.add_ref(&config.code_sha256);
                 let mut f = Function {
                     name: name.clone(),
@@ -130,7 +108,7 @@ impl Registry {
                 name,
                 code_sha256,
                 code_size,
-                code,
+                code_stored,
                 expected_revision,
                 publish,
                 now_ms,
@@ -140,7 +118,7 @@ impl Registry {
                     .get(&name)
                     .ok_or_else(|| missing_function(&name))?;
                 check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
-                self.ensure_blob(&code_sha256, code_size, code, effects)?;
+                self.ensure_blob(&code_sha256, code_size, code_stored)?;
                 self.add_ref(&code_sha256);
                 let f = self.functions.get_mut(&name).expect("checked above");
                 let old = std::mem::replace(&mut f.latest.code_sha256, code_sha256);
@@ -152,7 +130,7 @@ impl Registry {
                 } else {
                     latest_view(self.functions.get(&name).expect("exists"))
                 };
-                self.drop_ref(&old, effects);
+                self.drop_ref(&old);
                 Ok(Outcome::Config(view))
             }
             Command::UpdateFunctionConfiguration {
@@ -176,9 +154,9 @@ impl Registry {
                     .functions
                     .remove(&name)
                     .ok_or_else(|| missing_function(&name))?;
-                self.drop_ref(&f.latest.code_sha256, effects);
+                self.drop_ref(&f.latest.code_sha256);
                 for v in f.versions.values() {
-                    self.drop_ref(&v.config.code_sha256, effects);
+                    self.drop_ref(&v.config.code_sha256);
                 }
                 Ok(Outcome::Done)
             }
@@ -204,7 +182,7 @@ impl Registry {
                     )));
                 }
                 let v = f.versions.remove(&version).expect("checked above");
-                self.drop_ref(&v.config.code_sha256, effects);
+                self.drop_ref(&v.config.code_sha256);
                 Ok(Outcome::Done)
             }
             Command::PublishVersion {
@@ -332,41 +310,33 @@ impl Registry {
         }
     }
 
-    /// Makes sure the blob is in the store: either it is already there, or
-    /// the command carries its bytes.
-    fn ensure_blob(
-        &mut self,
-        sha256: &str,
-        size: u64,
-        code: Option<crate::model::InlineCode>,
-        effects: &mut Vec<BlobEffect>,
-    ) -> Result<(), RegistryError> {
+    /// Makes sure the blob may be referenced: it already is, or the
+    /// command says it was just stored on a majority.
+    fn ensure_blob(&mut self, sha256: &str, size: u64, stored: bool) -> Result<(), RegistryError> {
         if self.blobs.contains_key(sha256) {
             return Ok(());
         }
-        match code {
-            Some(c) if c.sha256 == sha256 => {
-                self.blobs.insert(sha256.to_string(), size);
-                effects.push(BlobEffect::Put {
-                    sha256: c.sha256,
-                    data: c.data,
-                });
-                Ok(())
-            }
-            // The API sent no bytes because the blob existed when it looked,
-            // and it was collected since. The API retries with the bytes.
-            _ => Err(RegistryError::FailedPrecondition(format!(
-                "code package {sha256} is not stored: upload it again"
-            ))),
+        if stored {
+            self.blobs.insert(sha256.to_string(), size);
+            return Ok(());
         }
+        // The API skipped the upload because the blob was referenced when
+        // it looked, and the last reference went since. The API retries
+        // with an upload.
+        Err(RegistryError::FailedPrecondition(format!(
+            "code package {sha256} is not stored: upload it again"
+        )))
     }
 
     fn add_ref(&mut self, sha256: &str) {
         *self.blob_refs.entry(sha256.to_string()).or_insert(0) += 1;
     }
 
-    /// Drops one reference; an unreferenced blob is collected.
-    fn drop_ref(&mut self, sha256: &str, effects: &mut Vec<BlobEffect>) {
+    /// Drops one reference. An unreferenced blob leaves the registry; each
+    /// controller's blob store deletes its bytes after a grace period
+    /// (see `node::blob_maintenance`), so a concurrent upload of the same
+    /// package is never deleted under it.
+    fn drop_ref(&mut self, sha256: &str) {
         let gone = match self.blob_refs.get_mut(sha256) {
             Some(n) => {
                 *n = n.saturating_sub(1);
@@ -376,11 +346,7 @@ impl Registry {
         };
         if gone {
             self.blob_refs.remove(sha256);
-            if self.blobs.remove(sha256).is_some() {
-                effects.push(BlobEffect::Delete {
-                    sha256: sha256.to_string(),
-                });
-            }
+            self.blobs.remove(sha256);
         }
     }
 
@@ -590,7 +556,7 @@ fn check_versions_exist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ConfigPatch, InlineCode};
+    use crate::model::ConfigPatch;
 
     fn cfg(sha: &str) -> FunctionConfig {
         let mut c = FunctionConfig::defaults(sha.into(), 3);
@@ -599,20 +565,13 @@ mod tests {
         c
     }
 
-    fn code(sha: &str) -> Option<InlineCode> {
-        Some(InlineCode {
-            sha256: sha.into(),
-            data: sha.as_bytes().to_vec(),
-        })
-    }
-
-    fn create(r: &mut Registry, i: u64, name: &str, sha: &str) -> (ApplyResult, Vec<BlobEffect>) {
+    fn create(r: &mut Registry, i: u64, name: &str, sha: &str) -> ApplyResult {
         r.apply(
             i,
             Command::CreateFunction {
                 name: name.into(),
                 config: cfg(sha),
-                code: code(sha),
+                code_stored: true,
                 publish: false,
                 now_ms: i,
             },
@@ -630,7 +589,7 @@ mod tests {
                 now_ms: i,
             },
         ) {
-            (Ok(Outcome::Config(v)), _) => v.version,
+            Ok(Outcome::Config(v)) => v.version,
             other => panic!("publish failed: {other:?}"),
         }
     }
@@ -648,34 +607,31 @@ mod tests {
                 now_ms: i,
             },
         )
-        .0
     }
 
     #[test]
-    fn create_stores_the_blob_once_and_rejects_duplicates() {
+    fn create_references_the_blob_once_and_rejects_duplicates() {
         let mut r = Registry::default();
-        let (res, eff) = create(&mut r, 1, "f", "aa");
-        assert!(res.is_ok());
-        assert_eq!(eff.len(), 1, "the blob is written");
-        let (res, eff) = create(&mut r, 2, "f", "aa");
+        assert!(create(&mut r, 1, "f", "aa").is_ok());
+        let before = r.clone();
+        let res = create(&mut r, 2, "f", "aa");
         assert!(matches!(res, Err(RegistryError::AlreadyExists(_))));
-        assert!(eff.is_empty(), "a failed command has no effects");
+        assert_eq!(before, r, "a failed command changes nothing");
         // A second function with the same code shares the blob.
-        let (res, eff) = create(&mut r, 3, "g", "aa");
-        assert!(res.is_ok());
-        assert!(eff.is_empty());
+        assert!(create(&mut r, 3, "g", "aa").is_ok());
         assert_eq!(r.blob_refs["aa"], 2);
+        assert_eq!(r.blobs.len(), 1);
     }
 
     #[test]
     fn missing_blob_without_inline_code_is_a_precondition_failure() {
         let mut r = Registry::default();
-        let (res, _) = r.apply(
+        let res = r.apply(
             1,
             Command::CreateFunction {
                 name: "f".into(),
                 config: cfg("zz"),
-                code: None,
+                code_stored: false,
                 publish: false,
                 now_ms: 1,
             },
@@ -690,12 +646,12 @@ mod tests {
     #[test]
     fn versions_count_up_dedupe_unchanged_latest_and_are_never_reused() {
         let mut r = Registry::default();
-        create(&mut r, 1, "f", "aa").0.unwrap();
+        create(&mut r, 1, "f", "aa").unwrap();
         assert_eq!(publish(&mut r, 2, "f"), "1");
         assert_eq!(publish(&mut r, 3, "f"), "1", "unchanged $LATEST returns v1");
         set_memory(&mut r, 4, "f", 256).unwrap();
         assert_eq!(publish(&mut r, 5, "f"), "2");
-        let (res, _) = r.apply(
+        let res = r.apply(
             6,
             Command::DeleteVersion {
                 name: "f".into(),
@@ -713,11 +669,11 @@ mod tests {
     #[test]
     fn alias_compare_and_set_and_delete_guard() {
         let mut r = Registry::default();
-        create(&mut r, 1, "f", "aa").0.unwrap();
+        create(&mut r, 1, "f", "aa").unwrap();
         publish(&mut r, 2, "f");
         set_memory(&mut r, 3, "f", 256).unwrap();
         publish(&mut r, 4, "f");
-        let (res, _) = r.apply(
+        let res = r.apply(
             5,
             Command::CreateAlias {
                 function: "f".into(),
@@ -738,18 +694,18 @@ mod tests {
             description: None,
             expected_revision: Some(rev.into()),
         };
-        let (res, _) = r.apply(6, upd(&a.revision_id, "2"));
+        let res = r.apply(6, upd(&a.revision_id, "2"));
         let Ok(Outcome::Alias(b)) = res else {
             panic!("{res:?}")
         };
         assert_eq!(b.function_version, "2");
         assert_ne!(a.revision_id, b.revision_id);
-        let (res, _) = r.apply(7, upd(&a.revision_id, "1"));
+        let res = r.apply(7, upd(&a.revision_id, "1"));
         assert!(
             matches!(res, Err(RegistryError::FailedPrecondition(_))),
             "stale CAS must fail"
         );
-        let (res, _) = r.apply(
+        let res = r.apply(
             8,
             Command::DeleteVersion {
                 name: "f".into(),
@@ -758,7 +714,7 @@ mod tests {
         );
         assert!(matches!(res, Err(RegistryError::FailedPrecondition(m)) if m.contains("prod")));
         // Routing to a version that does not exist.
-        let (res, _) = r.apply(
+        let res = r.apply(
             9,
             Command::UpdateAlias {
                 function: "f".into(),
@@ -776,52 +732,37 @@ mod tests {
     }
 
     #[test]
-    fn unreferenced_blobs_are_collected() {
+    fn unreferenced_blobs_leave_the_registry() {
         let mut r = Registry::default();
-        create(&mut r, 1, "f", "aa").0.unwrap();
+        create(&mut r, 1, "f", "aa").unwrap();
         publish(&mut r, 2, "f");
-        let (res, eff) = r.apply(
+        r.apply(
             3,
             Command::UpdateFunctionCode {
                 name: "f".into(),
                 code_sha256: "bb".into(),
                 code_size: 2,
-                code: code("bb"),
+                code_stored: true,
                 expected_revision: None,
                 publish: false,
                 now_ms: 3,
             },
-        );
-        res.unwrap();
+        )
+        .unwrap();
         // aa is still used by version 1.
-        assert_eq!(
-            eff,
-            vec![BlobEffect::Put {
-                sha256: "bb".into(),
-                data: b"bb".to_vec()
-            }]
-        );
-        let (res, eff) = r.apply(4, Command::DeleteFunction { name: "f".into() });
-        res.unwrap();
-        let mut deleted: Vec<_> = eff
-            .iter()
-            .map(|e| match e {
-                BlobEffect::Delete { sha256 } => sha256.clone(),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        deleted.sort();
-        assert_eq!(deleted, vec!["aa", "bb"]);
+        assert!(r.has_blob("aa") && r.has_blob("bb"));
+        r.apply(4, Command::DeleteFunction { name: "f".into() })
+            .unwrap();
         assert!(r.blobs.is_empty() && r.blob_refs.is_empty());
     }
 
     #[test]
     fn revision_checks_on_latest() {
         let mut r = Registry::default();
-        create(&mut r, 1, "f", "aa").0.unwrap();
+        create(&mut r, 1, "f", "aa").unwrap();
         let rev = r.functions["f"].latest_revision.clone();
         set_memory(&mut r, 2, "f", 256).unwrap();
-        let (res, _) = r.apply(
+        let res = r.apply(
             3,
             Command::PublishVersion {
                 name: "f".into(),
@@ -832,7 +773,7 @@ mod tests {
             },
         );
         assert!(matches!(res, Err(RegistryError::FailedPrecondition(_))));
-        let (res, _) = r.apply(
+        let res = r.apply(
             4,
             Command::PublishVersion {
                 name: "f".into(),
@@ -852,7 +793,7 @@ mod tests {
                 0 => Command::CreateFunction {
                     name: format!("f{}", i % 7),
                     config: cfg(&format!("s{}", i % 5)),
-                    code: code(&format!("s{}", i % 5)),
+                    code_stored: true,
                     publish: i % 2 == 0,
                     now_ms: i,
                 },
@@ -890,7 +831,7 @@ mod tests {
     #[test]
     fn an_idempotent_request_applies_once() {
         let mut r = Registry::default();
-        create(&mut r, 1, "f", "aa").0.unwrap();
+        create(&mut r, 1, "f", "aa").unwrap();
         let publish_once = |id: &str| Command::Idempotent {
             id: id.into(),
             cmd: Box::new(Command::PublishVersion {
@@ -901,14 +842,14 @@ mod tests {
                 now_ms: 2,
             }),
         };
-        let first = r.apply(2, publish_once("req-1")).0.unwrap();
+        let first = r.apply(2, publish_once("req-1")).unwrap();
         set_memory(&mut r, 3, "f", 256).unwrap();
         // The retry of req-1 returns version 1 again and publishes nothing.
-        let again = r.apply(4, publish_once("req-1")).0.unwrap();
+        let again = r.apply(4, publish_once("req-1")).unwrap();
         assert_eq!(first, again);
         assert_eq!(r.functions["f"].versions.len(), 1);
         // A new id publishes.
-        let Outcome::Config(v) = r.apply(5, publish_once("req-2")).0.unwrap() else {
+        let Outcome::Config(v) = r.apply(5, publish_once("req-2")).unwrap() else {
             panic!()
         };
         assert_eq!(v.version, "2");
@@ -920,10 +861,10 @@ mod tests {
                 name: "nope".into(),
             }),
         };
-        assert!(r.apply(6, bad.clone()).0.is_err());
+        assert!(r.apply(6, bad.clone()).is_err());
         assert_eq!(before, r);
-        create(&mut r, 7, "nope", "bb").0.unwrap();
-        r.apply(8, bad).0.unwrap();
+        create(&mut r, 7, "nope", "bb").unwrap();
+        r.apply(8, bad).unwrap();
         assert!(!r.functions.contains_key("nope"));
     }
 
@@ -938,19 +879,17 @@ mod tests {
             created_at_ms: 1,
         };
         r.apply(1, Command::CreateToken { token: t.clone() })
-            .0
             .unwrap();
         assert!(matches!(
-            r.apply(2, Command::CreateToken { token: t }).0,
+            r.apply(2, Command::CreateToken { token: t }),
             Err(RegistryError::AlreadyExists(_))
         ));
         assert_eq!(r.token_by_hash("h1").unwrap().id, "t1");
         r.apply(3, Command::RevokeToken { id: "t1".into() })
-            .0
             .unwrap();
         assert!(r.token_by_hash("h1").is_none());
         assert!(matches!(
-            r.apply(4, Command::RevokeToken { id: "t1".into() }).0,
+            r.apply(4, Command::RevokeToken { id: "t1".into() }),
             Err(RegistryError::NotFound(_))
         ));
     }

@@ -5,7 +5,9 @@
 //! - `logs`: log entries, key = index (big-endian u64), value = JSON entry;
 //! - `meta`: vote, committed log id, last purged log id;
 //! - `sm`: the last snapshot (meta + data), so a restart begins from it;
-//! - `blobs`: code packages by sha256, written by apply effects.
+//! - `blobs`: code packages by sha256. They travel outside the log (see
+//!   `node::ControllerNode::store_code`) and are not part of snapshots: a
+//!   node missing one fetches it from a peer.
 //!
 //! The registry itself lives in memory (it is small: 10,000 functions are a
 //! few MB) and is rebuilt on restart from the last snapshot plus a replay of
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 use crate::model::{ApplyResult, Outcome};
-use crate::state::{BlobEffect, Registry};
+use crate::state::Registry;
 use crate::types::{NodeId, TypeConfig};
 
 type SErr = StorageError<NodeId>;
@@ -278,8 +280,6 @@ struct SnapshotPayload {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, openraft::BasicNode>,
     registry: Registry,
-    /// Blob bytes, base64 inside JSON; a new node needs them to serve code.
-    blobs: Vec<crate::model::InlineCode>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -352,43 +352,61 @@ impl StateMachineStore {
             })
     }
 
-    fn apply_effects(&self, effects: Vec<BlobEffect>) -> Result<(), SErr> {
-        if effects.is_empty() {
-            return Ok(());
-        }
-        let cf = self.cf(CF_BLOBS);
-        let mut batch = WriteBatch::default();
-        for e in effects {
-            match e {
-                BlobEffect::Put { sha256, data } => batch.put_cf(cf, sha256, data),
-                BlobEffect::Delete { sha256 } => batch.delete_cf(cf, sha256),
-            }
-        }
+    /// Stores a code blob durably (idempotent: content-addressed).
+    pub fn put_blob(&self, sha256: &str, data: &[u8]) -> Result<(), StoreError> {
         self.db
-            .write_opt(batch, &write_opts(self.durability))
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
+            .put_cf_opt(
+                self.cf(CF_BLOBS),
+                sha256,
+                data,
+                &write_opts(self.durability),
+            )
+            .map_err(|source| StoreError::Rocks {
+                op: "write blob",
+                source,
+            })
+    }
+
+    pub fn has_local_blob(&self, sha256: &str) -> Result<bool, StoreError> {
+        self.db
+            .get_pinned_cf(self.cf(CF_BLOBS), sha256)
+            .map(|v| v.is_some())
+            .map_err(|source| StoreError::Rocks {
+                op: "read blob",
+                source,
+            })
+    }
+
+    pub fn delete_blob(&self, sha256: &str) -> Result<(), StoreError> {
+        self.db
+            .delete_cf(self.cf(CF_BLOBS), sha256)
+            .map_err(|source| StoreError::Rocks {
+                op: "delete blob",
+                source,
+            })
+    }
+
+    /// The sha256 of every blob stored on this node.
+    pub fn local_blobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_BLOBS), IteratorMode::Start) {
+            let (k, _) = item.map_err(|source| StoreError::Rocks {
+                op: "list blobs",
+                source,
+            })?;
+            out.push(String::from_utf8_lossy(&k).into_owned());
+        }
+        Ok(out)
     }
 
     fn encode_snapshot(
         &self,
     ) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), SErr> {
         let st = self.state.read().expect("lock");
-        let mut blobs = Vec::with_capacity(st.registry.blobs.len());
-        for sha in st.registry.blobs.keys() {
-            let data = self
-                .blob(sha)
-                .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-                .unwrap_or_default();
-            blobs.push(crate::model::InlineCode {
-                sha256: sha.clone(),
-                data,
-            });
-        }
         let payload = SnapshotPayload {
             last_applied: st.last_applied,
             last_membership: st.last_membership.clone(),
             registry: st.registry.clone(),
-            blobs,
         };
         let data = serde_json::to_vec(&payload)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
@@ -459,7 +477,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut results = Vec::new();
-        let mut all_effects = Vec::new();
         {
             let mut st = self.state.write().expect("lock");
             for entry in entries {
@@ -467,9 +484,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match entry.payload {
                     EntryPayload::Blank => results.push(Ok(Outcome::Done)),
                     EntryPayload::Normal(cmd) => {
-                        let (res, effects) = st.registry.apply(entry.log_id.index, cmd);
-                        all_effects.extend(effects);
-                        results.push(res);
+                        results.push(st.registry.apply(entry.log_id.index, cmd));
                     }
                     EntryPayload::Membership(m) => {
                         st.last_membership = StoredMembership::new(Some(entry.log_id), m);
@@ -478,9 +493,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        // Blobs are written before the results go back to clients, so an
-        // acknowledged CreateFunction always has its code on this node.
-        self.apply_effects(all_effects)?;
         Ok(results)
     }
 
@@ -505,20 +517,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 e,
             )
         })?;
-        // Replace the blob store's content with the snapshot's.
-        let cf = self.cf(CF_BLOBS);
-        let mut batch = WriteBatch::default();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
-            let (k, _) =
-                item.map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-            batch.delete_cf(cf, k);
-        }
-        for b in &payload.blobs {
-            batch.put_cf(cf, &b.sha256, &b.data);
-        }
-        self.db
-            .write_opt(batch, &write_opts(self.durability))
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         {
             let mut st = self.state.write().expect("lock");
             st.last_applied = meta.last_log_id;

@@ -7,7 +7,7 @@ use nubo_controller::error::ApiError;
 use nubo_controller::model::Command;
 use nubo_controller::node::ForwardRequest;
 
-use crate::harness::{create_cmd, TestCluster};
+use crate::harness::{create_cmd, create_with_code, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -16,7 +16,7 @@ async fn create_many(c: &TestCluster, via: &[u64], names: &[String]) -> BTreeSet
     let mut acked = BTreeSet::new();
     for (i, n) in names.iter().enumerate() {
         let node = c.node(via[i % via.len()]);
-        if node.write(create_cmd(n, 128)).await.is_ok() {
+        if create_with_code(&node, n, 128).await.is_ok() {
             acked.insert(n.clone());
         }
     }
@@ -170,11 +170,24 @@ async fn new_node_catches_up_by_snapshot() {
     let got = n4.registry().registry.clone();
     let want = c.node(leader).registry().registry.clone();
     assert_eq!(got, want, "learner's registry differs from the leader's");
-    for sha in want.blobs.keys() {
+    // Code packages are not in the snapshot: the learner fetches them from
+    // its peers in the background.
+    let start = std::time::Instant::now();
+    loop {
+        let missing: Vec<_> = want
+            .blobs
+            .keys()
+            .filter(|sha| n4.sm.blob(sha).unwrap().is_none())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            n4.sm.blob(sha).unwrap().is_some(),
-            "learner lacks code blob {sha}"
+            start.elapsed() < WAIT,
+            "learner still lacks {} code packages",
+            missing.len()
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     c.node(2)
         .submit(ForwardRequest::Promote { id: 4 })
@@ -224,5 +237,42 @@ async fn five_nodes_tolerate_two_failures() {
     c.restart(other).await;
     assert_all_present(&c, &acked).await;
     c.assert_one_leader_per_term();
+    c.shutdown().await;
+}
+
+/// Code packages travel outside the log: a create commits once a majority
+/// stored the bytes; a node that was cut off fetches them after the heal;
+/// once no function uses a package, every node deletes it after the grace
+/// period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_reaches_every_node_and_is_collected() {
+    let c = TestCluster::start(3).await;
+    let leader = c.wait_leader(WAIT).await;
+    let cut = if leader == 3 { 2 } else { 3 };
+    c.faults.isolate(cut, &c.all_ids());
+    create_with_code(&c.node(leader), "pkg", 128).await.unwrap();
+    let sha = c
+        .node(leader)
+        .with_registry(|r| r.functions["pkg"].latest.code_sha256.clone());
+    assert!(c.node(cut).sm.blob(&sha).unwrap().is_none());
+    c.faults.heal();
+    let has = |id: u64| c.node(id).sm.blob(&sha).unwrap().is_some();
+    let start = std::time::Instant::now();
+    while !c.all_ids().into_iter().all(has) {
+        assert!(start.elapsed() < WAIT, "node {cut} never fetched the code");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.node(leader)
+        .write(Command::DeleteFunction { name: "pkg".into() })
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while c.all_ids().into_iter().any(has) {
+        assert!(
+            start.elapsed() < WAIT,
+            "unreferenced code was not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     c.shutdown().await;
 }

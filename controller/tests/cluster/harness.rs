@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nubo_controller::config::ControllerConfig;
-use nubo_controller::model::{Command, FunctionConfig, InlineCode};
+use nubo_controller::error::ApiError;
+use nubo_controller::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::network::Faults;
 use nubo_controller::node::ControllerNode;
 use nubo_controller::server::{self, Running};
@@ -57,6 +58,8 @@ impl TestCluster {
             election_timeout_ms: 250,
             snapshot_logs: self.snapshot_logs,
             request_timeout_ms: 3_000,
+            blob_sync_ms: 200,
+            blob_gc_grace_secs: 1,
             ..Default::default()
         };
         c.validate().unwrap();
@@ -256,6 +259,7 @@ pub fn code(tag: &str) -> (String, Vec<u8>) {
 
 pub fn create_cmd(name: &str, memory: u32) -> Command {
     let (sha, data) = code(name);
+    let _ = data;
     let mut config = FunctionConfig::defaults(sha.clone(), data.len() as u64);
     config.runtime = "python3.11".into();
     config.handler = "app.handler".into();
@@ -263,8 +267,21 @@ pub fn create_cmd(name: &str, memory: u32) -> Command {
     Command::CreateFunction {
         name: name.into(),
         config,
-        code: Some(InlineCode { sha256: sha, data }),
+        // Callers that need the bytes on the nodes use `create_with_code`.
+        code_stored: true,
         publish: false,
         now_ms: 1,
     }
+}
+
+/// Creates a function the way the API does: the code package is stored on
+/// a majority first, then the command commits.
+pub async fn create_with_code(
+    node: &ControllerNode,
+    name: &str,
+    memory: u32,
+) -> Result<Outcome, ApiError> {
+    let (sha, data) = code(name);
+    node.store_code(&sha, data).await?;
+    node.write(create_cmd(name, memory)).await
 }
