@@ -567,7 +567,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "| leader failover (SIGKILL -> next successful write), 3 rounds | min {} / median {} / max {} | election timeout 300-600 ms, heartbeat 100 ms | <= 1 s |",
+        "| leader failover (SIGKILL -> next successful write), 3 rounds | min {} / median {} / max {} | election timeout 200-400 ms, heartbeat 60 ms | <= 1 s |",
         ms(failovers[0]),
         ms(pct(&failovers, 0.5)),
         ms(failovers[failovers.len() - 1])

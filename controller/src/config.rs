@@ -78,8 +78,11 @@ impl Default for ControllerConfig {
             bootstrap_token: None,
             metrics_listen: String::new(),
             fsync: true,
-            heartbeat_ms: 100,
-            election_timeout_ms: 300,
+            // Failover takes about a lease (2 x election timeout) plus an
+            // election timeout; AppendEntries must finish within one
+            // heartbeat (openraft's rule).
+            heartbeat_ms: 60,
+            election_timeout_ms: 200,
             snapshot_logs: 10_000,
             request_timeout_ms: 8_000,
             max_zipped_bytes: 50 * 1024 * 1024,

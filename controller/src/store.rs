@@ -71,9 +71,15 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOGS, CF_META, CF_SM, CF_BLOBS]
-        .into_iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    // Small memtables: the log is purged after each snapshot and the other
+    // families are small or write-once, so RocksDB's 64 MB defaults would
+    // only inflate resident memory.
+    let cfs = [CF_LOGS, CF_META, CF_SM, CF_BLOBS].into_iter().map(|n| {
+        let mut o = Options::default();
+        o.set_write_buffer_size(if n == CF_META { 1 << 20 } else { 8 << 20 });
+        o.set_max_write_buffer_number(2);
+        ColumnFamilyDescriptor::new(n, o)
+    });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,
@@ -282,7 +288,6 @@ struct SnapshotPayload {
     registry: Registry,
 }
 
-#[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, openraft::BasicNode>,
     data: Vec<u8>,
@@ -324,22 +329,22 @@ impl StateMachineStore {
     }
 
     fn read_stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        let v = self
-            .db
-            .get_cf(self.cf(CF_SM), "snapshot")
-            .map_err(|source| StoreError::Rocks {
-                op: "read snapshot",
-                source,
-            })?;
-        match v {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|source| StoreError::Decode {
-                    what: "stored snapshot",
+        let get = |key: &str| {
+            self.db
+                .get_cf(self.cf(CF_SM), key)
+                .map_err(|source| StoreError::Rocks {
+                    op: "read snapshot",
                     source,
-                }),
-        }
+                })
+        };
+        let (Some(meta), Some(data)) = (get("snapshot_meta")?, get("snapshot_data")?) else {
+            return Ok(None);
+        };
+        let meta = serde_json::from_slice(&meta).map_err(|source| StoreError::Decode {
+            what: "snapshot meta",
+            source,
+        })?;
+        Ok(Some(StoredSnapshot { meta, data }))
     }
 
     /// Reads a code blob.
@@ -402,14 +407,19 @@ impl StateMachineStore {
     fn encode_snapshot(
         &self,
     ) -> Result<(SnapshotMeta<NodeId, openraft::BasicNode>, Vec<u8>), SErr> {
-        let st = self.state.read().expect("lock");
-        let payload = SnapshotPayload {
-            last_applied: st.last_applied,
-            last_membership: st.last_membership.clone(),
-            registry: st.registry.clone(),
+        // Clone under the lock, encode outside it: applies wait only for
+        // the copy, not for the JSON encoding.
+        let payload = {
+            let st = self.state.read().expect("lock");
+            SnapshotPayload {
+                last_applied: st.last_applied,
+                last_membership: st.last_membership.clone(),
+                registry: st.registry.clone(),
+            }
         };
         let data = serde_json::to_vec(&payload)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let st = &payload;
         let snapshot_id = match st.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, data.len()),
             None => format!("none-{}", data.len()),
@@ -427,19 +437,15 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
         data: &[u8],
     ) -> Result<(), SErr> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        };
-        let bytes = serde_json::to_vec(&stored)
+        // Meta as JSON, data as raw bytes (JSON would spell each byte out
+        // as a number), in one atomic batch.
+        let meta_bytes = serde_json::to_vec(meta)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_SM), "snapshot_meta", meta_bytes);
+        batch.put_cf(self.cf(CF_SM), "snapshot_data", data);
         self.db
-            .put_cf_opt(
-                self.cf(CF_SM),
-                "snapshot",
-                bytes,
-                &write_opts(self.durability),
-            )
+            .write_opt(batch, &write_opts(self.durability))
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))
     }
 }

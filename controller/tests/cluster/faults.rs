@@ -231,6 +231,8 @@ async fn five_nodes_tolerate_two_failures() {
         "two of five must not ack: {r:?}"
     );
     c.restart(third).await;
+    // Service returns once the three elect a leader.
+    c.wait_leader(WAIT).await;
     acked.extend(create_many(&c, &c.up_ids(), &names("z", 5)).await);
     assert_eq!(acked.len(), 25);
     c.restart(leader).await;
