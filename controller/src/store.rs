@@ -106,11 +106,40 @@ fn write_opts(d: Durability) -> WriteOptions {
 pub struct LogStore {
     db: Arc<DB>,
     durability: Durability,
+    /// Appends waiting for the WAL fsync (group commit, see `append`).
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>, durability: Durability) -> Self {
-        LogStore { db, durability }
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        let wal = db.clone();
+        // Group commit: openraft's core must not wait for an fsync per
+        // append, or it serializes every write behind the disk. Appends go
+        // to RocksDB unsynced (visible at once), then this thread fsyncs
+        // the WAL once for everything queued meanwhile and only then
+        // reports them flushed; openraft counts an entry toward the commit
+        // quorum only after that report.
+        std::thread::Builder::new()
+            .name("nubo-wal-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    let res = wal.flush_wal(true).map_err(|e| e.to_string());
+                    for cb in batch {
+                        cb.log_io_completed(res.clone().map_err(std::io::Error::other));
+                    }
+                }
+            })
+            .expect("spawning the WAL sync thread");
+        LogStore {
+            db,
+            durability,
+            flusher: tx,
+        }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -229,20 +258,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let v = serde_json::to_vec(&e).map_err(write_logs_err)?;
             batch.put_cf(cf, idx_key(e.log_id.index), v);
         }
-        // One fsync for the whole batch: openraft hands us everything queued.
-        let res = self
-            .db
-            .write_opt(batch, &write_opts(self.durability))
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        let failed = res
-            .as_ref()
-            .err()
-            .map(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(res);
-        match failed {
-            Some(e) => Err(write_logs_err(e)),
-            None => Ok(()),
+        // Written without fsync so the core can go on; durability comes
+        // from the WAL sync thread before the callback fires.
+        if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
+            let msg = e.to_string();
+            callback.log_io_completed(Err(std::io::Error::other(msg)));
+            return Err(write_logs_err(e));
         }
+        if self.durability.sync {
+            if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
+                cb.log_io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
+            }
+        } else {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
