@@ -407,6 +407,27 @@ impl ControllerNode {
         self.sm
             .put_blob(sha256, &data)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
+        // Right after a restart the membership is still being loaded from
+        // the log; a majority cannot be counted before it is known.
+        let start = Instant::now();
+        while self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .next()
+            .is_none()
+        {
+            if start.elapsed() > self.deadline() {
+                return Err(ApiError::unavailable(
+                    "this controller does not know the cluster membership yet: it is starting or has not joined; retry, or use another controller",
+                    self.leader_addr(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let (others, needed, self_voter) = self.blob_targets();
         let voters: BTreeSet<NodeId> = self
             .raft

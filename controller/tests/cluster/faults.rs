@@ -16,8 +16,11 @@ async fn create_many(c: &TestCluster, via: &[u64], names: &[String]) -> BTreeSet
     let mut acked = BTreeSet::new();
     for (i, n) in names.iter().enumerate() {
         let node = c.node(via[i % via.len()]);
-        if create_with_code(&node, n, 128).await.is_ok() {
-            acked.insert(n.clone());
+        match create_with_code(&node, n, 128).await {
+            Ok(_) => {
+                acked.insert(n.clone());
+            }
+            Err(e) => eprintln!("create {n} via node {} not acknowledged: {e}", node.id),
         }
     }
     acked

@@ -57,7 +57,7 @@ impl TestCluster {
             heartbeat_ms: 50,
             election_timeout_ms: 250,
             snapshot_logs: self.snapshot_logs,
-            request_timeout_ms: 3_000,
+            request_timeout_ms: 6_000,
             blob_sync_ms: 200,
             blob_gc_grace_secs: 1,
             ..Default::default()
