@@ -200,6 +200,12 @@ impl ControllerNode {
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
         loop {
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return Err(ApiError::unavailable(
+                    "this controller is shutting down: use another one",
+                    None,
+                ));
+            }
             if start.elapsed() > deadline {
                 return Err(ApiError::unavailable(
                     format!(
@@ -310,6 +316,12 @@ impl ControllerNode {
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
         loop {
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return Err(ApiError::unavailable(
+                    "this controller is shutting down: use another one",
+                    None,
+                ));
+            }
             if start.elapsed() > deadline {
                 return Err(ApiError::unavailable(
                     format!("cannot confirm a current read within {deadline:?} ({last_err}); retry, or pass --stale-ok to list from this node's copy"),

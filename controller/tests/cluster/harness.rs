@@ -108,8 +108,20 @@ impl TestCluster {
 
     /// Starts (or restarts from its data dir) node `id`.
     pub async fn restart(&mut self, id: u64) {
-        let cfg = self.config(id);
-        let running = server::start(cfg, self.faults.clone()).await.unwrap();
+        // A node killed a moment ago may still hold its port or its
+        // RocksDB lock while its last tasks wind down: retry briefly.
+        let mut tries = 0;
+        let running = loop {
+            match server::start(self.config(id), self.faults.clone()).await {
+                Ok(r) => break r,
+                Err(e) if tries < 100 => {
+                    eprintln!("restart of node {id} failed ({e}); retrying");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("restarting node {id}: {e}"),
+            }
+        };
         // Record every (term, leader) this node ever reports.
         let mut rx = running.node.raft.metrics();
         let seen = self.leaders_seen.clone();
