@@ -30,6 +30,13 @@ pub struct BenchArgs {
     /// Functions for the memory figure.
     #[arg(long, default_value_t = 10_000)]
     pub functions: usize,
+    /// Controllers to start (figures in BENCHMARKS.md use 3).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Only measure write throughput, print it, write nothing (for
+    /// investigating; e.g. `--nodes 1 --throughput-only`).
+    #[arg(long)]
+    pub throughput_only: bool,
 }
 
 enum BenchDir {
@@ -336,9 +343,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let echo = echo_floor(args.samples).await?;
 
     eprintln!("bench: starting 3 controllers (fsync on)...");
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..args.nodes).map(|_| free_port()).collect();
     let mut procs: Vec<Option<Controller>> = Vec::new();
-    for id in 1..=3 {
+    for id in 1..=args.nodes {
         procs.push(Some(spawn_controller(dir.path(), id, &ports)?));
     }
     let leader = wait_ready(&ports).await?;
@@ -403,6 +410,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let write_secs = t.elapsed().as_secs_f64();
     let writes_per_sec = (64 * per_client) as f64 / write_secs;
+    if args.throughput_only {
+        println!(
+            "{} nodes: {writes_per_sec:.0} writes/s with 64 clients ({} in {write_secs:.2} s)",
+            args.nodes,
+            64 * per_client
+        );
+        return Ok(());
+    }
 
     // CreateFunction with a 5 MB zip.
     eprintln!("bench: CreateFunction with 5 MB zips...");
