@@ -102,118 +102,44 @@ fn write_opts(d: Durability) -> WriteOptions {
 
 // ---------------------------------------------------------------- log store
 
-/// Work for the log writer thread, in the order openraft asked for it.
-enum LogOp {
-    Append {
-        rows: Vec<([u8; 8], Vec<u8>)>,
-        ids: Vec<LogId<NodeId>>,
-        callback: LogFlushed<TypeConfig>,
-    },
-    /// Truncate or purge, already encoded; the reply says it is done.
-    Mutate {
-        batch: WriteBatch,
-        done: std::sync::mpsc::SyncSender<Result<(), String>>,
-    },
-}
-
-/// Entries appended but not yet written by the writer thread, so reads see
-/// them at once (openraft reads what it appended before it is flushed).
-type Pending = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry<TypeConfig>>>>;
-
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
     durability: Durability,
-    writer: std::sync::mpsc::Sender<LogOp>,
-    pending: Pending,
+    /// Appends waiting for the WAL fsync (group commit, see `append`).
+    flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>, durability: Durability) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<LogOp>();
-        let pending: Pending = Default::default();
-        let (wdb, wpending) = (db.clone(), pending.clone());
-        // Group commit. openraft's core hands appends over one at a time and
-        // must not wait for a disk flush each (RocksDB blocks writers while
-        // it syncs its WAL, so even an unsynced write would wait). This
-        // thread takes every append queued so far, writes them in one
-        // synced batch, and only then reports them flushed; openraft counts
-        // an entry toward the commit quorum only after that report.
-        // Truncate and purge go through the same queue to keep the order.
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        let wal = db.clone();
+        // Group commit: openraft's core must not wait for an fsync per
+        // append, or it serializes every write behind the disk. Appends go
+        // to RocksDB unsynced (visible at once), then this thread fsyncs
+        // the WAL once for everything queued meanwhile and only then
+        // reports them flushed; openraft counts an entry toward the commit
+        // quorum only after that report.
         std::thread::Builder::new()
-            .name("nubo-log-writer".into())
+            .name("nubo-wal-sync".into())
             .spawn(move || {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(durability.sync);
-                type Queued = Vec<(
-                    Vec<([u8; 8], Vec<u8>)>,
-                    Vec<LogId<NodeId>>,
-                    LogFlushed<TypeConfig>,
-                )>;
-                let flush = |appends: &mut Queued| {
-                    if appends.is_empty() {
-                        return;
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
                     }
-                    let cf = wdb
-                        .cf_handle(CF_LOGS)
-                        .expect("column family created at open");
-                    let mut all = WriteBatch::default();
-                    for (rows, _, _) in appends.iter_mut() {
-                        for (k, v) in rows.drain(..) {
-                            all.put_cf(cf, k, v);
-                        }
-                    }
-                    let res = wdb.write_opt(all, &wo).map_err(|e| e.to_string());
-                    let mut p = wpending.lock().expect("pending lock");
-                    for (_, ids, cb) in appends.drain(..) {
-                        for id in ids {
-                            if p.get(&id.index).map(|e| e.log_id) == Some(id) {
-                                p.remove(&id.index);
-                            }
-                        }
+                    let res = wal.flush_wal(true).map_err(|e| e.to_string());
+                    for cb in batch {
                         cb.log_io_completed(res.clone().map_err(std::io::Error::other));
                     }
-                };
-                while let Ok(first) = rx.recv() {
-                    let mut appends = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(op) = next.take() {
-                        match op {
-                            LogOp::Append {
-                                rows,
-                                ids,
-                                callback,
-                            } => appends.push((rows, ids, callback)),
-                            LogOp::Mutate { batch, done } => {
-                                flush(&mut appends);
-                                let r = wdb.write_opt(batch, &wo).map_err(|e| e.to_string());
-                                let _ = done.send(r);
-                            }
-                        }
-                        next = rx.try_recv().ok();
-                    }
-                    flush(&mut appends);
                 }
             })
-            .expect("spawning the log writer thread");
+            .expect("spawning the WAL sync thread");
         LogStore {
             db,
             durability,
-            writer: tx,
-            pending,
+            flusher: tx,
         }
-    }
-
-    /// Runs a truncate or purge on the writer thread, after every append
-    /// queued before it, and waits for it.
-    fn mutate(&self, batch: WriteBatch) -> Result<(), SErr> {
-        let (done, rx) = std::sync::mpsc::sync_channel(1);
-        self.writer
-            .send(LogOp::Mutate { batch, done })
-            .map_err(|_| write_logs_err(std::io::Error::other("log writer stopped")))?;
-        rx.recv()
-            .map_err(|_| write_logs_err(std::io::Error::other("log writer stopped")))?
-            .map_err(|e| write_logs_err(std::io::Error::other(e)))
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -246,15 +172,6 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, SErr> {
-        if let Some((_, e)) = self
-            .pending
-            .lock()
-            .expect("pending lock")
-            .iter()
-            .next_back()
-        {
-            return Ok(Some(e.log_id));
-        }
         let mut it = self.db.iterator_cf(self.cf(CF_LOGS), IteratorMode::End);
         match it.next() {
             None => Ok(None),
@@ -278,7 +195,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
-        let mut out = std::collections::BTreeMap::new();
+        let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_LOGS),
             IteratorMode::From(&idx_key(start), Direction::Forward),
@@ -289,17 +206,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&idx) {
                 break;
             }
-            out.insert(idx, serde_json::from_slice(&v).map_err(read_logs_err)?);
+            out.push(serde_json::from_slice(&v).map_err(read_logs_err)?);
         }
-        // Appended entries the writer has not written yet win over older
-        // ones at the same index.
-        for (idx, e) in self.pending.lock().expect("pending lock").range(start..) {
-            if !range.contains(idx) {
-                break;
-            }
-            out.insert(*idx, e.clone());
-        }
-        Ok(out.into_values().collect())
+        Ok(out)
     }
 }
 
@@ -343,56 +252,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        let mut ids = Vec::new();
-        {
-            let mut p = self.pending.lock().expect("pending lock");
-            for e in entries {
-                rows.push((
-                    idx_key(e.log_id.index),
-                    serde_json::to_vec(&e).map_err(write_logs_err)?,
-                ));
-                ids.push(e.log_id);
-                p.insert(e.log_id.index, e);
-            }
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_LOGS);
+        for e in entries {
+            let v = serde_json::to_vec(&e).map_err(write_logs_err)?;
+            batch.put_cf(cf, idx_key(e.log_id.index), v);
         }
-        if let Err(std::sync::mpsc::SendError(LogOp::Append { callback, .. })) =
-            self.writer.send(LogOp::Append {
-                rows,
-                ids,
-                callback,
-            })
-        {
-            callback.log_io_completed(Err(std::io::Error::other("log writer stopped")));
-            return Err(write_logs_err(std::io::Error::other("log writer stopped")));
+        // Written without fsync so the core can go on; durability comes
+        // from the WAL sync thread before the callback fires.
+        if let Err(e) = self.db.write_opt(batch, &WriteOptions::default()) {
+            let msg = e.to_string();
+            callback.log_io_completed(Err(std::io::Error::other(msg)));
+            return Err(write_logs_err(e));
+        }
+        if self.durability.sync {
+            if let Err(std::sync::mpsc::SendError(cb)) = self.flusher.send(callback) {
+                cb.log_io_completed(Err(std::io::Error::other("WAL sync thread stopped")));
+            }
+        } else {
+            callback.log_io_completed(Ok(()));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|idx, _| *idx < log_id.index);
         let cf = self.cf(CF_LOGS);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf, idx_key(log_id.index), idx_key(u64::MAX));
+        self.db
+            .delete_range_cf_opt(
+                cf,
+                idx_key(log_id.index),
+                idx_key(u64::MAX),
+                &write_opts(self.durability),
+            )
+            .map_err(write_logs_err)?;
         // delete_range excludes the end key itself.
-        batch.delete_cf(cf, idx_key(u64::MAX));
-        self.mutate(batch)
+        self.db
+            .delete_cf(cf, idx_key(u64::MAX))
+            .map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         // Record the purge point first: a crash between the two leaves extra
         // entries, never a gap.
         self.put_meta("last_purged", &Some(log_id), true)?;
-        self.pending
-            .lock()
-            .expect("pending lock")
-            .retain(|idx, _| *idx > log_id.index);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOGS), idx_key(0), idx_key(log_id.index + 1));
-        self.mutate(batch)
+        self.db
+            .delete_range_cf(self.cf(CF_LOGS), idx_key(0), idx_key(log_id.index + 1))
+            .map_err(write_logs_err)
     }
 }
 
