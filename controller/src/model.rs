@@ -283,6 +283,10 @@ pub enum Command {
         id: String,
         cmd: Box<Command>,
     },
+    /// Several independent commands in one log entry, applied in order;
+    /// each gets its own result. The leader batches concurrent writes so
+    /// they share one append and one fsync.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -302,6 +306,7 @@ impl Command {
             Command::RevokeToken { .. } => "RevokeToken",
             Command::Noop => "Noop",
             Command::Idempotent { cmd, .. } => cmd.kind(),
+            Command::Batch(_) => "Batch",
         }
     }
 }
@@ -321,6 +326,8 @@ pub struct ConfigView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Done,
+    /// The results of a `Command::Batch`, in order.
+    Batch(Vec<ApplyResult>),
     Config(ConfigView),
     Alias(Alias),
 }

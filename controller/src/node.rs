@@ -55,6 +55,7 @@ pub struct ControllerNode {
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
     db: Arc<rocksdb::DB>,
+    batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
 
 impl ControllerNode {
@@ -99,7 +100,10 @@ impl ControllerNode {
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm.clone())
             .await
             .map_err(|e| ApiError::Internal(format!("starting raft: {e}")))?;
+        let (batcher, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run_batcher(raft.clone(), queued));
         Ok(Arc::new(ControllerNode {
+            batcher,
             id: config.id,
             addr: config.advertise.clone(),
             raft,
@@ -265,10 +269,13 @@ impl ControllerNode {
     pub async fn apply_on_leader(&self, req: ForwardRequest) -> ForwardReply {
         let res = match req {
             ForwardRequest::Write(cmd) => {
-                let r = self.raft.client_write(cmd).await.map(|r| r.data);
-                // Committed on a quorum, not yet acknowledged to anyone.
-                crate::failpoint::hit("after-commit").await;
-                r
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if self.batcher.send((cmd, tx)).is_err() {
+                    return ForwardReply::Unavailable("this controller is shutting down".into());
+                }
+                return rx.await.unwrap_or_else(|_| {
+                    ForwardReply::Unavailable("this controller is shutting down".into())
+                });
             }
             ForwardRequest::AddLearner { id, addr } => self
                 .raft
@@ -295,6 +302,15 @@ impl ControllerNode {
                 r.map(|_| Ok(Outcome::Done))
             }
         };
+        reply_from(res)
+    }
+}
+
+type WriteResult =
+    Result<Result<Outcome, RegistryError>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+
+fn reply_from(res: WriteResult) -> ForwardReply {
+    {
         match res {
             Ok(r) => ForwardReply::Applied(r),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -308,7 +324,66 @@ impl ControllerNode {
             Err(RaftError::Fatal(e)) => ForwardReply::Unavailable(format!("raft stopped: {e}")),
         }
     }
+}
 
+/// Takes the writes queued on the leader and proposes them as one entry
+/// (`Command::Batch`) while the previous batch commits, so concurrent
+/// writes share an append and an fsync instead of queueing one by one
+/// behind openraft's core.
+async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    const MAX_BATCH: usize = 256;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == 1 {
+            let (cmd, tx) = batch.pop().expect("one");
+            let r = raft.client_write(cmd).await.map(|r| r.data);
+            // Committed on a quorum, not yet acknowledged to anyone.
+            crate::failpoint::hit("after-commit").await;
+            let _ = tx.send(reply_from(r));
+            continue;
+        }
+        let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let r = raft
+            .client_write(Command::Batch(cmds))
+            .await
+            .map(|r| r.data);
+        crate::failpoint::hit("after-commit").await;
+        match r {
+            Ok(Ok(Outcome::Batch(results))) if results.len() == txs.len() => {
+                for (tx, res) in txs.into_iter().zip(results) {
+                    let _ = tx.send(ForwardReply::Applied(res));
+                }
+            }
+            Ok(other) => {
+                for tx in txs {
+                    let _ = tx.send(ForwardReply::Unavailable(format!(
+                        "unexpected batch result {other:?}"
+                    )));
+                }
+            }
+            Err(e) => {
+                let reply = reply_from(Err(e));
+                for tx in txs {
+                    let _ = tx.send(match &reply {
+                        ForwardReply::NotLeader(l) => ForwardReply::NotLeader(l.clone()),
+                        ForwardReply::Unavailable(m) => ForwardReply::Unavailable(m.clone()),
+                        ForwardReply::Applied(r) => ForwardReply::Applied(r.clone()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+type Queued = (Command, tokio::sync::oneshot::Sender<ForwardReply>);
+
+impl ControllerNode {
     /// Waits until this node's state reflects every write committed before
     /// the call began (read index; on a follower via the leader).
     pub async fn linearizable_read(&self) -> Result<(), ApiError> {

@@ -54,6 +54,9 @@ impl Registry {
     pub fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
         match cmd {
             Command::Noop => Ok(Outcome::Done),
+            Command::Batch(cmds) => Ok(Outcome::Batch(
+                cmds.into_iter().map(|c| self.apply(index, c)).collect(),
+            )),
             Command::Idempotent { id, cmd } => {
                 if let Some(first) = self.recent.get(&id) {
                     return first.clone();
