@@ -873,6 +873,37 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_each_command_on_its_own() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "aa").unwrap();
+        let res = r.apply(
+            2,
+            Command::Batch(vec![
+                Command::DeleteFunction {
+                    name: "nope".into(),
+                },
+                Command::PublishVersion {
+                    name: "f".into(),
+                    description: String::new(),
+                    expected_code_sha256: None,
+                    expected_revision: None,
+                    now_ms: 2,
+                },
+            ]),
+        );
+        let Ok(Outcome::Batch(results)) = res else {
+            panic!("{res:?}")
+        };
+        assert!(matches!(results[0], Err(RegistryError::NotFound(_))));
+        assert!(matches!(&results[1], Ok(Outcome::Config(v)) if v.version == "1"));
+        assert_eq!(
+            r.functions["f"].versions.len(),
+            1,
+            "one failure does not undo the rest"
+        );
+    }
+
+    #[test]
     fn tokens_are_unique_and_revocable() {
         let mut r = Registry::default();
         let t = Token {
