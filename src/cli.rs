@@ -1119,7 +1119,7 @@ impl LineTerm {
 
 impl Drop for LineTerm {
     fn drop(&mut self) {
-        if let Some(line) = self.state.lock().unwrap().pending.take() {
+        if let Some(line) = self.state.lock().expect("lock poisoned").pending.take() {
             LineTerm::emit(&line);
         }
     }
@@ -1142,20 +1142,20 @@ impl TermLike for LineTerm {
         Ok(())
     }
     fn write_line(&self, s: &str) -> std::io::Result<()> {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock().expect("lock poisoned");
         st.buf.push_str(s);
         st.buf.push('\n');
         Ok(())
     }
     fn write_str(&self, s: &str) -> std::io::Result<()> {
-        self.state.lock().unwrap().buf.push_str(s);
+        self.state.lock().expect("lock poisoned").buf.push_str(s);
         Ok(())
     }
     fn clear_line(&self) -> std::io::Result<()> {
         Ok(())
     }
     fn flush(&self) -> std::io::Result<()> {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock().expect("lock poisoned");
         let text = std::mem::take(&mut st.buf);
         let Some(line) = text
             .split(['\n', '\r'])

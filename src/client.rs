@@ -305,7 +305,7 @@ impl Client {
     }
 
     fn attempt_order(&self, leader: Option<String>) -> Vec<String> {
-        let start = *self.preferred.lock().unwrap() % self.endpoints.len();
+        let start = *self.preferred.lock().expect("lock poisoned") % self.endpoints.len();
         let mut order: Vec<String> = Vec::with_capacity(self.endpoints.len() + 1);
         if let Some(l) = leader {
             order.push(l);
@@ -321,16 +321,19 @@ impl Client {
 
     fn remember(&self, endpoint: &str) {
         if let Some(i) = self.endpoints.iter().position(|e| e == endpoint) {
-            *self.preferred.lock().unwrap() = i;
+            *self.preferred.lock().expect("lock poisoned") = i;
         }
     }
 
     fn forget(&self, endpoint: &str) {
-        self.channels.lock().unwrap().remove(endpoint);
+        self.channels
+            .lock()
+            .expect("lock poisoned")
+            .remove(endpoint);
     }
 
     async fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
-        if let Some(ch) = self.channels.lock().unwrap().get(endpoint) {
+        if let Some(ch) = self.channels.lock().expect("lock poisoned").get(endpoint) {
             return Ok(ch.clone());
         }
         let ep = Endpoint::from_shared(endpoint.to_string())
@@ -342,7 +345,7 @@ impl Client {
             .map_err(|e| connect_error(endpoint, &e))?;
         self.channels
             .lock()
-            .unwrap()
+            .expect("lock poisoned")
             .insert(endpoint.to_string(), ch.clone());
         Ok(ch)
     }

@@ -93,14 +93,18 @@ impl Faults {
     /// Decides the fate of one message from `from` to `to`: `Err` if it is
     /// dropped, after waiting out any injected delay.
     pub async fn check(&self, from: NodeId, to: NodeId) -> Result<(), String> {
-        let s = self.inner.read().expect("lock").clone();
-        if !s.delay.is_zero() {
-            tokio::time::sleep(s.delay).await;
+        // Read what this message needs; no copy of the fault table per message.
+        let (delay, cut, drop_rate) = {
+            let s = self.inner.read().expect("lock");
+            (s.delay, s.cut.contains(&(from, to)), s.drop_rate)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        if s.cut.contains(&(from, to)) {
+        if cut {
             return Err(format!("link {from}->{to} is cut (injected fault)"));
         }
-        if s.drop_rate > 0.0 && rand::random::<f64>() < s.drop_rate {
+        if drop_rate > 0.0 && rand::random::<f64>() < drop_rate {
             return Err(format!("message {from}->{to} dropped (injected fault)"));
         }
         Ok(())

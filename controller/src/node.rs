@@ -147,7 +147,9 @@ impl ControllerNode {
     }
 
     fn leader_hint(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every write and read.
+        let m = self.raft.metrics();
+        let m = m.borrow();
         let leader = m.current_leader?;
         let addr = m
             .membership_config
@@ -471,18 +473,17 @@ impl ControllerNode {
     }
 
     /// Every other member (voters and learners) with its address, and the
-    /// number of voters' acknowledgements (counting this node's own, when
-    /// it is a voter) that make a majority.
-    fn blob_targets(&self) -> (Vec<(NodeId, String)>, usize, bool) {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        let membership = m.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    /// ids of the voters.
+    fn blob_targets(&self) -> (Vec<(NodeId, String)>, BTreeSet<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
         let others = membership
             .nodes()
             .filter(|(id, _)| **id != self.id)
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        (others, voters.len() / 2 + 1, voters.contains(&self.id))
+        (others, membership.voter_ids().collect())
     }
 
     /// Stores a code package on this node and pushes it to every peer,
@@ -497,16 +498,11 @@ impl ControllerNode {
         // Right after a restart the membership is still being loaded from
         // the log; a majority cannot be counted before it is known.
         let start = Instant::now();
-        while self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .next()
-            .is_none()
-        {
+        let (others, voters) = loop {
+            let (others, voters) = self.blob_targets();
+            if !voters.is_empty() {
+                break (others, voters);
+            }
             if start.elapsed() > self.deadline() {
                 return Err(ApiError::unavailable(
                     "this controller does not know the cluster membership yet: it is starting or has not joined; retry, or use another controller",
@@ -514,30 +510,51 @@ impl ControllerNode {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (others, needed, self_voter) = self.blob_targets();
-        let voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        let mut acks = usize::from(self_voter);
-        if acks >= needed {
-            // Single-node cluster: spread to learners in the background.
-            self.push_in_background(others, sha256, data);
-            return Ok(());
-        }
+        };
+        let needed = voters.len() / 2 + 1;
+        let mut acks = usize::from(voters.contains(&self.id));
         let timeout = Duration::from_millis(self.config.request_timeout_ms.max(30_000));
-        let (tx, mut rx) = tokio::sync::mpsc::channel(others.len().max(1));
+        // The pushes run on their own; dropping `rx` early (a majority is
+        // reached) leaves the rest to finish in the background.
+        let mut rx = self.spawn_pushes(others, sha256, data, timeout);
+        let mut errors = Vec::new();
+        while acks < needed {
+            match rx.recv().await {
+                Some((id, Ok(()))) if voters.contains(&id) => acks += 1,
+                Some((_, Ok(()))) => {}
+                Some((_, Err(e))) => errors.push(e),
+                None => {
+                    return Err(ApiError::unavailable(
+                        format!(
+                            "the code package reached {acks} of the {needed} controllers a majority needs ({}); check `nubo cluster status`",
+                            errors.join("; ")
+                        ),
+                        self.leader_addr(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes a blob to each of `targets` concurrently; each outcome is
+    /// reported on the returned channel as it arrives.
+    fn spawn_pushes(
+        &self,
+        targets: Vec<(NodeId, String)>,
+        sha256: &str,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> tokio::sync::mpsc::Receiver<(NodeId, Result<(), String>)> {
+        let (tx, rx) = tokio::sync::mpsc::channel(targets.len().max(1));
         let data = Arc::new(data);
-        for (id, addr) in others {
-            let peers = self.peers.clone();
-            let sha = sha256.to_string();
-            let data = data.clone();
-            let tx = tx.clone();
+        for (id, addr) in targets {
+            let (peers, sha, data, tx) = (
+                self.peers.clone(),
+                sha256.to_string(),
+                data.clone(),
+                tx.clone(),
+            );
             tokio::spawn(async move {
                 let r = peers
                     .push_blob(id, &addr, &sha, (*data).clone(), timeout)
@@ -545,51 +562,14 @@ impl ControllerNode {
                 let _ = tx.send((id, r)).await;
             });
         }
-        drop(tx);
-        let mut errors = Vec::new();
-        while let Some((id, r)) = rx.recv().await {
-            match r {
-                Ok(()) if voters.contains(&id) => {
-                    acks += 1;
-                    if acks >= needed {
-                        return Ok(());
-                    }
-                }
-                Ok(()) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        Err(ApiError::unavailable(
-            format!(
-                "the code package reached {acks} of the {needed} controllers a majority needs ({}); check `nubo cluster status`",
-                errors.join("; ")
-            ),
-            self.leader_addr(),
-        ))
-    }
-
-    fn push_in_background(&self, others: Vec<(NodeId, String)>, sha256: &str, data: Vec<u8>) {
-        if others.is_empty() {
-            return;
-        }
-        let data = Arc::new(data);
-        for (id, addr) in others {
-            let peers = self.peers.clone();
-            let sha = sha256.to_string();
-            let data = data.clone();
-            tokio::spawn(async move {
-                let _ = peers
-                    .push_blob(id, &addr, &sha, (*data).clone(), Duration::from_secs(60))
-                    .await;
-            });
-        }
+        rx
     }
 
     /// Fetches a referenced blob this node lacks from any peer that has it,
     /// verifies its sha256 and stores it.
     pub async fn fetch_code(&self, sha256: &str) -> Result<Vec<u8>, ApiError> {
         use sha2::Digest;
-        let (others, _, _) = self.blob_targets();
+        let (others, _) = self.blob_targets();
         let mut errors = Vec::new();
         for (id, addr) in others {
             match self
