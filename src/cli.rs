@@ -41,6 +41,50 @@ pub enum ClientCommand {
     /// Create, list and revoke API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Invoke a function and print its result on stdout.
+    Invoke(InvokeArgs),
+    /// Show a function's log lines (START / END / REPORT and its output).
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InvokeArgs {
+    /// FUNCTION or FUNCTION:QUALIFIER ($LATEST, a version or an alias).
+    pub target: String,
+    /// The event, a JSON document.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the event from a file (`-` for stdin).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    /// Print the last 4 KB of the invocation's log on stderr.
+    #[arg(long)]
+    pub log_tail: bool,
+    /// Only check that the function and qualifier exist and may be invoked.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    pub function: String,
+    /// Keep printing new lines as they arrive.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only lines from the last N seconds.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// At most this many lines (the newest).
+    #[arg(long, default_value_t = 200)]
+    pub limit: u32,
+}
+
+/// Splits FUNCTION[:QUALIFIER].
+pub fn split_target(t: &str) -> (String, String) {
+    match t.split_once(':') {
+        Some((f, q)) => (f.to_string(), q.to_string()),
+        None => (t.to_string(), String::new()),
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -469,7 +513,150 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
         ClientCommand::Alias(c) => alias_cmd(&client, &out, c).await,
         ClientCommand::Cluster(c) => cluster_cmd(&client, &out, c).await,
         ClientCommand::Token(c) => token_cmd(&client, &out, c).await,
+        ClientCommand::Invoke(a) => invoke_cmd(&client, &out, a).await,
+        ClientCommand::Logs(a) => logs_cmd(&client, &out, a).await,
     }
+}
+
+async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result<()> {
+    let (function_name, qualifier) = split_target(&a.target);
+    let payload = match (&a.payload, &a.payload_file) {
+        (Some(p), _) => p.clone().into_bytes(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                .context("reading the payload from stdin")?;
+            v
+        }
+        (None, Some(f)) => {
+            std::fs::read(f).with_context(|| format!("reading the payload file {}", f.display()))?
+        }
+        (None, None) => b"{}".to_vec(),
+    };
+    let req = pb::InvokeRequest {
+        function_name,
+        qualifier,
+        payload,
+        invocation_type: if a.dry_run {
+            pb::InvocationType::DryRun as i32
+        } else {
+            pb::InvocationType::RequestResponse as i32
+        },
+        log_type: if a.log_tail {
+            pb::LogType::LogTail as i32
+        } else {
+            pb::LogType::LogNone as i32
+        },
+    };
+    let r = client
+        .call(|c| {
+            let req = req.clone();
+            async move { c.invocations().invoke(req).await }
+        })
+        .await?
+        .into_inner();
+    if !r.log_result.is_empty() {
+        eprint!("{}", r.log_result);
+    }
+    if a.dry_run {
+        if out.json() {
+            out.print_json(
+                &json!({"status_code": r.status_code, "executed_version": r.executed_version}),
+            );
+        } else {
+            eprintln!(
+                "dry run: {} can be invoked (version {})",
+                a.target, r.executed_version
+            );
+        }
+        return Ok(());
+    }
+    if out.json() {
+        let payload: Value = serde_json::from_slice(&r.payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&r.payload).into_owned()));
+        out.print_json(&json!({
+            "status_code": r.status_code,
+            "executed_version": r.executed_version,
+            "function_error": r.function_error,
+            "request_id": r.request_id,
+            "payload": payload,
+        }));
+    } else {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&r.payload)?;
+        stdout.write_all(b"\n")?;
+        stdout.flush()?;
+    }
+    if !r.function_error.is_empty() {
+        anyhow::bail!(
+            "the function returned an error ({}, request {}); its log: `nubo logs {}`",
+            r.function_error,
+            r.request_id,
+            split_target(&a.target).0
+        );
+    }
+    Ok(())
+}
+
+async fn logs_cmd(client: &Client, out: &Out, a: LogsArgs) -> anyhow::Result<()> {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64
+    };
+    let mut start = a
+        .since
+        .map(|s| now_ms().saturating_sub(s * 1000))
+        .unwrap_or(0);
+    // Lines already printed at the boundary timestamp: (worker, seq).
+    let mut seen: std::collections::HashSet<(String, u64)> = Default::default();
+    let mut limit = a.limit;
+    loop {
+        let req = pb::GetLogsRequest {
+            function_name: a.function.clone(),
+            start_time_ms: start,
+            limit,
+        };
+        let r = client
+            .call(|c| {
+                let req = req.clone();
+                async move { c.invocations().get_logs(req).await }
+            })
+            .await?
+            .into_inner();
+        for l in &r.lines {
+            if !seen.insert((l.worker_id.clone(), l.seq)) {
+                continue;
+            }
+            if out.json() {
+                out.print_json(&json!({
+                    "timestamp": rfc3339_ms(l.timestamp_ms),
+                    "request_id": l.request_id,
+                    "version": l.version,
+                    "worker": l.worker_id,
+                    "message": l.message,
+                }));
+            } else {
+                println!("{} {}", rfc3339_ms(l.timestamp_ms), l.message);
+            }
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        if let Some(last) = r.lines.last() {
+            start = last.timestamp_ms;
+            seen.retain(|_| true);
+        }
+        limit = 10_000;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `2026-11-22T04:30:00.123Z`
+fn rfc3339_ms(ms: u64) -> String {
+    nubo_controller::api::rfc3339(ms)
 }
 
 async fn function_cmd(client: &Client, out: &Out, cmd: FunctionCommand) -> anyhow::Result<()> {
@@ -1300,6 +1487,19 @@ pub fn cluster_json(s: &pb::ClusterStatusResponse) -> Value {
         "commit_index": s.commit_index,
         "nodes": nodes,
         "state": s.state,
+        "workers": s.workers.iter().map(|w| json!({
+            "id": w.id,
+            "zone": w.zone,
+            "address": w.address,
+            "memory_mb": w.memory_mb,
+            "used_memory_mb": w.used_memory_mb,
+            "max_sandboxes": w.max_sandboxes,
+            "sandboxes": w.sandboxes,
+            "warm_idle": w.warm_idle,
+            "busy": w.busy,
+            "health": w.health,
+            "last_heartbeat_ms_ago": w.last_heartbeat_ms_ago,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -1384,6 +1584,41 @@ fn render_cluster(s: &pb::ClusterStatusResponse) -> String {
         ),
     ]);
     text.push('\n');
+    let workers_table = if s.workers.is_empty() {
+        "no workers registered with this controller (start one: `nubo worker --zone Z --controllers ...`)\n".to_string()
+    } else {
+        let rows: Vec<Vec<String>> = s
+            .workers
+            .iter()
+            .map(|w| {
+                vec![
+                    w.id.clone(),
+                    w.zone.clone(),
+                    w.address.clone(),
+                    format!("{}/{} MB", w.used_memory_mb, w.memory_mb),
+                    format!("{}/{}", w.sandboxes, w.max_sandboxes),
+                    w.warm_idle.to_string(),
+                    w.busy.to_string(),
+                    w.health.clone(),
+                    format!("{} ms ago", w.last_heartbeat_ms_ago),
+                ]
+            })
+            .collect();
+        render_table(
+            &[
+                "WORKER",
+                "ZONE",
+                "ADDRESS",
+                "MEMORY",
+                "SANDBOXES",
+                "WARM",
+                "BUSY",
+                "HEALTH",
+                "HEARD",
+            ],
+            &rows,
+        )
+    };
     let rows: Vec<Vec<String>> = s
         .nodes
         .iter()
@@ -1402,6 +1637,8 @@ fn render_cluster(s: &pb::ClusterStatusResponse) -> String {
         &["ID", "ADDRESS", "ROLE", "LEADER", "HEALTH", "MATCHED"],
         &rows,
     ));
+    text.push('\n');
+    text.push_str(&workers_table);
     text
 }
 

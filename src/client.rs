@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nubo_proto::v1::cluster_client::ClusterClient;
 use nubo_proto::v1::functions_client::FunctionsClient;
+use nubo_proto::v1::invocations_client::InvocationsClient;
 use nubo_proto::v1::tokens_client::TokensClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -145,6 +146,7 @@ fn new_request_id() -> Option<MetadataValue<Ascii>> {
 pub type FunctionsApi = FunctionsClient<InterceptedService<Channel, Auth>>;
 pub type ClusterApi = ClusterClient<InterceptedService<Channel, Auth>>;
 pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
+pub type InvocationsApi = InvocationsClient<InterceptedService<Channel, Auth>>;
 
 /// One connected controller, handed to each attempt of [`Client::call`].
 #[derive(Clone, Debug)]
@@ -163,6 +165,12 @@ impl Conn {
 
     pub fn cluster(&self) -> ClusterApi {
         ClusterClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn invocations(&self) -> InvocationsApi {
+        InvocationsClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }

@@ -24,6 +24,8 @@ pub enum Command {
     Up(roles::UpArgs),
     /// Run one controller (a member of the Raft group).
     Controller(roles::ControllerArgs),
+    /// Run a worker: runs functions in container sandboxes (needs root and crun).
+    Worker(roles::WorkerArgs),
     /// Run a benchmark and write its figures to BENCHMARKS.md.
     #[command(hide = true)]
     Bench(bench::BenchArgs),
@@ -36,6 +38,7 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Up(args) => roles::run_up(args).await,
         Command::Controller(args) => roles::run_controller(args).await,
+        Command::Worker(args) => roles::run_worker(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Client(cmd) => cli::run_client(&cli.global, cmd).await,
     };

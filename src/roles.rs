@@ -20,6 +20,54 @@ pub struct UpArgs {
     /// Prometheus /metrics address; empty disables it.
     #[arg(long, env = "NUBO_METRICS_LISTEN", default_value = "127.0.0.1:7780")]
     pub metrics_listen: String,
+    /// Memory for the embedded worker's sandboxes, MB.
+    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = 4096)]
+    pub worker_memory_mb: u32,
+    /// Do not start the embedded worker (deploy only, or external workers).
+    #[arg(long)]
+    pub no_worker: bool,
+    /// OCI runtime of the embedded worker: crun or runc.
+    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = "crun")]
+    pub oci_runtime: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// Zone of this worker; placement spreads a function over zones.
+    #[arg(long, env = "NUBO_ZONE")]
+    pub zone: String,
+    /// Controllers to register with, comma-separated HOST:PORT.
+    #[arg(long, env = "NUBO_CONTROLLERS", value_delimiter = ',', required = true)]
+    pub controllers: Vec<String>,
+    /// Shared secret of the cluster (the controllers' cluster_secret).
+    #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: String,
+    /// Address of the worker API, HOST:PORT.
+    #[arg(long, env = "NUBO_WORKER_LISTEN", default_value = "127.0.0.1:7800")]
+    pub listen: String,
+    /// Address controllers use to reach this worker (default: --listen).
+    #[arg(long, env = "NUBO_WORKER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Stable worker id (default: generated once, kept in DATA_DIR/worker.id).
+    #[arg(long, env = "NUBO_WORKER_ID")]
+    pub id: Option<String>,
+    /// Memory for sandboxes (the sum of their limits), MB.
+    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = 8192)]
+    pub memory_mb: u32,
+    #[arg(long, env = "NUBO_WORKER_MAX_SANDBOXES", default_value_t = 512)]
+    pub max_sandboxes: u32,
+    /// Idle sandboxes are destroyed after this many seconds.
+    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = 600)]
+    pub keep_alive_secs: u64,
+    /// Code cache and worker id. Default: /var/lib/nubo/worker.
+    #[arg(long, env = "NUBO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// crun (default) or runc.
+    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = "crun")]
+    pub oci_runtime: String,
+    /// Prometheus /metrics address, HOST:PORT.
+    #[arg(long, env = "NUBO_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +180,38 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.zone.trim().is_empty() {
+        anyhow::bail!("--zone must not be empty");
+    }
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/nubo/worker"));
+    let mut cfg = nubo_worker::WorkerConfig::new(data_dir, args.controllers, args.cluster_secret);
+    cfg.id = args.id;
+    cfg.zone = args.zone;
+    cfg.listen = args.listen;
+    cfg.advertise = args.advertise;
+    cfg.memory_mb = args.memory_mb;
+    cfg.max_sandboxes = args.max_sandboxes;
+    cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
+    cfg.oci_runtime = args.oci_runtime;
+    cfg.metrics_listen = args.metrics_listen;
+    let zone = cfg.zone.clone();
+    let (running, _worker) = nubo_worker::start(cfg)
+        .await
+        .context("starting the worker")?;
+    eprintln!("nubo worker (zone {zone}) listening on {}", running.addr);
+    if let Some(m) = running.metrics_addr {
+        eprintln!("metrics at http://{m}/metrics");
+    }
+    println!("ready {}", running.addr);
+    wait_for_signal().await;
+    running.shutdown().await;
+    eprintln!("worker stopped; its sandboxes are gone");
+    Ok(())
+}
+
 pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
@@ -165,10 +245,38 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(m) = running.metrics_addr {
         eprintln!("metrics at http://{m}/metrics");
     }
+    let worker = if args.no_worker {
+        None
+    } else {
+        let mut cfg = nubo_worker::WorkerConfig::new(
+            data_dir.join("worker"),
+            vec![running.addr.to_string()],
+            running.node.config.cluster_secret.clone(),
+        );
+        cfg.id = Some("local".into());
+        cfg.zone = "local".into();
+        cfg.listen = "127.0.0.1:0".into();
+        cfg.memory_mb = args.worker_memory_mb;
+        cfg.oci_runtime = args.oci_runtime;
+        let (w, _) = nubo_worker::start(cfg).await.context(
+            "starting the embedded worker (run as root with crun installed: scripts/setup.sh; or pass --no-worker)",
+        )?;
+        eprintln!("worker (zone local) on {}", w.addr);
+        // Invokes work once the controller has heard from it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running.node.workers.live_clients().is_empty() && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Some(w)
+    };
     eprintln!("nubo is up: endpoint {endpoint} — try `nubo function list`. Ctrl-C stops it.");
     // Scripts wait for this line on stdout.
     println!("ready {endpoint}");
     wait_for_signal().await;
+    if let Some(w) = worker {
+        w.shutdown().await;
+    }
     running.shutdown().await;
     eprintln!("nubo stopped cleanly");
     Ok(())

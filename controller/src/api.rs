@@ -49,6 +49,8 @@ pub fn to_status(e: ApiError) -> Status {
         ApiError::Unauthenticated(m) => Status::unauthenticated(m),
         ApiError::PermissionDenied(m) => Status::permission_denied(m),
         ApiError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        ApiError::Throttled(m) => Status::resource_exhausted(m),
+        ApiError::WorkerFailed(m) => Status::aborted(m),
         ApiError::Internal(m) => Status::internal(m),
     }
 }
@@ -906,6 +908,7 @@ impl Api {
             commit_index: applied,
             nodes,
             state: format!("{:?}", m.state),
+            workers: self.node.workers.status(),
         }
     }
 
@@ -1111,13 +1114,7 @@ impl Internal {
             .unwrap_or("");
         let want = self.node.config.cluster_secret.as_str();
         // Constant-time comparison: the secret guards cluster membership.
-        let ok = got.len() == want.len()
-            && got
-                .bytes()
-                .zip(want.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if ok {
+        if nubo_proto::secret_matches(got, want) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
@@ -1195,5 +1192,94 @@ impl pb::raft_internal_server::RaftInternal for Internal {
             ),
         };
         encode(&reply)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::invocations_server::Invocations for Api {
+    async fn invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        self.run("Invoke", async {
+            self.authorize(request.metadata(), Scope::Invoke, "Invoke")?;
+            self.node.invoke(request.into_inner(), false).await
+        })
+        .await
+    }
+
+    async fn get_logs(
+        &self,
+        request: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        self.run("GetLogs", async {
+            self.authorize(request.metadata(), Scope::Deploy, "GetLogs")?;
+            self.node.logs(request.into_inner()).await
+        })
+        .await
+    }
+}
+
+type FetchCodeStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::CodeChunk, Status>> + Send>>;
+
+/// The service workers call: heartbeats, code, and forwarded invokes.
+#[tonic::async_trait]
+impl pb::worker_control_server::WorkerControl for Internal {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::WorkerHeartbeat>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.check(request.metadata())?;
+        self.node
+            .workers
+            .heartbeat(request.into_inner())
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::HeartbeatReply {
+            interval_ms: self.node.config.worker_heartbeat_ms as u32,
+        }))
+    }
+
+    type FetchCodeStream = FetchCodeStream;
+
+    async fn fetch_code(
+        &self,
+        request: Request<pb::FetchCodeRequest>,
+    ) -> Result<Response<FetchCodeStream>, Status> {
+        self.check(request.metadata())?;
+        let sha = request.into_inner().code_sha256;
+        let local = self
+            .node
+            .sm
+            .blob(&sha)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let data = match local {
+            Some(d) => d,
+            None if self.node.with_registry(|r| r.has_blob(&sha)) => {
+                self.node.fetch_code(&sha).await.map_err(to_status)?
+            }
+            None => {
+                return Err(Status::not_found(format!(
+                    "no code package with sha256 {sha}"
+                )))
+            }
+        };
+        let chunks: Vec<Result<pb::CodeChunk, Status>> = data
+            .chunks(CODE_CHUNK)
+            .map(|c| Ok(pb::CodeChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn forward_invoke(
+        &self,
+        request: Request<pb::InvokeRequest>,
+    ) -> Result<Response<pb::InvokeResponse>, Status> {
+        self.check(request.metadata())?;
+        self.node
+            .invoke(request.into_inner(), true)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }

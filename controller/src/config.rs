@@ -63,6 +63,12 @@ pub struct ControllerConfig {
     /// How long an unreferenced code package stays before it is deleted
     /// (covers uploads whose command is still on its way).
     pub blob_gc_grace_secs: u64,
+    /// Largest synchronous invoke payload (Lambda: 6 MB).
+    pub max_sync_payload_bytes: u64,
+    /// How often workers are asked to heartbeat.
+    pub worker_heartbeat_ms: u64,
+    /// A worker silent for this long is dead: nothing is placed on it.
+    pub worker_dead_after_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -85,6 +91,9 @@ impl Default for ControllerConfig {
             election_timeout_ms: 200,
             snapshot_logs: 10_000,
             request_timeout_ms: 8_000,
+            max_sync_payload_bytes: 6 * 1024 * 1024,
+            worker_heartbeat_ms: 250,
+            worker_dead_after_ms: 1_000,
             max_zipped_bytes: 50 * 1024 * 1024,
             max_unzipped_bytes: 250 * 1024 * 1024,
             blob_sync_ms: 5_000,
@@ -222,6 +231,11 @@ impl ControllerConfig {
                 "election_timeout_ms ({}) must exceed twice heartbeat_ms ({})",
                 self.election_timeout_ms, self.heartbeat_ms
             )));
+        }
+        if self.worker_dead_after_ms < 2 * self.worker_heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "worker_dead_after_ms must be at least twice worker_heartbeat_ms".into(),
+            ));
         }
         if self.snapshot_logs < 10 {
             return Err(ConfigError::Invalid("snapshot_logs must be >= 10".into()));

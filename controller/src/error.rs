@@ -43,6 +43,13 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Over a concurrency limit or no capacity: RESOURCE_EXHAUSTED.
+    #[error("{0}")]
+    Throttled(String),
+    /// A worker failed while running the call: ABORTED, retry at a higher
+    /// level (the function may have run).
+    #[error("{0}")]
+    WorkerFailed(String),
     #[error("{0}")]
     Internal(String),
 }

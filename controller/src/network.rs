@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{NodeId, TypeConfig};
 
-pub const SECRET_HEADER: &str = "x-nubo-cluster-secret";
+pub use nubo_proto::SECRET_HEADER;
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
 /// Injected network faults, shared by all nodes of an in-process test

@@ -54,6 +54,9 @@ pub struct ControllerNode {
     pub peers: Peers,
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
+    /// Workers as seen by this controller (heartbeats; not replicated).
+    pub workers: Arc<crate::workers::WorkerRegistry>,
+    pub invoke_state: crate::invoke::InvokeState,
     db: Arc<rocksdb::DB>,
     batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
@@ -110,6 +113,11 @@ impl ControllerNode {
             sm,
             peers,
             metrics: Arc::new(Metrics::default()),
+            workers: Arc::new(crate::workers::WorkerRegistry::new(
+                Duration::from_millis(config.worker_heartbeat_ms),
+                Duration::from_millis(config.worker_dead_after_ms),
+            )),
+            invoke_state: Default::default(),
             config,
             db,
         }))

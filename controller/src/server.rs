@@ -74,7 +74,17 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
-        .add_service(pb::tokens_server::TokensServer::new(api))
+        .add_service(pb::tokens_server::TokensServer::new(api.clone()))
+        .add_service(
+            pb::invocations_server::InvocationsServer::new(api)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::worker_control_server::WorkerControlServer::new(internal.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             pb::raft_internal_server::RaftInternalServer::new(internal.clone())
                 .max_decoding_message_size(MAX_MESSAGE)
@@ -95,6 +105,21 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
             tracing::error!(error = %e, "grpc server stopped");
         }
     }));
+
+    // Workers silent for ten minutes are forgotten (they re-register).
+    {
+        let node = node.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                }
+                node.workers.forget_dead(Duration::from_secs(600));
+            }
+        }));
+    }
 
     // Blob upkeep: fetch what this node lacks, collect what no one uses.
     {

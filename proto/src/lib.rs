@@ -2,3 +2,17 @@
 pub mod v1 {
     tonic::include_proto!("nubo.v1");
 }
+
+/// Metadata key carrying the cluster secret on controller-to-controller and
+/// controller-to-worker calls.
+pub const SECRET_HEADER: &str = "x-nubo-cluster-secret";
+
+/// Constant-time comparison of a presented secret with the expected one.
+pub fn secret_matches(got: &str, want: &str) -> bool {
+    got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}

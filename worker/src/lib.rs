@@ -1,1 +1,170 @@
-//! nubo worker: runs functions in container sandboxes.
+//! nubo worker: runs functions in container sandboxes. See ARCHITECTURE.md.
+//!
+//! - [`sandbox`]: the sandbox trait; [`linux`] (OCI containers via crun or
+//!   runc) and [`fake`] (in-process, for tests) implement it.
+//! - [`pool`]: warm reuse, admission, LRU eviction, keep-alive.
+//! - [`core`]: one invocation with Lambda's log lines; [`server`]: the gRPC
+//!   API, heartbeats, code fetching, metrics.
+//! - [`runtime_api`]: the Lambda Runtime API each sandbox talks to.
+//! - [`spec`], [`seccomp`], [`netns`], [`host`]: the container itself and
+//!   the host it needs.
+
+pub mod code;
+pub mod core;
+pub mod fake;
+pub mod host;
+pub mod linux;
+pub mod logs;
+pub mod metrics;
+pub mod netns;
+pub mod pool;
+pub mod runtime_api;
+pub mod sandbox;
+pub mod seccomp;
+pub mod server;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Settings of `nubo worker` (and of the worker inside `nubo up`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Stable id; default: generated once and kept in DATA_DIR/worker.id.
+    pub id: Option<String>,
+    pub zone: String,
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub controllers: Vec<String>,
+    pub cluster_secret: String,
+    /// Memory for sandboxes (sum of their limits), MB.
+    pub memory_mb: u32,
+    pub max_sandboxes: u32,
+    pub keep_alive: Duration,
+    pub data_dir: PathBuf,
+    /// `crun` (default) or `runc`.
+    pub oci_runtime: String,
+    pub metrics_listen: Option<String>,
+    pub heartbeat: Duration,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl WorkerConfig {
+    pub fn new(data_dir: PathBuf, controllers: Vec<String>, cluster_secret: String) -> Self {
+        WorkerConfig {
+            id: None,
+            zone: "default".into(),
+            listen: "127.0.0.1:7800".into(),
+            advertise: None,
+            controllers,
+            cluster_secret,
+            memory_mb: 8192,
+            max_sandboxes: 512,
+            keep_alive: Duration::from_secs(600),
+            data_dir,
+            oci_runtime: "crun".into(),
+            metrics_listen: None,
+            heartbeat: Duration::from_millis(250),
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker preflight: {0}")]
+    Preflight(#[from] host::PreflightError),
+    #[error("worker setup: {0}")]
+    Setup(String),
+}
+
+pub type LinuxWorker = core::Worker<Arc<linux::LinuxFactory>>;
+
+/// Starts a worker with container sandboxes.
+pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorker>), WorkerError> {
+    let info = host::preflight(&cfg.oci_runtime)?;
+    let setup = |what: &str, e: &dyn std::fmt::Display| WorkerError::Setup(format!("{what}: {e}"));
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| setup("creating the data directory", &e))?;
+    let id = match &cfg.id {
+        Some(id) => id.clone(),
+        None => {
+            let f = cfg.data_dir.join("worker.id");
+            match std::fs::read_to_string(&f) {
+                Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    let id = format!("w-{:08x}", rand::random::<u32>());
+                    std::fs::write(&f, &id).map_err(|e| setup("writing worker.id", &e))?;
+                    id
+                }
+            }
+        }
+    };
+    let tag = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+    let run_dir = PathBuf::from("/run/nubo").join(&tag);
+    let source = server::ControllerCode::new(&cfg.controllers, &cfg.cluster_secret)
+        .map_err(|e| setup("controllers", &e))?;
+    let code = Arc::new(
+        code::CodeCache::new(cfg.data_dir.join("code"), Arc::new(source))
+            .map_err(|e| setup("code cache", &e))?,
+    );
+    let factory = Arc::new(
+        linux::LinuxFactory::new(
+            linux::LinuxConfig {
+                oci_runtime: info.runtime_path.clone(),
+                run_dir,
+                uid: cfg.uid,
+                gid: cfg.gid,
+                cgroup: info.cgroup,
+                tag,
+                region: "local".into(),
+            },
+            code,
+        )
+        .map_err(|e| setup("sandbox host", &e))?,
+    );
+    factory.cleanup_leftovers().await;
+    let pool = pool::Pool::new(
+        factory,
+        pool::PoolConfig {
+            memory_mb: cfg.memory_mb,
+            max_sandboxes: cfg.max_sandboxes,
+            keep_alive: cfg.keep_alive,
+        },
+    );
+    let worker = Arc::new(core::Worker::new(pool));
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| {
+            setup(
+                &format!("listening on {} (pick another with --listen)", cfg.listen),
+                &e,
+            )
+        })?;
+    let addr = listener.local_addr().map_err(|e| setup("address", &e))?;
+    let metrics = match &cfg.metrics_listen {
+        Some(m) if !m.is_empty() => Some(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|e| setup(&format!("listening for metrics on {m}"), &e))?,
+        ),
+        _ => None,
+    };
+    let ident = server::WorkerIdentity {
+        id,
+        zone: cfg.zone.clone(),
+        advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
+        controllers: cfg.controllers.clone(),
+        cluster_secret: cfg.cluster_secret.clone(),
+        heartbeat: cfg.heartbeat,
+    };
+    let incarnation = logs::now_ms();
+    let running = server::serve(worker.clone(), ident, listener, metrics, incarnation)
+        .await
+        .map_err(|e| setup("serving", &e))?;
+    Ok((running, worker))
+}

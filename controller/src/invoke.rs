@@ -1,0 +1,391 @@
+//! Synchronous invocation on a controller: resolve the qualifier (alias
+//! weights per call) from the local registry, enforce reserved concurrency,
+//! place on a worker, relay the result. No Raft write on this path.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nubo_proto::v1 as pb;
+use rand::Rng;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::error::{ApiError, RegistryError};
+use crate::model::{ConfigView, LATEST};
+use crate::node::ControllerNode;
+use crate::validate;
+use crate::workers::{Pick, MAX_WORKER_MESSAGE};
+
+/// How many workers one call may try when they turn out full or unreachable
+/// before the request was sent.
+const PLACEMENT_TRIES: usize = 3;
+
+type ControlClient = pb::worker_control_client::WorkerControlClient<Channel>;
+
+#[derive(Default)]
+pub struct InvokeState {
+    /// Calls in flight per function with reserved concurrency, counted on
+    /// the leader (every controller forwards those calls to it).
+    running: Mutex<HashMap<String, u32>>,
+    leader_clients: Mutex<HashMap<String, ControlClient>>,
+}
+
+/// Releases a reserved-concurrency slot when the call ends, however it ends.
+struct Slot<'a> {
+    state: &'a InvokeState,
+    function: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut g = self.state.running.lock().expect("lock poisoned");
+        if let Some(n) = g.get_mut(&self.function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.function);
+            }
+        }
+    }
+}
+
+pub fn new_request_id() -> String {
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Picks the version an alias routes this call to.
+fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> String {
+    let x: f64 = rand::thread_rng().gen();
+    let mut acc = 0.0;
+    for (v, w) in weights {
+        acc += w;
+        if x < acc {
+            return v.clone();
+        }
+    }
+    primary.to_string()
+}
+
+fn spec_of(v: &ConfigView) -> pb::FunctionSpec {
+    let c = &v.config;
+    pb::FunctionSpec {
+        function_name: v.function_name.clone(),
+        version: v.version.clone(),
+        runtime: c.runtime.clone(),
+        handler: c.handler.clone(),
+        memory_mb: c.memory_mb,
+        timeout_seconds: c.timeout_seconds,
+        environment: c.environment.clone().into_iter().collect(),
+        ephemeral_storage_mb: c.ephemeral_storage_mb,
+        egress: c.egress,
+        code_sha256: c.code_sha256.clone(),
+        code_size: c.code_size,
+    }
+}
+
+fn with_secret<T>(msg: T, secret: &str, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = MetadataValue::try_from(secret) {
+        r.metadata_mut().insert(nubo_proto::SECRET_HEADER, v);
+    }
+    r.set_timeout(timeout);
+    r
+}
+
+/// Whether a failed call certainly never reached the worker's handler.
+fn not_sent(s: &tonic::Status) -> bool {
+    s.code() == Code::Unavailable && {
+        let m = s.message().to_ascii_lowercase();
+        m.contains("connect") || m.contains("refused")
+    }
+}
+
+impl ControllerNode {
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Validates, resolves and runs one invocation.
+    pub async fn invoke(
+        &self,
+        req: pb::InvokeRequest,
+        forwarded: bool,
+    ) -> Result<pb::InvokeResponse, ApiError> {
+        validate::function_name(&req.function_name)?;
+        let max = self.config.max_sync_payload_bytes;
+        if req.payload.len() as u64 > max {
+            return Err(RegistryError::invalid(format!(
+                "payload is {} bytes; the limit for synchronous invocations is {max} bytes (6 MB): pass large data by reference (an S3 key)",
+                req.payload.len()
+            ))
+            .into());
+        }
+        if !req.payload.is_empty() {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&req.payload).map_err(|e| {
+                RegistryError::invalid(format!(
+                    "payload is not valid JSON ({e}): send a JSON document, e.g. --payload '{{\"name\":\"Ada\"}}'"
+                ))
+            })?;
+        }
+        let qualifier = if req.qualifier.is_empty() {
+            LATEST.to_string()
+        } else {
+            req.qualifier.clone()
+        };
+        // Resolve on the local registry: the newest applied state, no
+        // Raft round trip. An alias routes each call by its weights.
+        let view = self.with_registry(|r| -> Result<ConfigView, RegistryError> {
+            let (view, alias) = r.get(&req.function_name, &qualifier)?;
+            match alias {
+                Some(a) if !a.routing.is_empty() => {
+                    let v = route(&a.function_version, &a.routing);
+                    if v == view.version {
+                        Ok(view)
+                    } else {
+                        Ok(r.get(&req.function_name, &v)?.0)
+                    }
+                }
+                _ => Ok(view),
+            }
+        })?;
+        let invocation_type = pb::InvocationType::try_from(req.invocation_type)
+            .map_err(|_| RegistryError::invalid("unknown invocation type"))?;
+        match invocation_type {
+            pb::InvocationType::DryRun => {
+                return Ok(pb::InvokeResponse {
+                    status_code: 204,
+                    executed_version: view.version,
+                    ..Default::default()
+                })
+            }
+            pb::InvocationType::Event => return Err(RegistryError::invalid(
+                "asynchronous (Event) invocation is not available yet: invoke with RequestResponse",
+            )
+            .into()),
+            pb::InvocationType::RequestResponse => {}
+        }
+        if view.config.code_sha256.is_empty() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "function {} has no code: upload it with `nubo function update-code`",
+                view.function_name
+            ))
+            .into());
+        }
+
+        let _slot = match view.config.reserved_concurrency {
+            Some(limit) => {
+                if !forwarded && !self.is_leader() {
+                    return self.forward_invoke(req).await;
+                }
+                let mut g = self.invoke_state.running.lock().expect("lock poisoned");
+                let n = g.entry(view.function_name.clone()).or_insert(0);
+                if *n >= limit {
+                    return Err(ApiError::Throttled(format!(
+                        "throttled: function {} has reserved concurrency {limit} and {n} invocations are running; retry later or raise it with `nubo function update-config {} --reserved-concurrency N`",
+                        view.function_name, view.function_name
+                    )));
+                }
+                *n += 1;
+                Some(Slot {
+                    state: &self.invoke_state,
+                    function: view.function_name.clone(),
+                })
+            }
+            None => None,
+        };
+
+        let request_id = new_request_id();
+        let spec = spec_of(&view);
+        let timeout = Duration::from_secs(view.config.timeout_seconds as u64 + 15);
+        let mut exclude = Vec::new();
+        let mut last_error = String::new();
+        for _ in 0..PLACEMENT_TRIES {
+            let Some(pick) = self.workers.pick(
+                &view.function_name,
+                &view.version,
+                view.config.memory_mb,
+                &exclude,
+            ) else {
+                break;
+            };
+            let call = pb::WorkerInvokeRequest {
+                function: Some(spec.clone()),
+                request_id: request_id.clone(),
+                payload: req.payload.clone(),
+                log_tail: req.log_type == pb::LogType::LogTail as i32,
+            };
+            let mut client = pick.client.clone();
+            let r = client
+                .invoke(with_secret(call, &self.config.cluster_secret, timeout))
+                .await;
+            match r {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    self.workers.finish(&pick, resp.pool.as_ref(), false);
+                    return Ok(pb::InvokeResponse {
+                        status_code: 200,
+                        payload: resp.payload,
+                        function_error: resp.function_error,
+                        executed_version: view.version,
+                        log_result: resp.log_result,
+                        request_id,
+                    });
+                }
+                Err(s) if s.code() == Code::ResourceExhausted => {
+                    // Full: try another worker.
+                    self.workers.finish(&pick, None, false);
+                    last_error = format!("worker {} is full: {}", pick.id, s.message());
+                    exclude.push(pick.id);
+                }
+                Err(s) if not_sent(&s) => {
+                    self.workers.finish(&pick, None, true);
+                    last_error = format!("worker {} is unreachable: {}", pick.id, s.message());
+                    exclude.push(pick.id);
+                }
+                Err(s) => return Err(self.worker_failed(&pick, s, &request_id)),
+            }
+        }
+        if last_error.is_empty() {
+            Err(ApiError::unavailable(
+                format!(
+                    "no live worker can run {} ({} MB): start one with `nubo worker --zone Z --controllers ...`, or check `nubo cluster status`",
+                    view.function_name, view.config.memory_mb
+                ),
+                None,
+            ))
+        } else if last_error.contains("is full") {
+            Err(ApiError::Throttled(format!(
+                "throttled: every worker is full ({last_error}); retry later or add workers"
+            )))
+        } else {
+            Err(ApiError::unavailable(
+                format!("no worker could take the call ({last_error}); retry"),
+                None,
+            ))
+        }
+    }
+
+    /// A worker failed after the call was sent: the caller gets a clear,
+    /// retryable error, and the worker is avoided until it heartbeats.
+    fn worker_failed(&self, pick: &Pick, s: tonic::Status, request_id: &str) -> ApiError {
+        let transport = matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+        );
+        self.workers.finish(pick, None, transport);
+        match s.code() {
+            Code::DeadlineExceeded => ApiError::DeadlineExceeded(format!(
+                "worker {} did not answer in time for request {request_id}",
+                pick.id
+            )),
+            Code::InvalidArgument => ApiError::Internal(format!(
+                "worker {} rejected the call: {}",
+                pick.id,
+                s.message()
+            )),
+            _ => ApiError::WorkerFailed(format!(
+                "worker {} (zone {}) failed during request {request_id}: {}; the function may or may not have run; retry (the next call goes to another worker)",
+                pick.id,
+                pick.zone,
+                s.message()
+            )),
+        }
+    }
+
+    async fn forward_invoke(&self, req: pb::InvokeRequest) -> Result<pb::InvokeResponse, ApiError> {
+        let Some(addr) = self.leader_addr() else {
+            return Err(ApiError::unavailable(
+                "no leader to count reserved concurrency: retry in a moment",
+                None,
+            ));
+        };
+        let client = {
+            let mut g = self
+                .invoke_state
+                .leader_clients
+                .lock()
+                .expect("lock poisoned");
+            match g.get(&addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let ep = Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| ApiError::Internal(e.to_string()))?
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_millis(500));
+                    let c = pb::worker_control_client::WorkerControlClient::new(ep.connect_lazy())
+                        .max_decoding_message_size(MAX_WORKER_MESSAGE)
+                        .max_encoding_message_size(MAX_WORKER_MESSAGE);
+                    g.insert(addr.clone(), c.clone());
+                    c
+                }
+            }
+        };
+        let mut client = client;
+        let r = client
+            .forward_invoke(with_secret(
+                req,
+                &self.config.cluster_secret,
+                Duration::from_secs(930),
+            ))
+            .await
+            .map_err(|s| match s.code() {
+                Code::ResourceExhausted => ApiError::Throttled(s.message().to_string()),
+                Code::NotFound => RegistryError::not_found(s.message()).into(),
+                Code::InvalidArgument => RegistryError::invalid(s.message()).into(),
+                Code::FailedPrecondition => {
+                    RegistryError::FailedPrecondition(s.message().to_string()).into()
+                }
+                Code::DeadlineExceeded => ApiError::DeadlineExceeded(s.message().to_string()),
+                _ => ApiError::unavailable(
+                    format!("forwarding to the leader at {addr}: {}", s.message()),
+                    Some(addr.clone()),
+                ),
+            })?;
+        Ok(r.into_inner())
+    }
+
+    /// Log lines of a function from every live worker, merged by time.
+    pub async fn logs(&self, req: pb::GetLogsRequest) -> Result<pb::GetLogsResponse, ApiError> {
+        validate::function_name(&req.function_name)?;
+        self.with_registry(|r| r.function(&req.function_name).map(|_| ()))?;
+        let limit = if req.limit == 0 {
+            1000
+        } else {
+            req.limit.min(10_000)
+        };
+        let calls = self.workers.live_clients().into_iter().map(|(_, mut c)| {
+            let r = with_secret(
+                pb::GetLogsRequest {
+                    limit,
+                    ..req.clone()
+                },
+                &self.config.cluster_secret,
+                Duration::from_secs(5),
+            );
+            async move { c.logs(r).await }
+        });
+        let mut lines: Vec<pb::LogLine> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|r| r.ok())
+            .flat_map(|r| r.into_inner().lines)
+            .collect();
+        lines.sort_by(|a, b| {
+            (a.timestamp_ms, &a.worker_id, a.seq).cmp(&(b.timestamp_ms, &b.worker_id, b.seq))
+        });
+        let skip = lines.len().saturating_sub(limit as usize);
+        Ok(pb::GetLogsResponse {
+            lines: lines.split_off(skip),
+        })
+    }
+}

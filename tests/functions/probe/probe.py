@@ -1,0 +1,223 @@
+"""Probe function for sandbox containment tests.
+
+One module, many handlers (deploy with `_HANDLER=probe.<name>`). Each handler
+tries something a sandbox must allow or forbid and returns a JSON dict
+describing what it observed, so a test asserts on facts rather than on a crash.
+"""
+
+import os
+import sys
+import signal
+import socket
+import time
+
+# The Lambda environment variables `echo` reports.
+LAMBDA_ENV = [
+    "_HANDLER",
+    "LAMBDA_TASK_ROOT",
+    "LAMBDA_RUNTIME_DIR",
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_EXECUTION_ENV",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "_X_AMZN_TRACE_ID",
+    "TZ",
+    "LANG",
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "HOME",
+]
+
+# Upper bound on fork attempts: above the 1024-process limit, small enough
+# that a sandbox without a limit survives the test.
+MAX_FORKS = 1100
+
+
+def fork_bomb(event, context):
+    """Fork until the process limit stops us; then kill every child."""
+    limit = min(int(event.get("max", MAX_FORKS)), MAX_FORKS)
+    children = []
+    error = None
+    try:
+        for _ in range(limit):
+            pid = os.fork()
+            if pid == 0:
+                # Child: never return into the runtime loop.
+                try:
+                    while True:
+                        time.sleep(3600)
+                finally:
+                    os._exit(0)
+            children.append(pid)
+    except OSError as e:
+        error = str(e)
+    created = len(children)
+    # Reap everything so the sandbox can serve the next event.
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in children:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+    return {"created": created, "error": error, "attempts_limit": limit}
+
+
+def mem_hog(event, context):
+    """Allocate event['mb'] MB (default 512) in 16 MB chunks, touching every page."""
+    target = int(event.get("mb", 512))
+    chunk_mb = 16
+    page = 4096
+    chunks = []
+    allocated = 0
+    try:
+        while allocated < target:
+            mb = min(chunk_mb, target - allocated)
+            buf = bytearray(mb << 20)
+            # Fresh zeroed memory is not resident until written: touch each page.
+            buf[::page] = b"\x01" * len(range(0, len(buf), page))
+            chunks.append(buf)
+            allocated += mb
+    except MemoryError:
+        return {"allocated_mb": allocated, "error": "MemoryError"}
+    return {"allocated_mb": allocated}
+
+
+def sleep(event, context):
+    seconds = float(event["seconds"])
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+def write_outside_tmp(event, context):
+    """Try to create a file in each location; only /tmp should be writable."""
+    paths = ["/var/task/x", "/usr/x", "/x", "/etc/x", "/tmp/x"]
+    succeeded = []
+    errors = {}
+    for path in paths:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            succeeded.append(path)
+            errors[path] = None
+            if path != "/tmp/x":
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        except OSError as e:
+            errors[path] = str(e)
+    try:
+        os.unlink("/tmp/x")
+    except OSError:
+        pass
+    return {"succeeded": succeeded, "errors": errors}
+
+
+def read_path(event, context):
+    """Report whether event['path'] exists and is readable, with its first bytes."""
+    path = event["path"]
+    nbytes = int(event.get("bytes", 64))
+    out = {
+        "path": path,
+        "exists": os.path.exists(path),
+        "is_dir": os.path.isdir(path),
+        "readable": False,
+        "first_bytes": None,
+        "error": None,
+    }
+    try:
+        if out["is_dir"]:
+            out["entries"] = sorted(os.listdir(path))
+        else:
+            with open(path, "rb") as f:
+                # latin-1 maps every byte to one character: lossless in JSON.
+                out["first_bytes"] = f.read(nbytes).decode("latin-1")
+        out["readable"] = True
+    except OSError as e:
+        out["error"] = str(e)
+    try:
+        out["root"] = sorted(os.listdir("/"))
+    except OSError as e:
+        out["root"] = None
+        out["root_error"] = str(e)
+    return out
+
+
+def network(event, context):
+    """Try an outbound TCP connection and a DNS lookup; both should fail."""
+    host = event.get("host", "1.1.1.1")
+    port = int(event.get("port", 80))
+    out = {"host": host, "port": port}
+    try:
+        s = socket.create_connection((host, port), timeout=1)
+        s.close()
+        out["connect"] = {"ok": True, "error": None}
+    except OSError as e:
+        out["connect"] = {"ok": False, "error": str(e)}
+    try:
+        infos = socket.getaddrinfo("example.com", 80)
+        out["dns"] = {"ok": True, "addresses": sorted({i[4][0] for i in infos}), "error": None}
+    except OSError as e:
+        out["dns"] = {"ok": False, "error": str(e)}
+    return out
+
+
+def proc_status(event, context):
+    """Privilege-related lines of /proc/self/status, and the uid we run as."""
+    wanted = ("NoNewPrivs", "CapEff", "CapPrm", "CapBnd", "Seccomp", "Uid")
+    status = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in wanted:
+                status[name] = value.strip()
+    return {"status": status, "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
+
+
+def fail(event, context):
+    raise ValueError(event.get("message", "boom"))
+
+
+def echo(event, context):
+    keys = LAMBDA_ENV + [k for k in event.get("env_keys", []) if k not in LAMBDA_ENV] \
+        if isinstance(event, dict) else LAMBDA_ENV
+    return {
+        "event": event,
+        "request_id": context.aws_request_id,
+        "function_name": context.function_name,
+        "function_version": context.function_version,
+        "invoked_function_arn": context.invoked_function_arn,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "log_group_name": context.log_group_name,
+        "log_stream_name": context.log_stream_name,
+        "env": {k: os.environ.get(k) for k in keys},
+        "cwd": os.getcwd(),
+    }
+
+
+def log(event, context):
+    """Print event['lines'] lines (to stdout, or stderr with "stream": "stderr")."""
+    lines = int(event.get("lines", 1))
+    stream = event.get("stream", "stdout")
+    for i in range(lines):
+        if stream == "stderr":
+            print("log line %d" % i, file=sys.stderr)
+        else:
+            print("log line %d" % i)
+    return {"printed": lines, "stream": stream}
+
+
+def crash(event, context):
+    """Kill the runtime process mid-invocation."""
+    os._exit(3)

@@ -1,0 +1,677 @@
+//! Sandboxes as OCI containers run by crun (or runc) from a bundle the
+//! worker writes. The worker creates each sandbox's network namespace
+//! itself and serves the Runtime API on a listener inside it; the
+//! container's stdout and stderr are one pipe read by the worker.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+
+use crate::code::CodeCache;
+use crate::host::{self, CgroupLayout};
+use crate::runtime_api::{self, Channel, Event, Phase, Reply};
+use crate::sandbox::{
+    Completion, CreateError, Created, FunctionSpec, Invocation, InvokeResult, Sandbox,
+    SandboxFactory,
+};
+use crate::{netns, spec};
+
+/// Our Python runtime loop, shipped inside the binary.
+pub const PYTHON_BOOTSTRAP: &str = include_str!("../runtime/python/bootstrap.py");
+
+/// Lambda gives init 10 s.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines kept per invocation; the rest is counted, not stored.
+const MAX_LINES: usize = 10_000;
+const MAX_LINE: usize = 256 * 1024;
+/// Port of the Runtime API on the sandbox's own loopback.
+const API_PORT: u16 = 9001;
+
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    /// `crun` or `runc` (a name on PATH or a path).
+    pub oci_runtime: PathBuf,
+    /// Scratch space: bundles, network namespaces, the runtime's state.
+    pub run_dir: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup: CgroupLayout,
+    /// Distinguishes this worker's containers (several workers per host).
+    pub tag: String,
+    pub region: String,
+}
+
+pub struct LinuxFactory {
+    cfg: LinuxConfig,
+    code: Arc<CodeCache>,
+    rootfs: PathBuf,
+    etc: PathBuf,
+    etc_egress: PathBuf,
+    runtime_dir: PathBuf,
+    state_root: PathBuf,
+}
+
+impl LinuxFactory {
+    /// Prepares the shared pieces: the read-only root, the two /etc
+    /// variants and the runtime directory.
+    pub fn new(cfg: LinuxConfig, code: Arc<CodeCache>) -> Result<LinuxFactory, String> {
+        let d = &cfg.run_dir;
+        let rootfs = d.join("rootfs");
+        let etc = d.join("etc");
+        let etc_egress = d.join("etc-egress");
+        let runtime_dir = d.join("runtime");
+        let state_root = d.join("oci");
+        for p in [
+            &d.join("bundles"),
+            &d.join("netns"),
+            &runtime_dir,
+            &state_root,
+        ] {
+            std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
+        }
+        spec::prepare_rootfs(&rootfs).map_err(|e| e.to_string())?;
+        spec::write_etc(&etc, cfg.uid, cfg.gid, false).map_err(|e| e.to_string())?;
+        spec::write_etc(&etc_egress, cfg.uid, cfg.gid, true).map_err(|e| e.to_string())?;
+        let boot = runtime_dir.join("bootstrap.py");
+        std::fs::write(&boot, PYTHON_BOOTSTRAP)
+            .map_err(|e| format!("writing {}: {e}", boot.display()))?;
+        set_mode(&runtime_dir, 0o755);
+        set_mode(&boot, 0o644);
+        Ok(LinuxFactory {
+            cfg,
+            code,
+            rootfs,
+            etc,
+            etc_egress,
+            runtime_dir,
+            state_root,
+        })
+    }
+
+    /// Removes what a previous run of this worker left (crash, SIGKILL):
+    /// containers, namespaces, bundles.
+    pub async fn cleanup_leftovers(&self) {
+        let prefix = format!("nubo-{}-", self.cfg.tag);
+        if let Ok(rd) = std::fs::read_dir(self.cfg.run_dir.join("bundles")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(&prefix) {
+                    self.remove_container(&name).await;
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.cfg.run_dir.join("netns")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = netns::remove(&e.path());
+                }
+            }
+        }
+    }
+
+    fn oci(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.cfg.oci_runtime);
+        c.arg("--root").arg(&self.state_root);
+        c
+    }
+
+    async fn remove_container(&self, name: &str) {
+        let _ = self
+            .oci()
+            .args(["delete", "--force", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    fn environment(&self, s: &FunctionSpec, api: &str, name: &str) -> Vec<String> {
+        let mut env = vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+            "LANG=C.UTF-8".into(),
+            "TZ=:UTC".into(),
+            "HOME=/tmp".into(),
+            "LAMBDA_TASK_ROOT=/var/task".into(),
+            "LAMBDA_RUNTIME_DIR=/var/runtime".into(),
+            format!("AWS_LAMBDA_RUNTIME_API={api}"),
+            format!("AWS_LAMBDA_FUNCTION_NAME={}", s.function_name),
+            format!("AWS_LAMBDA_FUNCTION_VERSION={}", s.version),
+            format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE={}", s.memory_mb),
+            format!("AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/{}", s.function_name),
+            format!("AWS_LAMBDA_LOG_STREAM_NAME=[{}]{name}", s.version),
+            format!("AWS_EXECUTION_ENV=AWS_Lambda_{}", s.runtime),
+            format!("AWS_REGION={}", self.cfg.region),
+            format!("AWS_DEFAULT_REGION={}", self.cfg.region),
+            format!("_HANDLER={}", s.handler),
+        ];
+        if s.is_python() {
+            env.push("PYTHONUNBUFFERED=1".into());
+            env.push("PYTHONDONTWRITEBYTECODE=1".into());
+        }
+        for (k, v) in &s.environment {
+            env.push(format!("{k}={v}"));
+        }
+        env
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}
+
+fn setup(step: &str, e: impl std::fmt::Display) -> CreateError {
+    CreateError::Setup(format!("sandbox setup, {step}: {e}"))
+}
+
+impl SandboxFactory for Arc<LinuxFactory> {
+    type Sandbox = LinuxSandbox;
+
+    async fn create(
+        &self,
+        s: &FunctionSpec,
+        id: u64,
+    ) -> Result<Created<LinuxSandbox>, CreateError> {
+        let started = Instant::now();
+        let code_dir = self
+            .code
+            .ensure(&s.code_sha256)
+            .await
+            .map_err(|e| CreateError::Setup(e.to_string()))?;
+        let name = format!("nubo-{}-{id}", self.cfg.tag);
+
+        // Network: the sandbox's own namespace with only loopback, where
+        // the Runtime API listens; with egress, the host's network.
+        let (listener, netns_path, api) = if s.egress {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| setup("binding the Runtime API", e))?;
+            let addr = l
+                .local_addr()
+                .map_err(|e| setup("Runtime API address", e))?;
+            (l, None, addr.to_string())
+        } else {
+            let path = self.cfg.run_dir.join("netns").join(&name);
+            let p2 = path.clone();
+            let l = tokio::task::spawn_blocking(move || netns::create(&p2, API_PORT))
+                .await
+                .map_err(|e| setup("network namespace", e))?
+                .map_err(|e| setup("network namespace", e))?;
+            (l, Some(path), format!("127.0.0.1:{API_PORT}"))
+        };
+        let mut guard = Cleanup {
+            factory: self.clone(),
+            name: name.clone(),
+            netns: netns_path.clone(),
+            bundle: None,
+            armed: true,
+        };
+        let ch = Channel::new(None);
+        let server =
+            runtime_api::serve(listener, ch.clone()).map_err(|e| setup("Runtime API", e))?;
+
+        let args: Vec<String> = if s.is_python() {
+            vec![
+                "/usr/bin/python3".into(),
+                "-u".into(),
+                "/var/runtime/bootstrap.py".into(),
+            ]
+        } else {
+            vec!["/var/task/bootstrap".into()]
+        };
+        let env = self.environment(s, &api, &name);
+        let cgroups_path = format!("/nubo/{name}");
+        let oci_spec = spec::build(&spec::SandboxSpec {
+            id: &name,
+            rootfs: &self.rootfs,
+            code_dir: &code_dir,
+            runtime_dir: &self.runtime_dir,
+            etc_dir: if s.egress {
+                &self.etc_egress
+            } else {
+                &self.etc
+            },
+            args,
+            env,
+            cwd: "/var/task",
+            memory_mb: s.memory_mb,
+            tmp_mb: s.ephemeral_storage_mb,
+            netns: netns_path.as_deref(),
+            cgroups_path: cgroups_path.clone(),
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            hostname: "sandbox",
+        })
+        .map_err(|e| setup("OCI spec", e))?;
+        let bundle = self.cfg.run_dir.join("bundles").join(&name);
+        guard.bundle = Some(bundle.clone());
+        std::fs::create_dir_all(&bundle).map_err(|e| setup("bundle directory", e))?;
+        spec::write_bundle(&bundle, &oci_spec).map_err(|e| setup("bundle", e))?;
+
+        // stdout and stderr share one pipe, so lines keep their order.
+        let (rd, wr) = make_pipe().map_err(|e| setup("log pipe", e))?;
+        let wr2 = wr.try_clone().map_err(|e| setup("log pipe", e))?;
+        let mut cmd = self.oci();
+        cmd.arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(wr))
+            .stderr(Stdio::from(wr2))
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| setup(&format!("starting {}", self.cfg.oci_runtime.display()), e))?;
+        drop(cmd); // closes our copies of the write end
+        let logs = Arc::new(LogPipe::new(rd).map_err(|e| setup("log pipe", e))?);
+        let reader = tokio::spawn(logs.clone().run());
+        let (exit_tx, exit_rx) = watch::channel(None::<ExitStatus>);
+        let waiter = tokio::spawn(async move {
+            let st = child.wait().await.ok();
+            let _ = exit_tx.send(
+                st.or_else(|| Some(std::os::unix::process::ExitStatusExt::from_raw(255 << 8))),
+            );
+        });
+
+        let sb = LinuxSandbox {
+            factory: self.clone(),
+            name,
+            cgroups_path,
+            ch: ch.clone(),
+            exit: exit_rx.clone(),
+            logs,
+            netns: netns_path,
+            bundle,
+            tasks: vec![server, reader, waiter],
+            spec: s.clone(),
+        };
+        guard.armed = false;
+
+        // Init: done at the runtime's first `/next`.
+        let mut phase = ch.phase();
+        let mut exit = exit_rx;
+        let outcome = tokio::select! {
+            r = phase.wait_for(|p| !matches!(p, Phase::Starting)) => r.map(|p| p.clone()).ok(),
+            _ = exit.wait_for(|e| e.is_some()) => None,
+            _ = tokio::time::sleep(INIT_TIMEOUT) => Some(Phase::Starting),
+        };
+        let init_duration = started.elapsed();
+        match outcome {
+            Some(Phase::Ready(_)) => {
+                let init_lines = sb.logs.take();
+                Ok(Created {
+                    sandbox: sb,
+                    init_duration,
+                    init_lines,
+                })
+            }
+            Some(Phase::InitError { error_type, body }) => {
+                // The runtime exits after reporting; give its last words a moment.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    sb.exit.clone().wait_for(|e| e.is_some()),
+                )
+                .await;
+                let lines = sb.logs.take();
+                sb.destroy().await;
+                Err(CreateError::Init {
+                    error_type,
+                    body,
+                    lines,
+                    init_duration,
+                })
+            }
+            Some(Phase::Starting) => {
+                let lines = sb.logs.take();
+                sb.destroy().await;
+                Err(CreateError::Init {
+                    error_type: "Sandbox.Timedout".into(),
+                    body: err_body(
+                        "Sandbox.Timedout",
+                        &format!(
+                            "Init timed out after {:.2} seconds: the runtime never asked for an event (a `provided` bootstrap must poll {api}/2018-06-01/runtime/invocation/next)",
+                            INIT_TIMEOUT.as_secs_f64()
+                        ),
+                    ),
+                    lines,
+                    init_duration,
+                })
+            }
+            None => {
+                let st = *sb.exit.borrow();
+                let lines = sb.logs.take();
+                let oom = sb.was_oom(st);
+                sb.destroy().await;
+                let (t, m) = exit_error(st, oom, s.memory_mb);
+                Err(CreateError::Init {
+                    error_type: t.into(),
+                    body: err_body(t, &format!("Init failed. {m}")),
+                    lines,
+                    init_duration,
+                })
+            }
+        }
+    }
+}
+
+fn err_body(error_type: &str, message: &str) -> Bytes {
+    Bytes::from(serde_json::json!({"errorMessage": message, "errorType": error_type}).to_string())
+}
+
+/// Lambda-style wording for a runtime that exited.
+fn exit_error(st: Option<ExitStatus>, oom: bool, memory_mb: u32) -> (&'static str, String) {
+    use std::os::unix::process::ExitStatusExt;
+    if oom {
+        return (
+            "Runtime.OutOfMemory",
+            format!("Runtime exited with error: signal: killed. Out of memory: the function used all of its {memory_mb} MB; give it more with `nubo function update-config --memory`"),
+        );
+    }
+    let what = match st {
+        Some(s) if s.signal().is_some() => format!("signal {}", s.signal().unwrap_or(0)),
+        Some(s) => match s.code() {
+            Some(c) if c > 128 => format!("signal {}", c - 128),
+            Some(c) => format!("exit status {c}"),
+            None => "unknown status".into(),
+        },
+        None => "unknown status".into(),
+    };
+    (
+        "Runtime.ExitError",
+        format!("Runtime exited with error: {what}"),
+    )
+}
+
+fn make_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a valid two-element array for pipe2 to fill.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Removes a half-built sandbox when creation fails before it is whole.
+struct Cleanup {
+    factory: Arc<LinuxFactory>,
+    name: String,
+    netns: Option<PathBuf>,
+    bundle: Option<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(p) = &self.netns {
+            let _ = netns::remove(p);
+        }
+        if let Some(b) = &self.bundle {
+            let _ = std::fs::remove_dir_all(b);
+        }
+        let f = self.factory.clone();
+        let name = self.name.clone();
+        tokio::spawn(async move { f.remove_container(&name).await });
+    }
+}
+
+/// The container's output: read as it comes, attributed to the invocation
+/// in progress, and drained synchronously when an invocation ends (the
+/// runtime writes its output before it posts the response).
+struct LogPipe {
+    rx: pipe::Receiver,
+    buf: Mutex<LineBuf>,
+}
+
+#[derive(Default)]
+struct LineBuf {
+    partial: Vec<u8>,
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+impl LineBuf {
+    fn push_bytes(&mut self, data: &[u8]) {
+        for chunk in data.split_inclusive(|b| *b == b'\n') {
+            if chunk.ends_with(b"\n") {
+                self.partial.extend_from_slice(&chunk[..chunk.len() - 1]);
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                self.push_line(line);
+            } else {
+                self.partial.extend_from_slice(chunk);
+                if self.partial.len() >= MAX_LINE {
+                    let line = String::from_utf8_lossy(&self.partial).into_owned();
+                    self.partial.clear();
+                    self.push_line(line);
+                }
+            }
+        }
+    }
+    fn push_line(&mut self, line: String) {
+        if self.lines.len() >= MAX_LINES {
+            self.dropped += 1;
+        } else {
+            self.lines.push(line);
+        }
+    }
+}
+
+impl LogPipe {
+    fn new(fd: OwnedFd) -> std::io::Result<LogPipe> {
+        Ok(LogPipe {
+            rx: pipe::Receiver::from_owned_fd(fd)?,
+            buf: Mutex::new(LineBuf::default()),
+        })
+    }
+
+    /// Reads what is available now; false at end of file.
+    fn drain(&self) -> bool {
+        let mut b = self.buf.lock().expect("lock poisoned");
+        let mut chunk = [0u8; 16384];
+        loop {
+            match self.rx.try_read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => b.push_bytes(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            if self.rx.readable().await.is_err() {
+                return;
+            }
+            if !self.drain() {
+                return;
+            }
+        }
+    }
+
+    /// Everything printed since the last take, including a last partial line.
+    fn take(&self) -> Vec<String> {
+        self.drain();
+        let mut b = self.buf.lock().expect("lock poisoned");
+        if !b.partial.is_empty() {
+            let line = String::from_utf8_lossy(&b.partial).into_owned();
+            b.partial.clear();
+            b.push_line(line);
+        }
+        let mut lines = std::mem::take(&mut b.lines);
+        if b.dropped > 0 {
+            lines.push(format!(
+                "[nubo] {} more lines were not kept (limit {MAX_LINES} per invocation)",
+                b.dropped
+            ));
+            b.dropped = 0;
+        }
+        lines
+    }
+}
+
+pub struct LinuxSandbox {
+    factory: Arc<LinuxFactory>,
+    name: String,
+    cgroups_path: String,
+    ch: Arc<Channel>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    logs: Arc<LogPipe>,
+    netns: Option<PathBuf>,
+    bundle: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    spec: FunctionSpec,
+}
+
+impl LinuxSandbox {
+    fn was_oom(&self, st: Option<ExitStatus>) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        if host::oom_kills(self.factory.cfg.cgroup, &self.cgroups_path).unwrap_or(0) > 0 {
+            return true;
+        }
+        // crun removes the cgroup as soon as the container exits; a SIGKILL
+        // we did not send comes from the kernel's OOM killer.
+        matches!(st, Some(s) if s.signal() == Some(9) || s.code() == Some(137))
+    }
+
+    async fn kill(&self) {
+        let _ = self
+            .factory
+            .oci()
+            .args(["kill", &self.name, "KILL"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.exit.clone().wait_for(|e| e.is_some()),
+        )
+        .await;
+    }
+}
+
+impl Sandbox for LinuxSandbox {
+    async fn invoke(&self, inv: Invocation) -> InvokeResult {
+        let layout = self.factory.cfg.cgroup;
+        host::reset_max_memory(layout, &self.cgroups_path);
+        let deadline_ms = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            + inv.timeout)
+            .as_millis() as u64;
+        let rx = self.ch.dispatch(Event {
+            request_id: inv.request_id.clone(),
+            payload: inv.payload,
+            deadline_ms,
+            function_arn: self.spec.arn(),
+        });
+        let mut exit = self.exit.clone();
+        enum End {
+            Reply(Reply),
+            Timeout,
+            Exited,
+        }
+        let end = tokio::select! {
+            r = rx => match r { Ok(r) => End::Reply(r), Err(_) => End::Exited },
+            _ = tokio::time::sleep(inv.timeout) => End::Timeout,
+            _ = exit.wait_for(|e| e.is_some()) => End::Exited,
+        };
+        let max_memory_mb =
+            host::max_memory_bytes(layout, &self.cgroups_path).map(|b| b.div_ceil(1024 * 1024));
+        match end {
+            End::Reply(Reply::Response(b)) => InvokeResult {
+                completion: Completion::Ok(b),
+                reusable: true,
+                max_memory_mb,
+                lines: self.logs.take(),
+                platform_line: None,
+            },
+            End::Reply(Reply::Error { error_type, body }) => {
+                // Lambda: the runtime's error type header is the error's
+                // type; the function error is Unhandled either way.
+                let _ = error_type;
+                InvokeResult {
+                    completion: Completion::FunctionError {
+                        kind: "Unhandled".into(),
+                        body,
+                    },
+                    reusable: true,
+                    max_memory_mb,
+                    lines: self.logs.take(),
+                    platform_line: None,
+                }
+            }
+            End::Timeout => {
+                self.kill().await;
+                let msg = format!(
+                    "{} Task timed out after {:.2} seconds",
+                    inv.request_id,
+                    inv.timeout.as_secs_f64()
+                );
+                InvokeResult {
+                    completion: Completion::unhandled("Sandbox.Timedout", &msg),
+                    reusable: false,
+                    max_memory_mb,
+                    lines: self.logs.take(),
+                    platform_line: Some(msg),
+                }
+            }
+            End::Exited => {
+                // Let the exit status land.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.exit.clone().wait_for(|e| e.is_some()),
+                )
+                .await;
+                let st = *self.exit.borrow();
+                let oom = self.was_oom(st);
+                let (t, m) = exit_error(st, oom, self.spec.memory_mb);
+                let msg = format!("RequestId: {} Error: {m}", inv.request_id);
+                InvokeResult {
+                    completion: Completion::unhandled(t, &msg),
+                    reusable: false,
+                    max_memory_mb: if oom {
+                        Some(self.spec.memory_mb as u64)
+                    } else {
+                        max_memory_mb
+                    },
+                    lines: self.logs.take(),
+                    platform_line: Some(format!("{msg}\n{t}")),
+                }
+            }
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    async fn destroy(self) {
+        self.ch.stop.cancel();
+        if self.exit.borrow().is_none() {
+            self.kill().await;
+        }
+        self.factory.remove_container(&self.name).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(p) = &self.netns {
+            let _ = netns::remove(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}

@@ -1,0 +1,391 @@
+//! The sandbox pool of one worker: warm reuse per function version, new
+//! sandboxes on demand under memory and count admission, LRU eviction of
+//! idle sandboxes when room is needed, and an idle keep-alive.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{CreateError, Created, FunctionSpec, Sandbox, SandboxFactory};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Memory for sandboxes, MB (the sum of their limits).
+    pub memory_mb: u32,
+    pub max_sandboxes: u32,
+    pub keep_alive: Duration,
+}
+
+/// A pool key: one function version with one exact configuration (a
+/// `$LATEST` whose configuration changed gets fresh sandboxes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub function: String,
+    pub version: String,
+    spec: FunctionSpec,
+}
+
+impl Key {
+    pub fn of(spec: &FunctionSpec) -> Key {
+        Key {
+            function: spec.function_name.clone(),
+            version: spec.version.clone(),
+            spec: spec.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("worker is full: {used} of {capacity} MB and {sandboxes} of {max} sandboxes in use, none idle to evict")]
+    Full {
+        used: u32,
+        capacity: u32,
+        sandboxes: u32,
+        max: u32,
+    },
+    #[error("function needs {need} MB but this worker only has {capacity} MB for sandboxes")]
+    TooBig { need: u32, capacity: u32 },
+    #[error(transparent)]
+    Create(#[from] CreateError),
+}
+
+struct Idle<S> {
+    sandbox: S,
+    since: Instant,
+}
+
+struct KeyPool<S> {
+    idle: Vec<Idle<S>>,
+    busy: u32,
+}
+
+impl<S> Default for KeyPool<S> {
+    fn default() -> Self {
+        KeyPool {
+            idle: Vec::new(),
+            busy: 0,
+        }
+    }
+}
+
+struct State<S> {
+    keys: HashMap<Key, KeyPool<S>>,
+    used_mb: u32,
+    sandboxes: u32,
+    next_id: u64,
+}
+
+/// Counts of one function version, for placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub idle: u32,
+    pub busy: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PoolSnapshot {
+    pub used_mb: u32,
+    pub sandboxes: u32,
+    pub idle: u32,
+    pub busy: u32,
+    /// (function, version) -> counts.
+    pub by_version: Vec<(String, String, PoolCounts)>,
+}
+
+pub struct Pool<F: SandboxFactory> {
+    factory: F,
+    cfg: PoolConfig,
+    state: Mutex<State<F::Sandbox>>,
+}
+
+/// A sandbox taken from the pool for one invocation. Give it back with
+/// [`Pool::release`].
+pub struct Lease<S> {
+    pub key: Key,
+    pub sandbox: S,
+    /// Set when this lease created the sandbox.
+    pub cold: Option<(Duration, Vec<String>)>,
+    memory_mb: u32,
+}
+
+impl<F: SandboxFactory> Pool<F> {
+    pub fn new(factory: F, cfg: PoolConfig) -> Arc<Pool<F>> {
+        Arc::new(Pool {
+            factory,
+            cfg,
+            state: Mutex::new(State {
+                keys: HashMap::new(),
+                used_mb: 0,
+                sandboxes: 0,
+                next_id: 1,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// A warm sandbox of `spec`, or a new one if admission allows (evicting
+    /// least recently used idle sandboxes to make room).
+    pub async fn acquire(&self, spec: &FunctionSpec) -> Result<Lease<F::Sandbox>, PoolError> {
+        let key = Key::of(spec);
+        let mut evicted = Vec::new();
+        let id = {
+            let mut st = self.state.lock().expect("lock poisoned");
+            let kp = st.keys.entry(key.clone()).or_default();
+            // Most recently used first: it is the warmest.
+            while let Some(idle) = kp.idle.pop() {
+                if idle.sandbox.alive() {
+                    kp.busy += 1;
+                    return Ok(Lease {
+                        key,
+                        sandbox: idle.sandbox,
+                        cold: None,
+                        memory_mb: spec.memory_mb,
+                    });
+                }
+                evicted.push((idle.sandbox, spec.memory_mb));
+            }
+            for (_, mb) in &evicted {
+                st.used_mb -= mb;
+                st.sandboxes -= 1;
+            }
+            // Stale configurations of the same version will not be used again.
+            let stale: Vec<Key> = st
+                .keys
+                .keys()
+                .filter(|k| k.function == key.function && k.version == key.version && **k != key)
+                .cloned()
+                .collect();
+            for k in stale {
+                if let Some(kp) = st.keys.get_mut(&k) {
+                    let mb = k.spec.memory_mb;
+                    let n = kp.idle.len() as u32;
+                    evicted.extend(kp.idle.drain(..).map(|i| (i.sandbox, mb)));
+                    st.used_mb -= mb * n;
+                    st.sandboxes -= n;
+                }
+            }
+            if spec.memory_mb > self.cfg.memory_mb {
+                drop(st);
+                self.destroy_all(evicted);
+                return Err(PoolError::TooBig {
+                    need: spec.memory_mb,
+                    capacity: self.cfg.memory_mb,
+                });
+            }
+            while st.used_mb + spec.memory_mb > self.cfg.memory_mb
+                || st.sandboxes >= self.cfg.max_sandboxes
+            {
+                match Self::evict_lru(&mut st) {
+                    Some(v) => evicted.push(v),
+                    None => {
+                        let e = PoolError::Full {
+                            used: st.used_mb,
+                            capacity: self.cfg.memory_mb,
+                            sandboxes: st.sandboxes,
+                            max: self.cfg.max_sandboxes,
+                        };
+                        drop(st);
+                        self.destroy_all(evicted);
+                        return Err(e);
+                    }
+                }
+            }
+            st.used_mb += spec.memory_mb;
+            st.sandboxes += 1;
+            st.keys.entry(key.clone()).or_default().busy += 1;
+            let id = st.next_id;
+            st.next_id += 1;
+            id
+        };
+        self.destroy_all(evicted);
+        match self.factory.create(spec, id).await {
+            Ok(Created {
+                sandbox,
+                init_duration,
+                init_lines,
+            }) => Ok(Lease {
+                key,
+                sandbox,
+                cold: Some((init_duration, init_lines)),
+                memory_mb: spec.memory_mb,
+            }),
+            Err(e) => {
+                let mut st = self.state.lock().expect("lock poisoned");
+                st.used_mb -= spec.memory_mb;
+                st.sandboxes -= 1;
+                if let Some(kp) = st.keys.get_mut(&key) {
+                    kp.busy -= 1;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Returns a sandbox after an invocation: back to idle when reusable,
+    /// destroyed otherwise.
+    pub fn release(&self, lease: Lease<F::Sandbox>, reusable: bool) {
+        let mut st = self.state.lock().expect("lock poisoned");
+        if let Some(kp) = st.keys.get_mut(&lease.key) {
+            kp.busy = kp.busy.saturating_sub(1);
+            if reusable && lease.sandbox.alive() {
+                kp.idle.push(Idle {
+                    sandbox: lease.sandbox,
+                    since: Instant::now(),
+                });
+                return;
+            }
+        }
+        st.used_mb -= lease.memory_mb;
+        st.sandboxes -= 1;
+        drop(st);
+        self.destroy_all(vec![(lease.sandbox, 0)]);
+    }
+
+    /// Creates idle sandboxes of `spec` until `count` exist (idle + busy).
+    /// Returns how many were created.
+    pub async fn prewarm(&self, spec: &FunctionSpec, count: u32) -> Result<u32, PoolError> {
+        let mut created = 0;
+        loop {
+            {
+                let st = self.state.lock().expect("lock poisoned");
+                let have = st
+                    .keys
+                    .get(&Key::of(spec))
+                    .map(|k| k.idle.len() as u32 + k.busy)
+                    .unwrap_or(0);
+                if have >= count {
+                    return Ok(created);
+                }
+            }
+            let lease = self.acquire_new(spec).await?;
+            self.release(lease, true);
+            created += 1;
+        }
+    }
+
+    /// Like acquire, but never takes an idle sandbox.
+    async fn acquire_new(&self, spec: &FunctionSpec) -> Result<Lease<F::Sandbox>, PoolError> {
+        // Park the idle ones while acquiring, so a new one is made.
+        let key = Key::of(spec);
+        let parked = {
+            let mut st = self.state.lock().expect("lock poisoned");
+            std::mem::take(&mut st.keys.entry(key.clone()).or_default().idle)
+        };
+        let r = self.acquire(spec).await;
+        let mut st = self.state.lock().expect("lock poisoned");
+        st.keys.entry(key).or_default().idle.extend(parked);
+        r
+    }
+
+    fn evict_lru(st: &mut State<F::Sandbox>) -> Option<(F::Sandbox, u32)> {
+        let mut oldest: Option<(Key, usize, Instant)> = None;
+        for (k, kp) in &st.keys {
+            for (i, idle) in kp.idle.iter().enumerate() {
+                if oldest.as_ref().map(|o| idle.since < o.2).unwrap_or(true) {
+                    oldest = Some((k.clone(), i, idle.since));
+                }
+            }
+        }
+        let (k, i, _) = oldest?;
+        let idle = st.keys.get_mut(&k)?.idle.remove(i);
+        let mb = k.spec.memory_mb;
+        st.used_mb -= mb;
+        st.sandboxes -= 1;
+        Some((idle.sandbox, mb))
+    }
+
+    /// Destroys idle sandboxes unused for longer than the keep-alive.
+    pub fn reap_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        {
+            let mut st = self.state.lock().expect("lock poisoned");
+            let keep = self.cfg.keep_alive;
+            let mut freed = (0u32, 0u32);
+            for (k, kp) in st.keys.iter_mut() {
+                let mut i = 0;
+                while i < kp.idle.len() {
+                    let dead = !kp.idle[i].sandbox.alive();
+                    if dead || now.duration_since(kp.idle[i].since) > keep {
+                        let idle = kp.idle.remove(i);
+                        freed.0 += k.spec.memory_mb;
+                        freed.1 += 1;
+                        gone.push((idle.sandbox, k.spec.memory_mb));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            st.used_mb -= freed.0;
+            st.sandboxes -= freed.1;
+            st.keys.retain(|_, kp| !kp.idle.is_empty() || kp.busy > 0);
+        }
+        let n = gone.len();
+        self.destroy_all(gone);
+        n
+    }
+
+    /// Destroys every idle sandbox (shutdown).
+    pub async fn drain(&self) {
+        let gone: Vec<F::Sandbox> = {
+            let mut st = self.state.lock().expect("lock poisoned");
+            let mut v = Vec::new();
+            let mut freed = (0, 0);
+            for (k, kp) in st.keys.iter_mut() {
+                for i in kp.idle.drain(..) {
+                    freed.0 += k.spec.memory_mb;
+                    freed.1 += 1;
+                    v.push(i.sandbox);
+                }
+            }
+            st.used_mb -= freed.0;
+            st.sandboxes -= freed.1;
+            v
+        };
+        futures::future::join_all(gone.into_iter().map(|s| s.destroy())).await;
+    }
+
+    fn destroy_all(&self, v: Vec<(F::Sandbox, u32)>) {
+        for (s, _) in v {
+            tokio::spawn(s.destroy());
+        }
+    }
+
+    pub fn counts(&self, function: &str, version: &str) -> PoolCounts {
+        let st = self.state.lock().expect("lock poisoned");
+        let mut c = PoolCounts::default();
+        for (k, kp) in &st.keys {
+            if k.function == function && k.version == version {
+                c.idle += kp.idle.len() as u32;
+                c.busy += kp.busy;
+            }
+        }
+        c
+    }
+
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let st = self.state.lock().expect("lock poisoned");
+        let mut by: HashMap<(String, String), PoolCounts> = HashMap::new();
+        let (mut idle, mut busy) = (0, 0);
+        for (k, kp) in &st.keys {
+            let c = by
+                .entry((k.function.clone(), k.version.clone()))
+                .or_default();
+            c.idle += kp.idle.len() as u32;
+            c.busy += kp.busy;
+            idle += kp.idle.len() as u32;
+            busy += kp.busy;
+        }
+        PoolSnapshot {
+            used_mb: st.used_mb,
+            sandboxes: st.sandboxes,
+            idle,
+            busy,
+            by_version: by.into_iter().map(|((f, v), c)| (f, v, c)).collect(),
+        }
+    }
+}
