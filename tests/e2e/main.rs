@@ -1,6 +1,8 @@
 //! End-to-end tests of the `nubo` binary: real processes on loopback ports,
 //! driven through the CLI exactly as a user would.
 
+mod invoke;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -104,7 +104,13 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
             }
         }
     };
-    let tag = hex::encode(&Sha256::digest(id.as_bytes())[..4]);
+    // Several workers may share a host (tests, `nubo up` next to a worker):
+    // the data directory keeps their containers apart.
+    let canon = std::fs::canonicalize(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    let mut h = Sha256::new();
+    h.update(id.as_bytes());
+    h.update(canon.to_string_lossy().as_bytes());
+    let tag = hex::encode(&h.finalize()[..4]);
     let run_dir = PathBuf::from("/run/nubo").join(&tag);
     let source = server::ControllerCode::new(&cfg.controllers, &cfg.cluster_secret)
         .map_err(|e| setup("controllers", &e))?;

@@ -1,0 +1,379 @@
+//! Invocations end to end: `nubo up` (controller + worker with real crun
+//! sandboxes), functions deployed and invoked through the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{free_port, start_up, Env, Proc, NUBO};
+
+pub fn functions_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("functions")
+        .join(name)
+}
+
+/// `nubo up` with its embedded worker, and a CLI pointed at it.
+pub struct Platform {
+    pub env: Env,
+    pub endpoint: String,
+    _up: Proc,
+}
+
+impl Platform {
+    pub fn start() -> Platform {
+        let env = Env::new();
+        let port = free_port();
+        let up = start_up(&env, port, free_port());
+        Platform {
+            env,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _up: up,
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.env.cli(&self.endpoint, None, args)
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.env.cli_ok(&self.endpoint, None, args)
+    }
+
+    /// Creates a Python function from `dir` with `handler` and extra flags.
+    pub fn deploy(&self, name: &str, dir: &Path, handler: &str, extra: &[&str]) {
+        let mut args = vec![
+            "function",
+            "create",
+            name,
+            "--runtime",
+            "python3.11",
+            "--handler",
+            handler,
+            "--code",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// Invokes with `-o json`; returns (exit ok, the JSON answer or null, stderr).
+    pub fn invoke(&self, target: &str, payload: &str) -> (bool, Value, String) {
+        let out = self.cli(&["invoke", target, "--payload", payload, "-o", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Invokes and returns the function's result, asserting success.
+    pub fn result(&self, target: &str, payload: &str) -> Value {
+        let (ok, v, err) = self.invoke(target, payload);
+        assert!(ok, "invoke {target} failed: {err} {v}");
+        assert_eq!(v["function_error"], "", "function error: {v}");
+        v["payload"].clone()
+    }
+
+    /// Invokes, expecting a function error; returns the error document.
+    pub fn function_error(&self, target: &str, payload: &str) -> Value {
+        let (ok, v, err) = self.invoke(target, payload);
+        assert!(!ok, "invoke {target} should exit non-zero: {v}");
+        assert_eq!(v["function_error"], "Unhandled", "{v} {err}");
+        v["payload"].clone()
+    }
+}
+
+fn probe(p: &Platform, name: &str, handler: &str, extra: &[&str]) {
+    p.deploy(
+        name,
+        &functions_dir("probe"),
+        &format!("probe.{handler}"),
+        extra,
+    );
+}
+
+/// The console-tutorial handler (`lambda_handler(event, context)` reading
+/// `event['name']`) is created, invoked, published and aliased through the
+/// CLI; the result goes to stdout (valid JSON), the log tail to stderr;
+/// an alias with a weight routes that share of calls to the other version
+/// (within 4.5 standard deviations over 300 calls); `nubo logs` shows
+/// START / END / REPORT lines with Init Duration on the cold start.
+#[test]
+fn python_function_through_the_cli_with_versions_aliases_and_weights() {
+    let p = Platform::start();
+    p.deploy(
+        "hello",
+        &super::example("hello"),
+        "app.lambda_handler",
+        &["--env", "GREETING=Hello"],
+    );
+    // Plain invoke: stdout is exactly the function's JSON result.
+    let out = p.cli(&[
+        "invoke",
+        "hello",
+        "--payload",
+        r#"{"name":"Ada"}"#,
+        "--log-tail",
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is the JSON result");
+    assert_eq!(v["message"], "Hello, Ada!");
+    let rid = v["request_id"].as_str().unwrap().to_string();
+    let tail = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        tail.contains(&format!("START RequestId: {rid} Version: $LATEST")),
+        "{tail}"
+    );
+    assert!(tail.contains(&format!("END RequestId: {rid}")), "{tail}");
+    assert!(
+        tail.contains("Init Duration:"),
+        "cold start reports init: {tail}"
+    );
+    assert!(tail.contains("Memory Size: 128 MB"), "{tail}");
+
+    p.ok(&["version", "publish", "hello"]);
+    p.ok(&["function", "update-config", "hello", "--env", "GREETING=Hi"]);
+    p.ok(&["version", "publish", "hello"]);
+    p.ok(&["alias", "create", "hello", "prod", "--version", "1"]);
+    let r = p.result("hello:prod", r#"{"name":"Ada"}"#);
+    assert_eq!(r["message"], "Hello, Ada!");
+    assert_eq!(
+        p.result("hello:2", r#"{"name":"Bo"}"#)["message"],
+        "Hi, Bo!"
+    );
+
+    p.ok(&["alias", "update", "hello", "prod", "--routing", "2=0.3"]);
+    let n = 300;
+    let mut v2 = 0;
+    for _ in 0..n {
+        let (ok, v, err) = p.invoke("hello:prod", r#"{"name":"Ada"}"#);
+        assert!(ok, "{err}");
+        match v["executed_version"].as_str().unwrap() {
+            "1" => assert_eq!(v["payload"]["message"], "Hello, Ada!"),
+            "2" => {
+                assert_eq!(v["payload"]["message"], "Hi, Ada!");
+                v2 += 1
+            }
+            other => panic!("unexpected version {other}"),
+        }
+    }
+    let mean = 0.3 * n as f64;
+    let sd = (n as f64 * 0.3 * 0.7).sqrt();
+    assert!(
+        ((v2 as f64) - mean).abs() <= 4.5 * sd,
+        "version 2 got {v2} of {n} calls, expected about {mean}"
+    );
+
+    let logs = p.ok(&["logs", "hello", "--limit", "5000"]);
+    assert!(logs.contains(&format!("START RequestId: {rid}")), "{logs}");
+    assert!(logs.contains("REPORT RequestId:") && logs.contains("Billed Duration:"));
+    assert!(logs.contains("Max Memory Used:"));
+    let status = p.ok(&["cluster", "status", "-o", "json"]);
+    let s: Value = serde_json::from_str(&status).unwrap();
+    let w = &s["workers"][0];
+    assert_eq!(w["health"], "live");
+    assert!(
+        w["warm_idle"].as_u64().unwrap() >= 2,
+        "warm sandboxes kept: {w}"
+    );
+}
+
+/// The sandbox contains what runs in it: a fork bomb stops at the pids
+/// limit; a memory hog gets an out-of-memory error and the worker lives
+/// on; a handler past its timeout gets "Task timed out"; nothing outside
+/// /tmp is writable; host files outside the runtime bind mounts are
+/// invisible; there is no network (not even the host's loopback) unless
+/// the function has egress; the process has no capabilities,
+/// no_new_privs and seccomp, and runs as a non-root uid.
+#[test]
+fn sandbox_containment() {
+    let p = Platform::start();
+
+    probe(
+        &p,
+        "forks",
+        "fork_bomb",
+        &["--memory", "1024", "--timeout", "60"],
+    );
+    let r = p.result("forks", "{}");
+    let created = r["created"].as_u64().unwrap();
+    assert!(r["error"].is_string(), "fork stopped by an error: {r}");
+    assert!(
+        (900..1024).contains(&created),
+        "the pids limit (1024) stopped the fork bomb: {r}"
+    );
+    // The sandbox survived and serves the next event.
+    assert_eq!(p.result("forks", r#"{"max": 3}"#)["created"], 3);
+
+    probe(
+        &p,
+        "hog",
+        "mem_hog",
+        &["--memory", "128", "--timeout", "30"],
+    );
+    let e = p.function_error("hog", r#"{"mb": 512}"#);
+    assert_eq!(e["errorType"], "Runtime.OutOfMemory", "{e}");
+    assert!(
+        e["errorMessage"].as_str().unwrap().contains("128 MB"),
+        "{e}"
+    );
+    // The worker lives: the same function's small call and others work.
+    assert_eq!(p.result("hog", r#"{"mb": 16}"#)["allocated_mb"], 16);
+
+    probe(&p, "sleepy", "sleep", &["--timeout", "1"]);
+    let e = p.function_error("sleepy", r#"{"seconds": 5}"#);
+    assert!(
+        e["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 1.00 seconds"),
+        "{e}"
+    );
+    assert_eq!(p.result("sleepy", r#"{"seconds": 0.01}"#)["slept"], 0.01);
+
+    probe(&p, "writer", "write_outside_tmp", &[]);
+    let r = p.result("writer", "{}");
+    assert_eq!(r["succeeded"], serde_json::json!(["/tmp/x"]), "{r}");
+
+    // A host file outside the runtime's bind mounts.
+    let secret = p.env.dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "do not show").unwrap();
+    probe(&p, "reader", "read_path", &[]);
+    let r = p.result("reader", &serde_json::json!({"path": secret}).to_string());
+    assert_eq!(r["exists"], false, "{r}");
+    let r = p.result("reader", r#"{"path": "/root"}"#);
+    assert_eq!(r["exists"], false, "{r}");
+    let r = p.result("reader", r#"{"path": "/etc/shadow"}"#);
+    assert_eq!(r["exists"], false, "{r}");
+    let root: Vec<String> = serde_json::from_value(r["root"].clone()).unwrap();
+    for d in ["home", "root", "work", "srv", "mnt", "boot"] {
+        assert!(!root.contains(&d.to_string()), "/{d} visible: {root:?}");
+    }
+
+    // A listener on the host's loopback: unreachable without egress.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let ev = serde_json::json!({"host": "127.0.0.1", "port": port}).to_string();
+    probe(&p, "net", "network", &[]);
+    let r = p.result("net", &ev);
+    assert_eq!(r["connect"]["ok"], false, "{r}");
+    assert_eq!(r["dns"]["ok"], false, "{r}");
+    probe(&p, "net-egress", "network", &["--network", "egress"]);
+    let r = p.result("net-egress", &ev);
+    assert_eq!(r["connect"]["ok"], true, "egress reaches the host: {r}");
+
+    probe(&p, "status", "proc_status", &[]);
+    let r = p.result("status", "{}");
+    assert_eq!(r["status"]["NoNewPrivs"], "1", "{r}");
+    assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["CapBnd"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["Seccomp"], "2", "{r}");
+    assert_ne!(r["uid"], 0, "{r}");
+}
+
+/// Lambda's error and limit semantics: unhandled exceptions carry
+/// errorMessage / errorType / stackTrace; a crashed runtime is reported
+/// and replaced; an import failure is an init error in the response and
+/// the log; unknown function or qualifier is NOT_FOUND; a payload over
+/// 6 MB or not JSON is INVALID_ARGUMENT; calls over the reserved
+/// concurrency are throttled (RESOURCE_EXHAUSTED).
+#[test]
+fn errors_limits_and_throttling() {
+    let p = Platform::start();
+    probe(&p, "failing", "fail", &[]);
+    let e = p.function_error("failing", r#"{"message": "no such order"}"#);
+    assert_eq!(e["errorType"], "ValueError");
+    assert_eq!(e["errorMessage"], "no such order");
+    let trace = e["stackTrace"].as_array().expect("stackTrace");
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("probe.py")),
+        "{e}"
+    );
+
+    probe(&p, "crasher", "crash", &[]);
+    let e = p.function_error("crasher", "{}");
+    assert_eq!(e["errorType"], "Runtime.ExitError", "{e}");
+    assert!(
+        e["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("exit status 3"),
+        "{e}"
+    );
+    // Replaced: the next call gets a fresh sandbox (and crashes again, cleanly).
+    assert_eq!(
+        p.function_error("crasher", "{}")["errorType"],
+        "Runtime.ExitError"
+    );
+
+    p.deploy("broken", &functions_dir("broken"), "broken.handler", &[]);
+    let out = p.cli(&["invoke", "broken", "--log-tail"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Runtime.ImportModuleError"), "{stdout}");
+    assert!(
+        stdout.contains("Unable to import module 'broken'"),
+        "{stdout}"
+    );
+    let logs = p.ok(&["logs", "broken"]);
+    assert!(logs.contains("Runtime.ImportModuleError"), "{logs}");
+    probe(&p, "nohandler", "no_such_function", &[]);
+    let e = p.function_error("nohandler", "{}");
+    assert_eq!(e["errorType"], "Runtime.HandlerNotFound", "{e}");
+
+    let out = p.cli(&["invoke", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    let out = p.cli(&["invoke", "failing:9"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    let out = p.cli(&["invoke", "failing:live"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    let out = p.cli(&["invoke", "failing", "--payload", "{not json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("not valid JSON"),
+        "{err}"
+    );
+    let big = p.env.dir.path().join("big.json");
+    std::fs::write(&big, format!("\"{}\"", "a".repeat(7 * 1024 * 1024))).unwrap();
+    let out = p.cli(&["invoke", "failing", "--payload-file", big.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("6 MB"),
+        "{err}"
+    );
+
+    // Reserved concurrency 1: a second call while one runs is throttled.
+    probe(
+        &p,
+        "single",
+        "sleep",
+        &["--reserved-concurrency", "1", "--timeout", "10"],
+    );
+    let endpoint = p.endpoint.clone();
+    let cfg = p.env.config_dir();
+    let long = std::thread::spawn(move || {
+        std::process::Command::new(NUBO)
+            .args(["invoke", "single", "--payload", r#"{"seconds": 3}"#])
+            .env("NUBO_ENDPOINT", endpoint)
+            .env("NUBO_CONFIG_DIR", cfg)
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = p.cli(&["invoke", "single", "--payload", r#"{"seconds": 0}"#]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RESOURCE_EXHAUSTED") && err.contains("throttled"),
+        "{err}"
+    );
+    assert!(long.join().unwrap().status.success());
+    assert_eq!(p.result("single", r#"{"seconds": 0}"#)["slept"], 0.0);
+}
