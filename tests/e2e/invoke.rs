@@ -88,6 +88,12 @@ impl Platform {
     }
 }
 
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self._up.terminate(Duration::from_secs(20));
+    }
+}
+
 fn probe(p: &Platform, name: &str, handler: &str, extra: &[&str]) {
     p.deploy(
         name,
@@ -376,4 +382,182 @@ fn errors_limits_and_throttling() {
     );
     assert!(long.join().unwrap().status.success());
     assert_eq!(p.result("single", r#"{"seconds": 0}"#)["slept"], 0.0);
+}
+
+/// Spawns a server role and waits for its `ready` line on stdout.
+fn spawn_ready(mut cmd: std::process::Command, name: &str) -> Proc {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("ready") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let p = Proc {
+        child: Some(child),
+        name: name.into(),
+    };
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{name} did not print ready within 30 s"));
+    p
+}
+
+fn start_worker(dir: &Path, zone: &str, controller: &str) -> Proc {
+    let mut cmd = std::process::Command::new(NUBO);
+    cmd.args([
+        "worker",
+        "--zone",
+        zone,
+        "--controllers",
+        controller,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--data-dir",
+        dir.join(format!("worker-{zone}")).to_str().unwrap(),
+        "--memory-mb",
+        "2048",
+    ])
+    .env("NUBO_CLUSTER_SECRET", super::SECRET);
+    spawn_ready(cmd, &format!("worker {zone}"))
+}
+
+fn live_workers(env: &Env, endpoint: &str) -> Vec<Value> {
+    let s: Value = serde_json::from_str(&env.cli_ok(
+        endpoint,
+        Some(super::TOKEN),
+        &["cluster", "status", "-o", "json"],
+    ))
+    .unwrap();
+    s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["health"] == "live")
+        .cloned()
+        .collect()
+}
+
+/// Three `nubo worker` processes in three zones behind a controller: a
+/// function's concurrent sandboxes land in three different zones; after
+/// one zone's worker is SIGKILLed every later invoke succeeds on the
+/// others, and the controller marks the dead worker dead; a restarted
+/// worker removes the containers its killed predecessor left.
+#[test]
+fn three_zones_survive_the_loss_of_one() {
+    let env = Env::new();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let controller_addr = format!("127.0.0.1:{port}");
+    let mut controller = super::start_controller(env.dir.path(), 1, &[port]);
+    let mut workers: Vec<(String, Proc)> = ["a", "b", "c"]
+        .iter()
+        .map(|z| {
+            (
+                z.to_string(),
+                start_worker(env.dir.path(), z, &controller_addr),
+            )
+        })
+        .collect();
+    let t = Some(super::TOKEN);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while live_workers(&env, &endpoint).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "3 workers never live");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let probe_dir = functions_dir("probe");
+    env.cli_ok(
+        &endpoint,
+        t,
+        &[
+            "function",
+            "create",
+            "spread",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "probe.sleep",
+            "--code",
+            probe_dir.to_str().unwrap(),
+        ],
+    );
+    // Three concurrent calls need three sandboxes: one per zone.
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let endpoint = endpoint.clone();
+            let cfg = env.config_dir();
+            std::thread::spawn(move || {
+                std::process::Command::new(NUBO)
+                    .args(["invoke", "spread", "--payload", r#"{"seconds": 1.5}"#])
+                    .env("NUBO_ENDPOINT", endpoint)
+                    .env("NUBO_CONFIG_DIR", cfg)
+                    .env("NUBO_TOKEN", super::TOKEN)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for c in calls {
+        let out = c.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let live = live_workers(&env, &endpoint);
+    let zones_with_sandboxes: Vec<&str> = live
+        .iter()
+        .filter(|w| w["sandboxes"].as_u64().unwrap() >= 1)
+        .map(|w| w["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones_with_sandboxes.len(), 3, "spread over zones: {live:?}");
+
+    // Lose zone a.
+    let (_, mut dead) = workers.remove(0);
+    dead.signal(libc::SIGKILL);
+    dead.wait(Duration::from_secs(5));
+    for i in 0..20 {
+        let out = env.cli(
+            &endpoint,
+            t,
+            &["invoke", "spread", "--payload", r#"{"seconds": 0}"#],
+        );
+        assert!(
+            out.status.success(),
+            "invoke {i} after losing zone a: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let s: Value =
+        serde_json::from_str(&env.cli_ok(&endpoint, t, &["cluster", "status", "-o", "json"]))
+            .unwrap();
+    let a = s["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["zone"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a["health"], "dead", "{a}");
+
+    // A restart of zone a's worker cleans up what the killed one left.
+    let mut again = start_worker(env.dir.path(), "a", &controller_addr);
+    again.terminate(Duration::from_secs(20));
+    for (_, w) in workers.iter_mut() {
+        w.terminate(Duration::from_secs(20));
+    }
+    controller.terminate(Duration::from_secs(10));
 }

@@ -62,6 +62,28 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGTERM, then up to `timeout` for a clean exit (a worker destroys
+    /// its sandboxes on the way out); SIGKILL after that. Never panics.
+    fn terminate(&mut self, timeout: Duration) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Some(c) = self.child.as_mut() {
