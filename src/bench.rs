@@ -14,12 +14,12 @@ use nubo_proto::v1 as pb;
 use pb::functions_client::FunctionsClient;
 use tonic::transport::Channel;
 
-const TOKEN: &str = "nubo_bench_admin_token_0123456789";
+pub(crate) const TOKEN: &str = "nubo_bench_admin_token_0123456789";
 const SECRET: &str = "bench-cluster-secret-0123456789";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark (only `control-plane` so far).
+    /// Which benchmark: `control-plane` or `invoke`.
     pub which: String,
     /// File to write the results section into.
     #[arg(long, default_value = "BENCHMARKS.md")]
@@ -105,7 +105,7 @@ fn spawn_controller(dir: &Path, id: u64, ports: &[u16]) -> anyhow::Result<Contro
     Ok(Controller { child, id })
 }
 
-fn authed<T>(msg: T) -> tonic::Request<T> {
+pub(crate) fn authed<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         "authorization",
@@ -122,7 +122,7 @@ async fn channel(port: u16) -> anyhow::Result<Channel> {
         .await?)
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -130,7 +130,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -223,7 +223,7 @@ fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
 }
 
 /// A raw tonic unary echo on loopback: the floor under any API call.
-async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+pub(crate) async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
     #[derive(Clone)]
     struct Echo;
     #[tonic::async_trait]
@@ -326,8 +326,14 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.which == "invoke" {
+        return crate::bench_invoke::run(args).await;
+    }
     if args.which != "control-plane" {
-        bail!("unknown benchmark {:?}: try `control-plane`", args.which);
+        bail!(
+            "unknown benchmark {:?}: try `control-plane` or `invoke`",
+            args.which
+        );
     }
     let dir = tempfile::Builder::new().prefix("nubo-bench").tempdir()?;
     // NUBO_BENCH_KEEP=1 keeps the data and controller logs for a post-mortem.
@@ -609,7 +615,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Replaces (or appends) the section starting with `heading` in `path`.
-fn write_section(path: &Path, heading: &str, body: &str) -> anyhow::Result<()> {
+pub(crate) fn write_section(path: &Path, heading: &str, body: &str) -> anyhow::Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
         "# nubo benchmarks\n\nFigures written by the benchmark commands; each beside a floor measured in the same run, since these machines are shared and absolute times drift.\n\n".to_string()
     });

@@ -23,6 +23,10 @@ pub struct UpArgs {
     /// Memory for the embedded worker's sandboxes, MB.
     #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = 4096)]
     pub worker_memory_mb: u32,
+    /// Admin token to create on the first start (default: random, stored
+    /// for the CLI in ~/.config/nubo/token).
+    #[arg(long, env = "NUBO_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<String>,
     /// Do not start the embedded worker (deploy only, or external workers).
     #[arg(long)]
     pub no_worker: bool,
@@ -223,6 +227,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             listen: Some(args.listen),
             data_dir: Some(data_dir.clone()),
             metrics_listen: Some(args.metrics_listen),
+            bootstrap_token: args.bootstrap_token,
             ..Default::default()
         },
     )?;
@@ -258,9 +263,19 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         cfg.listen = "127.0.0.1:0".into();
         cfg.memory_mb = args.worker_memory_mb;
         cfg.oci_runtime = args.oci_runtime;
-        let (w, _) = nubo_worker::start(cfg).await.context(
+        let secret = cfg.cluster_secret.clone();
+        let (w, worker) = nubo_worker::start(cfg).await.context(
             "starting the embedded worker (run as root with crun installed: scripts/setup.sh; or pass --no-worker)",
         )?;
+        // Same process: the controller calls the worker directly.
+        running.node.workers.register_local(
+            "local",
+            std::sync::Arc::new(nubo_worker::server::WorkerService {
+                worker,
+                secret,
+                worker_id: "local".into(),
+            }),
+        );
         eprintln!("worker (zone local) on {}", w.addr);
         // Invokes work once the controller has heard from it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

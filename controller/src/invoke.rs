@@ -224,13 +224,12 @@ impl ControllerNode {
                 payload: req.payload.clone(),
                 log_tail: req.log_type == pb::LogType::LogTail as i32,
             };
-            let mut client = pick.client.clone();
-            let r = client
+            let r = pick
+                .client
                 .invoke(with_secret(call, &self.config.cluster_secret, timeout))
                 .await;
             match r {
                 Ok(resp) => {
-                    let resp = resp.into_inner();
                     self.workers.finish(&pick, resp.pool.as_ref(), false);
                     return Ok(pb::InvokeResponse {
                         status_code: 200,
@@ -363,7 +362,7 @@ impl ControllerNode {
         } else {
             req.limit.min(10_000)
         };
-        let calls = self.workers.live_clients().into_iter().map(|(_, mut c)| {
+        let calls = self.workers.live_clients().into_iter().map(|(_, c)| {
             let r = with_secret(
                 pb::GetLogsRequest {
                     limit,
@@ -378,7 +377,7 @@ impl ControllerNode {
             .await
             .into_iter()
             .filter_map(|r| r.ok())
-            .flat_map(|r| r.into_inner().lines)
+            .flat_map(|r| r.lines)
             .collect();
         lines.sort_by(|a, b| {
             (a.timestamp_ms, &a.worker_id, a.seq).cmp(&(b.timestamp_ms, &b.worker_id, b.seq))

@@ -3,13 +3,46 @@
 //! invoke, so a sync invoke costs no Raft round trip.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nubo_proto::v1 as pb;
 use tonic::transport::{Channel, Endpoint};
 
 pub type WorkerClient = pb::worker_api_client::WorkerApiClient<Channel>;
+
+/// A worker in this process (`nubo up`): called directly, without a
+/// gRPC hop or message encoding.
+pub type LocalWorker = Arc<dyn pb::worker_api_server::WorkerApi>;
+
+/// How to reach a worker.
+#[derive(Clone)]
+pub enum WorkerConn {
+    Remote(WorkerClient),
+    Local(LocalWorker),
+}
+
+impl WorkerConn {
+    pub async fn invoke(
+        &self,
+        req: tonic::Request<pb::WorkerInvokeRequest>,
+    ) -> Result<pb::WorkerInvokeResponse, tonic::Status> {
+        match self {
+            WorkerConn::Remote(c) => c.clone().invoke(req).await.map(|r| r.into_inner()),
+            WorkerConn::Local(w) => w.invoke(req).await.map(|r| r.into_inner()),
+        }
+    }
+
+    pub async fn logs(
+        &self,
+        req: tonic::Request<pb::GetLogsRequest>,
+    ) -> Result<pb::GetLogsResponse, tonic::Status> {
+        match self {
+            WorkerConn::Remote(c) => c.clone().logs(req).await.map(|r| r.into_inner()),
+            WorkerConn::Local(w) => w.logs(req).await.map(|r| r.into_inner()),
+        }
+    }
+}
 
 /// Largest worker API message (6 MB payload + framing).
 pub const MAX_WORKER_MESSAGE: usize = 8 * 1024 * 1024;
@@ -25,7 +58,7 @@ struct PoolView {
 struct Entry {
     hb: pb::WorkerHeartbeat,
     last_seen: Instant,
-    client: WorkerClient,
+    client: WorkerConn,
     pools: HashMap<(String, String), PoolView>,
     /// Calls this controller has in flight on the worker.
     inflight: u32,
@@ -36,18 +69,19 @@ struct Entry {
 
 pub struct WorkerRegistry {
     inner: Mutex<HashMap<String, Entry>>,
+    locals: Mutex<HashMap<String, LocalWorker>>,
     pub dead_after: Duration,
     pub heartbeat: Duration,
 }
 
 /// A worker chosen for a call. Report the outcome with
 /// [`WorkerRegistry::finish`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pick {
     pub id: String,
     pub zone: String,
     pub address: String,
-    pub client: WorkerClient,
+    pub client: WorkerConn,
     pub warm: bool,
 }
 
@@ -74,8 +108,21 @@ impl WorkerRegistry {
     pub fn new(heartbeat: Duration, dead_after: Duration) -> WorkerRegistry {
         WorkerRegistry {
             inner: Mutex::new(HashMap::new()),
+            locals: Mutex::new(HashMap::new()),
             dead_after,
             heartbeat,
+        }
+    }
+
+    /// Declares that worker `id` runs in this process: calls to it skip
+    /// the network. It still registers (and stays alive) by heartbeats.
+    pub fn register_local(&self, id: &str, worker: LocalWorker) {
+        self.locals
+            .lock()
+            .expect("lock poisoned")
+            .insert(id.to_string(), worker.clone());
+        if let Some(e) = self.inner.lock().expect("lock poisoned").get_mut(id) {
+            e.client = WorkerConn::Local(worker);
         }
     }
 
@@ -108,8 +155,19 @@ impl WorkerRegistry {
             })
             .collect();
         if fresh {
-            let client = connect(&hb.address)
-                .ok_or_else(|| format!("worker address {:?} is not HOST:PORT", hb.address))?;
+            let local = self
+                .locals
+                .lock()
+                .expect("lock poisoned")
+                .get(&hb.id)
+                .cloned();
+            let client =
+                match local {
+                    Some(w) => WorkerConn::Local(w),
+                    None => WorkerConn::Remote(connect(&hb.address).ok_or_else(|| {
+                        format!("worker address {:?} is not HOST:PORT", hb.address)
+                    })?),
+                };
             if !g.contains_key(&hb.id) {
                 tracing::info!(worker = %hb.id, zone = %hb.zone, address = %hb.address, "worker registered");
             }
@@ -240,7 +298,7 @@ impl WorkerRegistry {
     }
 
     /// Clients of the live workers, for fan-out reads (logs).
-    pub fn live_clients(&self) -> Vec<(String, WorkerClient)> {
+    pub fn live_clients(&self) -> Vec<(String, WorkerConn)> {
         let now = Instant::now();
         let g = self.inner.lock().expect("lock poisoned");
         g.iter()

@@ -51,6 +51,10 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     pub uid: u32,
     pub gid: u32,
+    /// Generic Python sandboxes kept ready per (memory MB, /tmp MB) class,
+    /// specialised when a cold call arrives. 0 disables prewarming.
+    pub generic_per_class: usize,
+    pub generic_classes: Vec<(u32, u32)>,
 }
 
 impl WorkerConfig {
@@ -71,6 +75,8 @@ impl WorkerConfig {
             heartbeat: Duration::from_millis(250),
             uid: 65534,
             gid: 65534,
+            generic_per_class: 2,
+            generic_classes: vec![(128, 512)],
         }
     }
 }
@@ -128,14 +134,18 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
                 cgroup: info.cgroup,
                 tag,
                 region: "local".into(),
+                stage_dir: cfg.data_dir.join("stage"),
+                generic_classes: cfg.generic_classes.clone(),
+                generic_per_class: cfg.generic_per_class,
             },
             code,
         )
         .map_err(|e| setup("sandbox host", &e))?,
     );
     factory.cleanup_leftovers().await;
+    tokio::spawn(factory.clone().fill_generic());
     let pool = pool::Pool::new(
-        factory,
+        factory.clone(),
         pool::PoolConfig {
             memory_mb: cfg.memory_mb,
             max_sandboxes: cfg.max_sandboxes,
@@ -169,8 +179,11 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
         heartbeat: cfg.heartbeat,
     };
     let incarnation = logs::now_ms();
-    let running = server::serve(worker.clone(), ident, listener, metrics, incarnation)
+    let mut running = server::serve(worker.clone(), ident, listener, metrics, incarnation)
         .await
         .map_err(|e| setup("serving", &e))?;
+    running.on_shutdown(Box::new(move || {
+        Box::pin(async move { factory.drain_generic().await })
+    }));
     Ok((running, worker))
 }

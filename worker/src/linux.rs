@@ -45,6 +45,13 @@ pub struct LinuxConfig {
     /// Distinguishes this worker's containers (several workers per host).
     pub tag: String,
     pub region: String,
+    /// Staging directories of generic sandboxes; must be on the same
+    /// filesystem as the code cache (hard links).
+    pub stage_dir: PathBuf,
+    /// (memory MB, /tmp MB) classes kept prewarmed as generic Python
+    /// sandboxes, and how many of each.
+    pub generic_classes: Vec<(u32, u32)>,
+    pub generic_per_class: usize,
 }
 
 pub struct LinuxFactory {
@@ -55,6 +62,9 @@ pub struct LinuxFactory {
     etc_egress: PathBuf,
     runtime_dir: PathBuf,
     state_root: PathBuf,
+    generic: Mutex<std::collections::HashMap<ClassKey, Vec<Generic>>>,
+    generic_seq: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl LinuxFactory {
@@ -72,6 +82,7 @@ impl LinuxFactory {
             &d.join("netns"),
             &runtime_dir,
             &state_root,
+            &cfg.stage_dir,
         ] {
             std::fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))?;
         }
@@ -91,6 +102,9 @@ impl LinuxFactory {
             etc_egress,
             runtime_dir,
             state_root,
+            generic: Mutex::new(Default::default()),
+            generic_seq: Default::default(),
+            closed: Default::default(),
         })
     }
 
@@ -103,6 +117,13 @@ impl LinuxFactory {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(&prefix) {
                     self.remove_container(&name).await;
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.cfg.stage_dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -132,7 +153,8 @@ impl LinuxFactory {
             .await;
     }
 
-    fn environment(&self, s: &FunctionSpec, api: &str, name: &str) -> Vec<String> {
+    /// Variables every sandbox of a runtime has, whatever its function.
+    fn base_env(&self, api: &str, python: bool) -> Vec<String> {
         let mut env = vec![
             "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
             "LANG=C.UTF-8".into(),
@@ -141,23 +163,56 @@ impl LinuxFactory {
             "LAMBDA_TASK_ROOT=/var/task".into(),
             "LAMBDA_RUNTIME_DIR=/var/runtime".into(),
             format!("AWS_LAMBDA_RUNTIME_API={api}"),
-            format!("AWS_LAMBDA_FUNCTION_NAME={}", s.function_name),
-            format!("AWS_LAMBDA_FUNCTION_VERSION={}", s.version),
-            format!("AWS_LAMBDA_FUNCTION_MEMORY_SIZE={}", s.memory_mb),
-            format!("AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/{}", s.function_name),
-            format!("AWS_LAMBDA_LOG_STREAM_NAME=[{}]{name}", s.version),
-            format!("AWS_EXECUTION_ENV=AWS_Lambda_{}", s.runtime),
             format!("AWS_REGION={}", self.cfg.region),
             format!("AWS_DEFAULT_REGION={}", self.cfg.region),
-            format!("_HANDLER={}", s.handler),
         ];
-        if s.is_python() {
+        if python {
             env.push("PYTHONUNBUFFERED=1".into());
             env.push("PYTHONDONTWRITEBYTECODE=1".into());
         }
+        env
+    }
+
+    /// The function's own variables: Lambda's and the user's.
+    fn function_env(s: &FunctionSpec, name: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "AWS_LAMBDA_FUNCTION_NAME".to_string(),
+                s.function_name.clone(),
+            ),
+            ("AWS_LAMBDA_FUNCTION_VERSION".into(), s.version.clone()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+                s.memory_mb.to_string(),
+            ),
+            (
+                "AWS_LAMBDA_LOG_GROUP_NAME".into(),
+                format!("/aws/lambda/{}", s.function_name),
+            ),
+            (
+                "AWS_LAMBDA_LOG_STREAM_NAME".into(),
+                format!("[{}]{name}", s.version),
+            ),
+            ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
+            (
+                "AWS_EXECUTION_ENV".into(),
+                format!("AWS_Lambda_{}", s.runtime),
+            ),
+            ("_HANDLER".into(), s.handler.clone()),
+        ];
         for (k, v) in &s.environment {
-            env.push(format!("{k}={v}"));
+            env.push((k.clone(), v.clone()));
         }
+        env
+    }
+
+    fn environment(&self, s: &FunctionSpec, api: &str, name: &str) -> Vec<String> {
+        let mut env = self.base_env(api, s.is_python());
+        env.extend(
+            Self::function_env(s, name)
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}")),
+        );
         env
     }
 }
@@ -171,22 +226,32 @@ fn setup(step: &str, e: impl std::fmt::Display) -> CreateError {
     CreateError::Setup(format!("sandbox setup, {step}: {e}"))
 }
 
-impl SandboxFactory for Arc<LinuxFactory> {
-    type Sandbox = LinuxSandbox;
+/// What a booted container runs for.
+enum Boot<'a> {
+    /// One function: its code at /var/task, its environment.
+    Function { code_dir: &'a Path },
+    /// A generic Python runtime for later specialisation: an empty staging
+    /// directory at /var/task, filled (hard links) when a function takes it.
+    Generic { stage: &'a Path },
+}
 
-    async fn create(
-        &self,
+/// A prewarmed generic Python sandbox, waiting for a function.
+pub struct Generic {
+    sb: LinuxSandbox,
+    specialize: tokio::sync::oneshot::Sender<Bytes>,
+}
+
+/// Generic sandboxes are kept per (memory MB, /tmp MB) class.
+type ClassKey = (u32, u32);
+
+impl LinuxFactory {
+    /// Starts a container; returns once the runtime process is spawned.
+    async fn boot(
+        self: &Arc<Self>,
+        name: String,
         s: &FunctionSpec,
-        id: u64,
-    ) -> Result<Created<LinuxSandbox>, CreateError> {
-        let started = Instant::now();
-        let code_dir = self
-            .code
-            .ensure(&s.code_sha256)
-            .await
-            .map_err(|e| CreateError::Setup(e.to_string()))?;
-        let name = format!("nubo-{}-{id}", self.cfg.tag);
-
+        what: Boot<'_>,
+    ) -> Result<(LinuxSandbox, String), CreateError> {
         // Network: the sandbox's own namespace with only loopback, where
         // the Runtime API listens; with egress, the host's network.
         let (listener, netns_path, api) = if s.egress {
@@ -205,16 +270,38 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 .map_err(|e| setup("network namespace", e))?;
             (l, Some(path), format!("127.0.0.1:{API_PORT}"))
         };
+        let (code_dir, stage, env, specialize_rx) = match what {
+            Boot::Function { code_dir } => (
+                code_dir.to_path_buf(),
+                None,
+                self.environment(s, &api, &name),
+                None,
+            ),
+            Boot::Generic { stage } => {
+                let mut env = self.base_env(&api, true);
+                env.push("NUBO_GENERIC=1".into());
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                (
+                    stage.to_path_buf(),
+                    Some((stage.to_path_buf(), tx)),
+                    env,
+                    Some(rx),
+                )
+            }
+        };
         let mut guard = Cleanup {
             factory: self.clone(),
             name: name.clone(),
             netns: netns_path.clone(),
             bundle: None,
+            stage: stage.as_ref().map(|(p, _)| p.clone()),
+            channel: None,
             armed: true,
         };
-        let ch = Channel::new(None);
+        let ch = Channel::new(specialize_rx);
         let server =
             runtime_api::serve(listener, ch.clone()).map_err(|e| setup("Runtime API", e))?;
+        guard.channel = Some(ch.clone());
 
         let args: Vec<String> = if s.is_python() {
             vec![
@@ -225,7 +312,6 @@ impl SandboxFactory for Arc<LinuxFactory> {
         } else {
             vec!["/var/task/bootstrap".into()]
         };
-        let env = self.environment(s, &api, &name);
         let cgroups_path = format!("/nubo/{name}");
         let oci_spec = spec::build(&spec::SandboxSpec {
             id: &name,
@@ -279,30 +365,48 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 st.or_else(|| Some(std::os::unix::process::ExitStatusExt::from_raw(255 << 8))),
             );
         });
-
+        guard.armed = false;
+        let (stage, specialize) = match stage {
+            Some((p, tx)) => (Some(p), Some(tx)),
+            None => (None, None),
+        };
         let sb = LinuxSandbox {
             factory: self.clone(),
             name,
             cgroups_path,
-            ch: ch.clone(),
-            exit: exit_rx.clone(),
+            ch,
+            exit: exit_rx,
             logs,
             netns: netns_path,
             bundle,
+            stage,
             tasks: vec![server, reader, waiter],
             spec: s.clone(),
+            pending_specialize: Mutex::new(None),
         };
-        guard.armed = false;
+        if let Some(tx) = specialize {
+            // Stash the sender in the channel's slot for `take_generic`.
+            *sb.pending_specialize.lock().expect("lock poisoned") = Some(tx);
+        }
+        Ok((sb, api))
+    }
 
-        // Init: done at the runtime's first `/next`.
-        let mut phase = ch.phase();
-        let mut exit = exit_rx;
+    /// Waits for the runtime's first `/next` (init done), an init error,
+    /// its exit, or the init timeout.
+    async fn wait_init(
+        sb: LinuxSandbox,
+        started: Instant,
+        api: &str,
+    ) -> Result<Created<LinuxSandbox>, CreateError> {
+        let mut phase = sb.ch.phase();
+        let mut exit = sb.exit.clone();
         let outcome = tokio::select! {
-            r = phase.wait_for(|p| !matches!(p, Phase::Starting)) => r.map(|p| p.clone()).ok(),
+            r = phase.wait_for(|p| matches!(p, Phase::Ready(_) | Phase::InitError { .. })) => r.map(|p| p.clone()).ok(),
             _ = exit.wait_for(|e| e.is_some()) => None,
             _ = tokio::time::sleep(INIT_TIMEOUT) => Some(Phase::Starting),
         };
         let init_duration = started.elapsed();
+        let memory_mb = sb.spec.memory_mb;
         match outcome {
             Some(Phase::Ready(_)) => {
                 let init_lines = sb.logs.take();
@@ -328,7 +432,7 @@ impl SandboxFactory for Arc<LinuxFactory> {
                     init_duration,
                 })
             }
-            Some(Phase::Starting) => {
+            Some(_) => {
                 let lines = sb.logs.take();
                 sb.destroy().await;
                 Err(CreateError::Init {
@@ -349,7 +453,7 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 let lines = sb.logs.take();
                 let oom = sb.was_oom(st);
                 sb.destroy().await;
-                let (t, m) = exit_error(st, oom, s.memory_mb);
+                let (t, m) = exit_error(st, oom, memory_mb);
                 Err(CreateError::Init {
                     error_type: t.into(),
                     body: err_body(t, &format!("Init failed. {m}")),
@@ -358,6 +462,211 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 })
             }
         }
+    }
+
+    /// Starts one generic sandbox of `class` and waits until its runtime is
+    /// loaded and asks to be specialised.
+    async fn boot_generic(self: &Arc<Self>, class: ClassKey) -> Result<Generic, CreateError> {
+        let n = self
+            .generic_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("nubo-{}-g{n}", self.cfg.tag);
+        let stage = self.cfg.stage_dir.join(&name);
+        std::fs::create_dir_all(&stage).map_err(|e| setup("staging directory", e))?;
+        set_mode(&stage, 0o755);
+        let spec = FunctionSpec {
+            function_name: String::new(),
+            version: String::new(),
+            runtime: "python3".into(),
+            handler: String::new(),
+            memory_mb: class.0,
+            timeout_seconds: 1,
+            environment: Default::default(),
+            ephemeral_storage_mb: class.1,
+            egress: false,
+            code_sha256: String::new(),
+            code_size: 0,
+        };
+        let (sb, _) = self
+            .boot(name, &spec, Boot::Generic { stage: &stage })
+            .await?;
+        let mut phase = sb.ch.phase();
+        let mut exit = sb.exit.clone();
+        let ok = tokio::select! {
+            r = phase.wait_for(|p| *p == Phase::Generic) => r.is_ok(),
+            _ = exit.wait_for(|e| e.is_some()) => false,
+            _ = tokio::time::sleep(INIT_TIMEOUT) => false,
+        };
+        if !ok {
+            let lines = sb.logs.take();
+            sb.destroy().await;
+            return Err(CreateError::Setup(format!(
+                "a generic Python sandbox did not start: {}",
+                lines.join(" | ")
+            )));
+        }
+        let tx = sb
+            .pending_specialize
+            .lock()
+            .expect("lock poisoned")
+            .take()
+            .ok_or_else(|| CreateError::Setup("generic sandbox without a channel".into()))?;
+        Ok(Generic { sb, specialize: tx })
+    }
+
+    /// Keeps `generic_per_class` generic sandboxes ready per class.
+    pub async fn fill_generic(self: Arc<Self>) {
+        for class in self.cfg.generic_classes.clone() {
+            loop {
+                let have = self
+                    .generic
+                    .lock()
+                    .expect("lock poisoned")
+                    .get(&class)
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                if have >= self.cfg.generic_per_class
+                    || self.closed.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    break;
+                }
+                match self.boot_generic(class).await {
+                    Ok(g) => self
+                        .generic
+                        .lock()
+                        .expect("lock poisoned")
+                        .entry(class)
+                        .or_default()
+                        .push(g),
+                    Err(e) => {
+                        tracing::warn!("prewarming a generic sandbox: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_generic(&self, s: &FunctionSpec) -> Option<Generic> {
+        if !s.is_python() || s.egress {
+            return None;
+        }
+        let mut g = self.generic.lock().expect("lock poisoned");
+        let v = g.get_mut(&(s.memory_mb, s.ephemeral_storage_mb))?;
+        while let Some(gen) = v.pop() {
+            if gen.sb.alive() {
+                return Some(gen);
+            }
+            tokio::spawn(gen.sb.destroy());
+        }
+        None
+    }
+
+    /// Destroys the generic sandboxes (shutdown).
+    pub async fn drain_generic(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<Generic> = self
+            .generic
+            .lock()
+            .expect("lock poisoned")
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        futures::future::join_all(all.into_iter().map(|g| g.sb.destroy())).await;
+    }
+
+    /// Turns a generic sandbox into one of `s`: its code is hard-linked
+    /// into the staging directory the sandbox sees at /var/task, and the
+    /// runtime is handed the function's environment; it then imports the
+    /// handler and asks for the event.
+    async fn specialize(
+        self: &Arc<Self>,
+        g: Generic,
+        s: &FunctionSpec,
+        code_dir: &Path,
+        started: Instant,
+    ) -> Result<Created<LinuxSandbox>, CreateError> {
+        let Generic { mut sb, specialize } = g;
+        let stage = sb
+            .stage
+            .clone()
+            .ok_or_else(|| CreateError::Setup("generic sandbox without staging".into()))?;
+        let (src, dst) = (code_dir.to_path_buf(), stage.clone());
+        let linked = tokio::task::spawn_blocking(move || link_tree(&src, &dst))
+            .await
+            .map_err(|e| setup("staging the code", e))?;
+        if let Err(e) = linked {
+            sb.destroy().await;
+            return Err(setup("staging the code", e));
+        }
+        let env: serde_json::Map<String, serde_json::Value> =
+            LinuxFactory::function_env(s, &sb.name)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+        let body = serde_json::json!({ "env": env }).to_string();
+        sb.spec = s.clone();
+        if specialize.send(Bytes::from(body)).is_err() {
+            sb.destroy().await;
+            return Err(CreateError::Setup("the generic sandbox went away".into()));
+        }
+        LinuxFactory::wait_init(sb, started, "127.0.0.1:9001").await
+    }
+}
+
+/// Recreates the tree `src` under `dst` with hard links (same filesystem:
+/// the code cache and the staging directories share the data directory),
+/// copying when linking is not possible.
+fn link_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to)?;
+            set_mode(&to, 0o755);
+            link_tree(&from, &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to)?;
+        }
+    }
+    Ok(())
+}
+
+impl SandboxFactory for Arc<LinuxFactory> {
+    type Sandbox = LinuxSandbox;
+
+    async fn create(
+        &self,
+        s: &FunctionSpec,
+        id: u64,
+    ) -> Result<Created<LinuxSandbox>, CreateError> {
+        let started = Instant::now();
+        let code_dir = self
+            .code
+            .ensure(&s.code_sha256)
+            .await
+            .map_err(|e| CreateError::Setup(e.to_string()))?;
+        if let Some(g) = self.take_generic(s) {
+            // Replace what was taken while this one specialises.
+            tokio::spawn(self.clone().fill_generic());
+            return self.specialize(g, s, &code_dir, started).await;
+        }
+        let name = format!("nubo-{}-{id}", self.cfg.tag);
+        let (sb, api) = self
+            .boot(
+                name,
+                s,
+                Boot::Function {
+                    code_dir: &code_dir,
+                },
+            )
+            .await?;
+        LinuxFactory::wait_init(sb, started, &api).await
     }
 }
 
@@ -406,6 +715,8 @@ struct Cleanup {
     name: String,
     netns: Option<PathBuf>,
     bundle: Option<PathBuf>,
+    stage: Option<PathBuf>,
+    channel: Option<Arc<Channel>>,
     armed: bool,
 }
 
@@ -419,6 +730,12 @@ impl Drop for Cleanup {
         }
         if let Some(b) = &self.bundle {
             let _ = std::fs::remove_dir_all(b);
+        }
+        if let Some(s) = &self.stage {
+            let _ = std::fs::remove_dir_all(s);
+        }
+        if let Some(c) = &self.channel {
+            c.stop.cancel();
         }
         let f = self.factory.clone();
         let name = self.name.clone();
@@ -532,8 +849,11 @@ pub struct LinuxSandbox {
     logs: Arc<LogPipe>,
     netns: Option<PathBuf>,
     bundle: PathBuf,
+    /// The staging directory of a sandbox that started generic.
+    stage: Option<PathBuf>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     spec: FunctionSpec,
+    pending_specialize: Mutex<Option<tokio::sync::oneshot::Sender<Bytes>>>,
 }
 
 impl LinuxSandbox {
@@ -566,8 +886,9 @@ impl LinuxSandbox {
 
 impl Sandbox for LinuxSandbox {
     async fn invoke(&self, inv: Invocation) -> InvokeResult {
+        // Max Memory Used is the sandbox's peak since it started, as on
+        // Lambda: no reset between invocations.
         let layout = self.factory.cfg.cgroup;
-        host::reset_max_memory(layout, &self.cgroups_path);
         let deadline_ms = (std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -673,5 +994,8 @@ impl Sandbox for LinuxSandbox {
             let _ = netns::remove(p);
         }
         let _ = std::fs::remove_dir_all(&self.bundle);
+        if let Some(s) = &self.stage {
+            let _ = std::fs::remove_dir_all(s);
+        }
     }
 }

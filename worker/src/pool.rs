@@ -389,3 +389,148 @@ impl<F: SandboxFactory> Pool<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeFactory;
+    use crate::sandbox::Completion;
+    use std::sync::atomic::Ordering;
+
+    fn spec(name: &str, mb: u32) -> FunctionSpec {
+        FunctionSpec {
+            function_name: name.into(),
+            version: "1".into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            memory_mb: mb,
+            timeout_seconds: 3,
+            environment: Default::default(),
+            ephemeral_storage_mb: 512,
+            egress: false,
+            code_sha256: "0".repeat(64),
+            code_size: 1,
+        }
+    }
+
+    fn pool(f: &FakeFactory, memory_mb: u32, max: u32, keep: Duration) -> Arc<Pool<FakeFactory>> {
+        Pool::new(
+            f.clone(),
+            PoolConfig {
+                memory_mb,
+                max_sandboxes: max,
+                keep_alive: keep,
+            },
+        )
+    }
+
+    /// A released sandbox is reused warm; concurrent calls get their own
+    /// sandboxes (one event per sandbox).
+    #[tokio::test]
+    async fn warm_reuse_and_one_event_per_sandbox() {
+        let f = FakeFactory::echo();
+        let p = pool(&f, 1024, 10, Duration::from_secs(60));
+        let s = spec("a", 128);
+        let l1 = p.acquire(&s).await.unwrap();
+        assert!(l1.cold.is_some());
+        let l2 = p.acquire(&s).await.unwrap();
+        assert!(l2.cold.is_some(), "the first one is busy: a second is made");
+        assert_eq!(p.counts("a", "1"), PoolCounts { idle: 0, busy: 2 });
+        p.release(l1, true);
+        p.release(l2, true);
+        let l3 = p.acquire(&s).await.unwrap();
+        assert!(l3.cold.is_none(), "warm reuse");
+        p.release(l3, false);
+        assert_eq!(p.counts("a", "1"), PoolCounts { idle: 1, busy: 0 });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            f.destroyed.load(Ordering::SeqCst),
+            1,
+            "an unusable sandbox is destroyed"
+        );
+        assert_eq!(p.snapshot().used_mb, 128);
+    }
+
+    /// Memory admission evicts the least recently used idle sandbox, and
+    /// refuses when everything is busy.
+    #[tokio::test]
+    async fn admission_evicts_lru_idle_then_refuses() {
+        let f = FakeFactory::echo();
+        let p = pool(&f, 256, 10, Duration::from_secs(60));
+        let a = p.acquire(&spec("a", 128)).await.unwrap();
+        let b = p.acquire(&spec("b", 128)).await.unwrap();
+        p.release(a, true);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        p.release(b, true);
+        // c needs room: a is the least recently used.
+        let c = p.acquire(&spec("c", 128)).await.unwrap();
+        assert_eq!(p.counts("a", "1").idle, 0);
+        assert_eq!(p.counts("b", "1").idle, 1);
+        let d = p.acquire(&spec("d", 128)).await.unwrap();
+        assert!(matches!(
+            p.acquire(&spec("e", 128)).await,
+            Err(PoolError::Full { .. })
+        ));
+        assert!(matches!(
+            p.acquire(&spec("big", 512)).await,
+            Err(PoolError::TooBig { .. })
+        ));
+        p.release(c, true);
+        p.release(d, true);
+        assert_eq!(p.snapshot().used_mb, 256);
+        // Count limit too.
+        let q = pool(&f, 10_000, 1, Duration::from_secs(60));
+        let x = q.acquire(&spec("x", 128)).await.unwrap();
+        assert!(matches!(
+            q.acquire(&spec("y", 128)).await,
+            Err(PoolError::Full { .. })
+        ));
+        q.release(x, true);
+        assert!(
+            q.acquire(&spec("y", 128)).await.is_ok(),
+            "idle x evicted for y"
+        );
+    }
+
+    /// Idle sandboxes past the keep-alive go; a changed configuration of
+    /// the same version does not reuse old sandboxes; prewarm fills up to N.
+    #[tokio::test]
+    async fn keep_alive_config_change_and_prewarm() {
+        let f = FakeFactory::echo();
+        let p = pool(&f, 4096, 100, Duration::from_millis(50));
+        assert_eq!(p.prewarm(&spec("w", 128), 3).await.unwrap(), 3);
+        assert_eq!(p.prewarm(&spec("w", 128), 3).await.unwrap(), 0);
+        assert_eq!(p.counts("w", "1").idle, 3);
+        let mut changed = spec("w", 128);
+        changed.environment.insert("K".into(), "V".into());
+        let l = p.acquire(&changed).await.unwrap();
+        assert!(l.cold.is_some(), "new configuration, new sandbox");
+        p.release(l, true);
+        assert_eq!(
+            p.counts("w", "1").idle,
+            1,
+            "old-configuration sandboxes evicted"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(p.reap_idle(), 1);
+        assert_eq!(p.snapshot().sandboxes, 0);
+        assert_eq!(p.snapshot().used_mb, 0);
+    }
+
+    /// A failed init releases its reservation and reaches the caller.
+    #[tokio::test]
+    async fn init_failure_releases_memory() {
+        let mut f = FakeFactory::echo();
+        f.handler = Arc::new(|_, _| Completion::Ok(bytes::Bytes::from_static(b"1")));
+        let p = pool(&f, 256, 10, Duration::from_secs(60));
+        let mut s = spec("bad", 128);
+        s.handler = "init_error".into();
+        assert!(matches!(
+            p.acquire(&s).await,
+            Err(PoolError::Create(CreateError::Init { .. }))
+        ));
+        assert_eq!(p.snapshot().used_mb, 0);
+        assert_eq!(p.snapshot().sandboxes, 0);
+        assert_eq!(p.counts("bad", "1"), PoolCounts::default());
+    }
+}

@@ -47,6 +47,9 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
     Starting,
+    /// A generic (prewarmed) runtime is loaded and waits to be given a
+    /// function (it called `/nubo/v1/specialize`).
+    Generic,
     /// The first `/next` arrived: init is done.
     Ready(Instant),
     /// `/init/error`.
@@ -124,7 +127,7 @@ fn error_json(kind: &str, msg: &str) -> Response {
 async fn next(State(ch): State<Arc<Channel>>) -> Response {
     let mut events = ch.events.lock().await;
     ch.phase.send_if_modified(|p| {
-        if *p == Phase::Starting {
+        if matches!(*p, Phase::Starting | Phase::Generic) {
             *p = Phase::Ready(Instant::now());
             true
         } else {
@@ -230,6 +233,14 @@ async fn specialize(State(ch): State<Arc<Channel>>) -> Response {
     let Some(rx) = rx else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    ch.phase.send_if_modified(|p| {
+        if *p == Phase::Starting {
+            *p = Phase::Generic;
+            true
+        } else {
+            false
+        }
+    });
     tokio::select! {
         r = rx => match r {
             Ok(body) => (StatusCode::OK, body).into_response(),

@@ -257,8 +257,11 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    drain: Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>,
+    drain: Vec<ShutdownHook>,
 }
+
+/// Work done at shutdown after the server stopped (destroying sandboxes).
+pub type ShutdownHook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
 
 impl Running {
     /// Stops taking calls, lets in-flight ones finish (bounded), destroys
@@ -268,7 +271,14 @@ impl Running {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        (self.drain)().await;
+        for d in self.drain {
+            d().await;
+        }
+    }
+
+    /// Adds work to do at shutdown.
+    pub fn on_shutdown(&mut self, hook: ShutdownHook) {
+        self.drain.push(hook);
     }
 }
 
@@ -406,6 +416,8 @@ pub async fn serve<F: SandboxFactory>(
         metrics_addr,
         shutdown,
         tasks,
-        drain: Box::new(move || Box::pin(async move { w.pool.drain().await })),
+        drain: vec![Box::new(move || {
+            Box::pin(async move { w.pool.drain().await })
+        })],
     })
 }
