@@ -531,6 +531,11 @@ impl LinuxFactory {
                     break;
                 }
                 match self.boot_generic(class).await {
+                    // Shut down meanwhile: this one must not outlive the worker.
+                    Ok(g) if self.closed.load(std::sync::atomic::Ordering::Relaxed) => {
+                        g.sb.destroy().await;
+                        return;
+                    }
                     Ok(g) => self
                         .generic
                         .lock()
