@@ -78,7 +78,7 @@ async fn create_mb(
                         runtime: "python3.11".into(),
                         handler: "app.handler".into(),
                         timeout_seconds: Some(60),
-                    memory_mb: Some(memory_mb),
+                        memory_mb: Some(memory_mb),
                         ..Default::default()
                     }),
                     publish: false,

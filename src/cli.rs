@@ -133,6 +133,10 @@ pub struct ConfigFlags {
     /// Concurrency reserved for (and limiting) this function.
     #[arg(long, value_name = "N")]
     pub reserved_concurrency: Option<u32>,
+    /// Sandboxes kept warm (provisioned concurrency) for $LATEST and for
+    /// versions an alias points to.
+    #[arg(long, value_name = "N")]
+    pub min_warm: Option<u32>,
     /// Retries of failed asynchronous invocations (0-2).
     #[arg(long, value_name = "N")]
     pub max_retry_attempts: Option<u32>,
@@ -447,6 +451,7 @@ impl ConfigFlags {
             && self.description.is_none()
             && self.ephemeral_storage.is_none()
             && self.reserved_concurrency.is_none()
+            && self.min_warm.is_none()
             && self.max_retry_attempts.is_none()
             && self.max_event_age.is_none()
             && self.dead_letter_target.is_none()
@@ -482,6 +487,7 @@ impl ConfigFlags {
             async_config,
             egress: egress.unwrap_or(false),
             set_egress: egress,
+            min_warm: self.min_warm,
         })
     }
 }
@@ -1448,6 +1454,7 @@ pub fn config_json(c: &pb::FunctionConfiguration) -> Value {
         "revision_id": c.revision_id,
         "last_modified": c.last_modified,
         "egress": c.egress,
+        "min_warm": c.min_warm,
     })
 }
 
@@ -1524,6 +1531,7 @@ fn config_pairs(c: &pb::FunctionConfiguration) -> Vec<(String, String)> {
             "network".into(),
             if c.egress { "egress" } else { "none" }.into(),
         ),
+        ("min_warm".into(), c.min_warm.to_string()),
         ("description".into(), c.description.clone()),
     ];
     let env = sorted(&c.environment);

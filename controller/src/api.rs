@@ -144,6 +144,7 @@ fn config_to_pb(v: &ConfigView) -> pb::FunctionConfiguration {
         revision_id: v.revision_id.clone(),
         last_modified: rfc3339(v.last_modified_ms),
         egress: c.egress,
+        min_warm: c.min_warm,
     }
 }
 
@@ -183,6 +184,7 @@ fn patch_from(c: &pb::FunctionConfig) -> ConfigPatch {
         maximum_event_age_seconds: a.maximum_event_age_seconds,
         dead_letter_target: non_empty(&a.dead_letter_target),
         egress: c.set_egress.or(c.egress.then_some(true)),
+        min_warm: c.min_warm,
     }
 }
 

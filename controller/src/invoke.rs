@@ -111,7 +111,7 @@ fn not_sent(s: &tonic::Status) -> bool {
 }
 
 impl ControllerNode {
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
@@ -351,6 +351,57 @@ impl ControllerNode {
                 ),
             })?;
         Ok(r.into_inner())
+    }
+
+    /// One pass of provisioned concurrency (run by the leader): every
+    /// version with `min_warm` gets sandboxes created, spread like cold
+    /// placements, until the workers report that many.
+    pub async fn ensure_min_warm(&self) {
+        let targets = self.with_registry(|r| r.min_warm_targets());
+        let mut calls = Vec::new();
+        for view in targets {
+            let (f, v) = (view.function_name.clone(), view.version.clone());
+            let have = self.workers.sandboxes_of(&f, &v, None);
+            let want = view.config.min_warm;
+            if have >= want {
+                continue;
+            }
+            // Plan the missing ones worker by worker.
+            let mut plan: HashMap<String, (crate::workers::Pick, u32)> = HashMap::new();
+            for _ in have..want {
+                let Some(p) = self.workers.pick(&f, &v, view.config.memory_mb, &[]) else {
+                    break;
+                };
+                // Not a call: only the placement counters are wanted.
+                self.workers.finish(&p, None, false);
+                let e = plan.entry(p.id.clone()).or_insert_with(|| {
+                    let on = self.workers.sandboxes_of(&f, &v, Some(&p.id));
+                    (p.clone(), on)
+                });
+                e.1 += 1;
+            }
+            for (_, (pick, count)) in plan {
+                let req = pb::PrewarmRequest {
+                    function: Some(spec_of(&view)),
+                    count,
+                };
+                let secret = self.config.cluster_secret.clone();
+                let workers = self.workers.clone();
+                calls.push(async move {
+                    let r = pick
+                        .client
+                        .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
+                        .await;
+                    match r {
+                        Ok(resp) => workers.report(&pick.id, resp.pool.as_ref()),
+                        Err(s) => {
+                            tracing::warn!(worker = %pick.id, "prewarming: {}", s.message())
+                        }
+                    }
+                });
+            }
+        }
+        futures::future::join_all(calls).await;
     }
 
     /// Log lines of a function from every live worker, merged by time.

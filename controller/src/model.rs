@@ -21,6 +21,10 @@ pub struct FunctionConfig {
     pub reserved_concurrency: Option<u32>,
     pub async_config: AsyncConfig,
     pub egress: bool,
+    /// Sandboxes kept warm (provisioned concurrency) for a version with
+    /// this configuration that is `$LATEST` or the target of an alias.
+    #[serde(default)]
+    pub min_warm: u32,
     pub code_sha256: String,
     pub code_size: u64,
 }
@@ -59,6 +63,8 @@ pub struct ConfigPatch {
     pub maximum_event_age_seconds: Option<u32>,
     pub dead_letter_target: Option<String>,
     pub egress: Option<bool>,
+    #[serde(default)]
+    pub min_warm: Option<u32>,
 }
 
 impl ConfigPatch {
@@ -101,6 +107,9 @@ impl ConfigPatch {
         if let Some(v) = self.egress {
             c.egress = v;
         }
+        if let Some(v) = self.min_warm {
+            c.min_warm = v;
+        }
         c
     }
 }
@@ -119,6 +128,7 @@ impl FunctionConfig {
             reserved_concurrency: None,
             async_config: AsyncConfig::default(),
             egress: false,
+            min_warm: 0,
             code_sha256,
             code_size,
         }

@@ -106,6 +106,23 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         }
     }));
 
+    // Provisioned concurrency: the leader keeps min_warm sandboxes.
+    {
+        let node = node.clone();
+        let stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if node.is_leader() {
+                    node.ensure_min_warm().await;
+                }
+            }
+        }));
+    }
+
     // Workers silent for ten minutes are forgotten (they re-register).
     {
         let node = node.clone();

@@ -480,6 +480,33 @@ impl Registry {
         })
     }
 
+    /// Versions to keep warm: `$LATEST` and every version an alias routes
+    /// to, when their configuration asks for `min_warm` sandboxes.
+    pub fn min_warm_targets(&self) -> Vec<ConfigView> {
+        let mut out = Vec::new();
+        for f in self.functions.values() {
+            if f.latest.min_warm > 0 && !f.latest.code_sha256.is_empty() {
+                out.push(latest_view(f));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for a in f.aliases.values() {
+                let versions = std::iter::once(&a.function_version).chain(a.routing.keys());
+                for v in versions {
+                    let Ok(n) = v.parse::<u64>() else { continue };
+                    if !seen.insert(n) {
+                        continue;
+                    }
+                    if let Some(ver) = f.versions.get(&n) {
+                        if ver.config.min_warm > 0 {
+                            out.push(version_view(&f.name, ver));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn token_by_hash(&self, hash: &str) -> Option<&Token> {
         self.tokens.values().find(|t| t.hash == hash)
     }

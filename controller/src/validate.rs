@@ -336,6 +336,13 @@ pub fn reserved_concurrency(v: u32) -> Result<(), RegistryError> {
     in_range("reserved_concurrency", v, RESERVED_CONCURRENCY, "")
 }
 
+/// Sandboxes a function may keep warm.
+pub const MIN_WARM: (u32, u32) = (0, 100);
+
+pub fn min_warm(v: u32) -> Result<(), RegistryError> {
+    in_range("min_warm", v, MIN_WARM, " sandboxes")
+}
+
 pub fn maximum_retry_attempts(v: u32) -> Result<(), RegistryError> {
     in_range("maximum_retry_attempts", v, MAXIMUM_RETRY_ATTEMPTS, "")
 }
@@ -440,6 +447,9 @@ pub fn config_patch(p: &ConfigPatch, limits: &Limits) -> Result<(), RegistryErro
     if let Some(v) = p.maximum_retry_attempts {
         maximum_retry_attempts(v)?;
     }
+    if let Some(v) = p.min_warm {
+        min_warm(v)?;
+    }
     if let Some(v) = p.maximum_event_age_seconds {
         maximum_event_age_seconds(v)?;
     }
@@ -468,6 +478,7 @@ pub fn full_config(c: &FunctionConfig, limits: &Limits) -> Result<(), RegistryEr
         reserved_concurrency(v)?;
     }
     maximum_retry_attempts(c.async_config.maximum_retry_attempts)?;
+    min_warm(c.min_warm)?;
     maximum_event_age_seconds(c.async_config.maximum_event_age_seconds)?;
     dead_letter_target(&c.async_config.dead_letter_target)?;
     Ok(())

@@ -33,6 +33,16 @@ impl WorkerConn {
         }
     }
 
+    pub async fn prewarm(
+        &self,
+        req: tonic::Request<pb::PrewarmRequest>,
+    ) -> Result<pb::PrewarmResponse, tonic::Status> {
+        match self {
+            WorkerConn::Remote(c) => c.clone().prewarm(req).await.map(|r| r.into_inner()),
+            WorkerConn::Local(w) => w.prewarm(req).await.map(|r| r.into_inner()),
+        }
+    }
+
     pub async fn logs(
         &self,
         req: tonic::Request<pb::GetLogsRequest>,
@@ -295,6 +305,33 @@ impl WorkerRegistry {
                 v.since_report = 0;
             }
         }
+    }
+
+    /// Records a worker's report of one pool outside a call.
+    pub fn report(&self, worker: &str, report: Option<&pb::PoolEntry>) {
+        let mut g = self.inner.lock().expect("lock poisoned");
+        if let (Some(e), Some(p)) = (g.get_mut(worker), report) {
+            let v = e
+                .pools
+                .entry((p.function_name.clone(), p.version.clone()))
+                .or_default();
+            v.idle = p.idle;
+            v.busy = p.busy;
+            v.since_report = 0;
+        }
+    }
+
+    /// Sandboxes (idle + busy) of a version on the live workers, and on
+    /// the given worker, as last reported.
+    pub fn sandboxes_of(&self, function: &str, version: &str, worker: Option<&str>) -> u32 {
+        let now = Instant::now();
+        let key = (function.to_string(), version.to_string());
+        let g = self.inner.lock().expect("lock poisoned");
+        g.iter()
+            .filter(|(id, e)| self.live(e, now) && worker.is_none_or(|w| w == id.as_str()))
+            .filter_map(|(_, e)| e.pools.get(&key))
+            .map(|p| p.idle + p.busy)
+            .sum()
     }
 
     /// Clients of the live workers, for fan-out reads (logs).

@@ -384,6 +384,41 @@ fn errors_limits_and_throttling() {
     assert_eq!(p.result("single", r#"{"seconds": 0}"#)["slept"], 0.0);
 }
 
+/// Provisioned concurrency: with `--min-warm 2` the leader has two
+/// sandboxes created before any call, so the first invoke is warm (no Init
+/// Duration in its REPORT line); `function get` shows the setting.
+#[test]
+fn min_warm_keeps_sandboxes_ready() {
+    let p = Platform::start();
+    p.deploy(
+        "warm",
+        &super::example("noop"),
+        "app.handler",
+        &["--min-warm", "2"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: Value = serde_json::from_str(&p.ok(&["cluster", "status", "-o", "json"])).unwrap();
+        if s["workers"][0]["warm_idle"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never 2 warm: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = p.cli(&["invoke", "warm", "--payload", r#"{"k": 1}"#, "--log-tail"]);
+    assert!(out.status.success());
+    let tail = String::from_utf8_lossy(&out.stderr);
+    assert!(tail.contains("REPORT RequestId"), "{tail}");
+    assert!(
+        !tail.contains("Init Duration"),
+        "first call was warm: {tail}"
+    );
+    assert!(p.ok(&["function", "get", "warm"]).contains("min_warm"));
+    let bad = p.cli(&["function", "update-config", "warm", "--min-warm", "1000"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("min_warm"));
+}
+
 /// Spawns a server role and waits for its `ready` line on stdout.
 fn spawn_ready(mut cmd: std::process::Command, name: &str) -> Proc {
     use std::io::BufRead;
@@ -414,6 +449,10 @@ fn spawn_ready(mut cmd: std::process::Command, name: &str) -> Proc {
 }
 
 fn start_worker(dir: &Path, zone: &str, controller: &str) -> Proc {
+    start_worker_with_metrics(dir, zone, controller, free_port())
+}
+
+fn start_worker_with_metrics(dir: &Path, zone: &str, controller: &str, metrics: u16) -> Proc {
     let mut cmd = std::process::Command::new(NUBO);
     cmd.args([
         "worker",
@@ -427,6 +466,8 @@ fn start_worker(dir: &Path, zone: &str, controller: &str) -> Proc {
         dir.join(format!("worker-{zone}")).to_str().unwrap(),
         "--memory-mb",
         "2048",
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics}"),
     ])
     .env("NUBO_CLUSTER_SECRET", super::SECRET);
     spawn_ready(cmd, &format!("worker {zone}"))
@@ -460,12 +501,14 @@ fn three_zones_survive_the_loss_of_one() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let controller_addr = format!("127.0.0.1:{port}");
     let mut controller = super::start_controller(env.dir.path(), 1, &[port]);
+    let metrics_b = free_port();
     let mut workers: Vec<(String, Proc)> = ["a", "b", "c"]
         .iter()
         .map(|z| {
+            let m = if *z == "b" { metrics_b } else { free_port() };
             (
                 z.to_string(),
-                start_worker(env.dir.path(), z, &controller_addr),
+                start_worker_with_metrics(env.dir.path(), z, &controller_addr, m),
             )
         })
         .collect();
@@ -552,6 +595,16 @@ fn three_zones_survive_the_loss_of_one() {
         .unwrap()
         .clone();
     assert_eq!(a["health"], "dead", "{a}");
+    // Every worker serves its metrics.
+    let m = super::http_get(&format!("127.0.0.1:{metrics_b}"), "/metrics");
+    for want in [
+        "nubo_worker_invocations_total{function=\"spread\"}",
+        "nubo_worker_cold_starts_total{function=\"spread\"}",
+        "nubo_worker_duration_seconds_bucket{function=\"spread\"",
+        "nubo_worker_sandboxes{function=\"spread\",version=\"$LATEST\",state=\"warm\"}",
+    ] {
+        assert!(m.contains(want), "{want} missing from worker metrics:\n{m}");
+    }
 
     // A restart of zone a's worker cleans up what the killed one left.
     let mut again = start_worker(env.dir.path(), "a", &controller_addr);

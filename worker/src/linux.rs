@@ -252,6 +252,7 @@ impl LinuxFactory {
         s: &FunctionSpec,
         what: Boot<'_>,
     ) -> Result<(LinuxSandbox, String), CreateError> {
+        let t0 = Instant::now();
         // Network: the sandbox's own namespace with only loopback, where
         // the Runtime API listens; with egress, the host's network.
         let (listener, netns_path, api) = if s.egress {
@@ -289,6 +290,7 @@ impl LinuxFactory {
                 )
             }
         };
+        let t_netns = t0.elapsed();
         let mut guard = Cleanup {
             factory: self.clone(),
             name: name.clone(),
@@ -307,6 +309,9 @@ impl LinuxFactory {
             vec![
                 "/usr/bin/python3".into(),
                 "-u".into(),
+                // No `site`: the sandbox has no site-packages of its own, and
+                // skipping it saves ~5 ms of every cold start.
+                "-S".into(),
                 "/var/runtime/bootstrap.py".into(),
             ]
         } else {
@@ -340,6 +345,7 @@ impl LinuxFactory {
         std::fs::create_dir_all(&bundle).map_err(|e| setup("bundle directory", e))?;
         spec::write_bundle(&bundle, &oci_spec).map_err(|e| setup("bundle", e))?;
 
+        let t_bundle = t0.elapsed();
         // stdout and stderr share one pipe, so lines keep their order.
         let (rd, wr) = make_pipe().map_err(|e| setup("log pipe", e))?;
         let wr2 = wr.try_clone().map_err(|e| setup("log pipe", e))?;
@@ -366,6 +372,13 @@ impl LinuxFactory {
             );
         });
         guard.armed = false;
+        tracing::debug!(
+            sandbox = %name,
+            netns_ms = t_netns.as_secs_f64() * 1e3,
+            bundle_ms = t_bundle.as_secs_f64() * 1e3,
+            spawned_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "sandbox booting"
+        );
         let (stage, specialize) = match stage {
             Some((p, tx)) => (Some(p), Some(tx)),
             None => (None, None),
@@ -406,6 +419,7 @@ impl LinuxFactory {
             _ = tokio::time::sleep(INIT_TIMEOUT) => Some(Phase::Starting),
         };
         let init_duration = started.elapsed();
+        tracing::debug!(sandbox = %sb.name, init_ms = init_duration.as_secs_f64() * 1e3, "sandbox init done");
         let memory_mb = sb.spec.memory_mb;
         match outcome {
             Some(Phase::Ready(_)) => {
