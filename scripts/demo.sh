@@ -27,11 +27,14 @@ grep -q '^ready' "$work/up.out" || { echo "demo: nubo up did not become ready" >
 cat "$work/up.err" >&2
 
 set -x
+"$NUBO" cluster status
 "$NUBO" function create hello --runtime python3.11 --handler app.lambda_handler --code examples/hello --memory 256 --env GREETING=Hello
 "$NUBO" version publish hello --description "first release"
 "$NUBO" alias create hello prod --version 1
 "$NUBO" function get hello:prod
 "$NUBO" function list
-"$NUBO" cluster status
+"$NUBO" invoke hello:prod --payload '{"name":"Ada"}' --log-tail
+"$NUBO" invoke hello:prod --payload '{"name":"Grace"}'
+"$NUBO" logs hello
 set +x
-echo "demo: done. Invoking arrives with the worker (issue 3)." >&2
+echo "demo: done." >&2

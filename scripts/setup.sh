@@ -11,9 +11,12 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+# Sandboxes: crun (default OCI runtime), runc (the alternative, tested too).
 command -v crun >/dev/null || need+=(crun)
+command -v runc >/dev/null || need+=(runc)
 command -v ip >/dev/null || need+=(iproute2)
-command -v python3 >/dev/null || need+=(python3)
+# Sandboxes bind the host's /usr: the Python runtime is Debian's python3.
+[ -x /usr/bin/python3 ] || need+=(python3)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (apt-get)" >&2

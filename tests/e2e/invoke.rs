@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{free_port, start_up, Env, Proc, NUBO};
+use super::{free_port, start_up, start_up_with, Env, Proc, NUBO};
 
 pub fn functions_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -25,9 +25,17 @@ pub struct Platform {
 
 impl Platform {
     pub fn start() -> Platform {
+        Platform::start_with(&[])
+    }
+
+    pub fn start_with(vars: &[(&str, &str)]) -> Platform {
         let env = Env::new();
         let port = free_port();
-        let up = start_up(&env, port, free_port());
+        let up = if vars.is_empty() {
+            start_up(&env, port, free_port())
+        } else {
+            start_up_with(&env, port, free_port(), vars)
+        };
         Platform {
             env,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -382,6 +390,23 @@ fn errors_limits_and_throttling() {
     );
     assert!(long.join().unwrap().status.success());
     assert_eq!(p.result("single", r#"{"seconds": 0}"#)["slept"], 0.0);
+}
+
+/// runc is selectable instead of crun: the same function runs, cold
+/// (prewarmed generic and fully cold) and warm, with the same containment.
+#[test]
+fn runc_is_selectable() {
+    let p = Platform::start_with(&[("NUBO_OCI_RUNTIME", "runc")]);
+    p.deploy("hello", &super::example("hello"), "app.lambda_handler", &[]);
+    for _ in 0..2 {
+        let r = p.result("hello", r#"{"name":"runc"}"#);
+        assert_eq!(r["message"], "Hello, runc!");
+    }
+    probe(&p, "status", "proc_status", &["--memory", "256"]);
+    let r = p.result("status", "{}");
+    assert_eq!(r["status"]["NoNewPrivs"], "1", "{r}");
+    assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["Seccomp"], "2", "{r}");
 }
 
 /// Provisioned concurrency: with `--min-warm 2` the leader has two
