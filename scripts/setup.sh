@@ -17,6 +17,8 @@ command -v runc >/dev/null || need+=(runc)
 command -v ip >/dev/null || need+=(iproute2)
 # Sandboxes bind the host's /usr: the Python runtime is Debian's python3.
 [ -x /usr/bin/python3 ] || need+=(python3)
+# pip fetches awslambdaric (AWS's runtime client) for the compatibility test.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]} (apt-get)" >&2

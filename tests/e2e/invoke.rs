@@ -639,3 +639,91 @@ fn three_zones_survive_the_loss_of_one() {
     }
     controller.terminate(Duration::from_secs(10));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+/// Official runtime clients run unmodified: a `provided` function whose
+/// `bootstrap` starts AWS's `awslambdaric` (from PyPI) as the entry point,
+/// and one whose `bootstrap` is built with the `lambda_runtime` crate
+/// (`examples/rust-hello`). Both answer, cold and warm, with the request
+/// id the platform assigned.
+#[test]
+fn official_runtime_clients_run_unmodified() {
+    let p = Platform::start();
+
+    // awslambdaric, installed by the project's script (cached).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-awslambdaric.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fetching awslambdaric: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ric = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let pkg = p.env.dir.path().join("ric-function");
+    copy_dir(&ric, &pkg);
+    copy_dir(&functions_dir("awslambdaric"), &pkg);
+    p.ok(&[
+        "function",
+        "create",
+        "ric",
+        "--runtime",
+        "provided.al2023",
+        "--handler",
+        "app.handler",
+        "--code",
+        pkg.to_str().unwrap(),
+        "--memory",
+        "256",
+    ]);
+    for name in ["Ada", "Bo"] {
+        let (ok, v, err) = p.invoke("ric", &format!(r#"{{"name":"{name}"}}"#));
+        assert!(ok, "{err} {v}");
+        assert_eq!(v["payload"]["ric"], true, "{v}");
+        assert_eq!(v["payload"]["name"], name);
+        assert_eq!(v["payload"]["request_id"], v["request_id"], "{v}");
+    }
+
+    // lambda_runtime: the workspace builds examples/rust-hello's `bootstrap`
+    // next to the nubo binary.
+    let bin = Path::new(NUBO).with_file_name("bootstrap");
+    assert!(
+        bin.is_file(),
+        "{} missing: build it with `cargo build -p nubo-example-rust-hello` (scripts/test.sh does)",
+        bin.display()
+    );
+    let pkg = p.env.dir.path().join("rust-function");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::copy(&bin, pkg.join("bootstrap")).unwrap();
+    p.ok(&[
+        "function",
+        "create",
+        "rusty",
+        "--runtime",
+        "provided.al2023",
+        "--handler",
+        "bootstrap",
+        "--code",
+        pkg.to_str().unwrap(),
+    ]);
+    for name in ["Ada", "Bo"] {
+        let (ok, v, err) = p.invoke("rusty", &format!(r#"{{"name":"{name}"}}"#));
+        assert!(ok, "{err} {v}");
+        assert_eq!(v["payload"]["message"], format!("Hello, {name}!"), "{v}");
+        assert_eq!(v["payload"]["request_id"], v["request_id"], "{v}");
+    }
+}
