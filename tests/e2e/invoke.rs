@@ -183,6 +183,39 @@ fn python_function_through_the_cli_with_versions_aliases_and_weights() {
         "version 2 got {v2} of {n} calls, expected about {mean}"
     );
 
+    // `logs --follow` prints lines of calls made after it started.
+    let mut follow = std::process::Command::new(NUBO)
+        .args(["logs", "hello", "--follow", "--since", "60"])
+        .env("NUBO_ENDPOINT", &p.endpoint)
+        .env("NUBO_CONFIG_DIR", p.env.config_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let fresh = p.result("hello", r#"{"name":"Follow"}"#);
+    let fresh_id = fresh["request_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while std::time::Instant::now() < deadline && !seen {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = l.contains(&format!("END RequestId: {fresh_id}"));
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(seen, "logs --follow showed the new call");
+
     let logs = p.ok(&["logs", "hello", "--limit", "5000"]);
     assert!(logs.contains(&format!("START RequestId: {rid}")), "{logs}");
     assert!(logs.contains("REPORT RequestId:") && logs.contains("Billed Duration:"));
@@ -498,13 +531,18 @@ fn start_worker_with_metrics(dir: &Path, zone: &str, controller: &str, metrics: 
     spawn_ready(cmd, &format!("worker {zone}"))
 }
 
+/// Live workers as the controller sees them; empty while the controller
+/// is still starting (its first admin token is created asynchronously).
 fn live_workers(env: &Env, endpoint: &str) -> Vec<Value> {
-    let s: Value = serde_json::from_str(&env.cli_ok(
+    let out = env.cli(
         endpoint,
         Some(super::TOKEN),
         &["cluster", "status", "-o", "json"],
-    ))
-    .unwrap();
+    );
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     s["workers"]
         .as_array()
         .unwrap()
@@ -526,11 +564,15 @@ fn three_zones_survive_the_loss_of_one() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let controller_addr = format!("127.0.0.1:{port}");
     let mut controller = super::start_controller(env.dir.path(), 1, &[port]);
-    let metrics_b = free_port();
+    let (metrics_b, metrics_c) = (free_port(), free_port());
     let mut workers: Vec<(String, Proc)> = ["a", "b", "c"]
         .iter()
         .map(|z| {
-            let m = if *z == "b" { metrics_b } else { free_port() };
+            let m = match *z {
+                "b" => metrics_b,
+                "c" => metrics_c,
+                _ => free_port(),
+            };
             (
                 z.to_string(),
                 start_worker_with_metrics(env.dir.path(), z, &controller_addr, m),
@@ -592,10 +634,51 @@ fn three_zones_survive_the_loss_of_one() {
         .collect();
     assert_eq!(zones_with_sandboxes.len(), 3, "spread over zones: {live:?}");
 
-    // Lose zone a.
-    let (_, mut dead) = workers.remove(0);
+    // Lose a zone in the middle of a call: the worker running it is
+    // SIGKILLed; the caller gets a clear, retryable error.
+    let slow = {
+        let endpoint = endpoint.clone();
+        let cfg = env.config_dir();
+        std::thread::spawn(move || {
+            std::process::Command::new(NUBO)
+                .args(["invoke", "spread", "--payload", r#"{"seconds": 5}"#])
+                .env("NUBO_ENDPOINT", endpoint)
+                .env("NUBO_CONFIG_DIR", cfg)
+                .env("NUBO_TOKEN", super::TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let busy_zone = loop {
+        let busy: Vec<String> = live_workers(&env, &endpoint)
+            .iter()
+            .filter(|w| w["busy"].as_u64().unwrap_or(0) > 0)
+            .map(|w| w["zone"].as_str().unwrap().to_string())
+            .collect();
+        if let Some(z) = busy.first() {
+            break z.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow call never showed as busy"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let i = workers.iter().position(|(z, _)| *z == busy_zone).unwrap();
+    let (_, mut dead) = workers.remove(i);
     dead.signal(libc::SIGKILL);
     dead.wait(Duration::from_secs(5));
+    let out = slow.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the call on the killed worker cannot succeed"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ABORTED") && err.contains("failed during request") && err.contains("retry"),
+        "clear retryable error: {err}"
+    );
     for i in 0..20 {
         let out = env.cli(
             &endpoint,
@@ -604,7 +687,7 @@ fn three_zones_survive_the_loss_of_one() {
         );
         assert!(
             out.status.success(),
-            "invoke {i} after losing zone a: {}",
+            "invoke {i} after losing zone {busy_zone}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -616,11 +699,16 @@ fn three_zones_survive_the_loss_of_one() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|w| w["zone"] == "a")
+        .find(|w| w["zone"] == busy_zone.as_str())
         .unwrap()
         .clone();
     assert_eq!(a["health"], "dead", "{a}");
-    // Every worker serves its metrics.
+    // Every worker serves its metrics (b's, or c's when b was the one lost).
+    let metrics_b = if busy_zone == "b" {
+        metrics_c
+    } else {
+        metrics_b
+    };
     let m = super::http_get(&format!("127.0.0.1:{metrics_b}"), "/metrics");
     for want in [
         "nubo_worker_invocations_total{function=\"spread\"}",
@@ -631,8 +719,8 @@ fn three_zones_survive_the_loss_of_one() {
         assert!(m.contains(want), "{want} missing from worker metrics:\n{m}");
     }
 
-    // A restart of zone a's worker cleans up what the killed one left.
-    let mut again = start_worker(env.dir.path(), "a", &controller_addr);
+    // A restart of the lost worker cleans up what the killed one left.
+    let mut again = start_worker(env.dir.path(), &busy_zone, &controller_addr);
     again.terminate(Duration::from_secs(20));
     for (_, w) in workers.iter_mut() {
         w.terminate(Duration::from_secs(20));
