@@ -1,25 +1,44 @@
-#!/usr/bin/env bash
-# Installs AWS's official Python runtime interface client (awslambdaric,
-# from PyPI) for Debian's python3 (CPython 3.11, x86_64) into DEST, for the
-# e2e test that runs it unmodified inside a sandbox. Cached: does nothing
-# when DEST already holds it.
-# Usage: scripts/fetch-awslambdaric.sh [DEST]
-set -euo pipefail
+#!/bin/sh
+# Install the official AWS Lambda Python runtime interface client (awslambdaric)
+# from PyPI into DEST, for tests/functions/awslambdaric: proof that nubo's
+# Runtime API works with a client nobody here wrote.
+#
+# Wheels only, for the sandbox's interpreter (Debian bookworm's /usr/bin/python3,
+# CPython 3.11, x86_64), whatever Python runs pip. The result is cached in
+# ~/.cache/nubo/awslambdaric-VERSION and copied from there on later runs.
+#
+# usage: scripts/fetch-awslambdaric.sh DEST
+set -eu
+
 VERSION=4.2.2
-DEST="${1:-/root/.cache/nubo/awslambdaric-$VERSION}"
-if [ -f "$DEST/.complete" ]; then
-  echo "$DEST"
-  exit 0
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 DEST" >&2
+    exit 2
 fi
-PIP=(python3 -m pip)
-"${PIP[@]}" --version >/dev/null 2>&1 || { echo "fetch-awslambdaric: pip is missing (apt-get install python3-pip)" >&2; exit 1; }
-rm -rf "$DEST.tmp"
-echo "fetch-awslambdaric: installing awslambdaric==$VERSION into $DEST" >&2
-# --target installs outside any environment; Debian's pip still asks for this.
-PIP_BREAK_SYSTEM_PACKAGES=1 "${PIP[@]}" install --quiet --disable-pip-version-check --target "$DEST.tmp" \
-  --only-binary=:all: --python-version 3.11 --platform manylinux2014_x86_64 \
-  "awslambdaric==$VERSION" >&2
-touch "$DEST.tmp/.complete"
-rm -rf "$DEST"
-mv "$DEST.tmp" "$DEST"
-echo "$DEST"
+DEST=$1
+CACHE=${NUBO_CACHE_DIR:-$HOME/.cache/nubo}/awslambdaric-$VERSION
+
+if [ ! -f "$CACHE/.complete" ]; then
+    if command -v pip3 >/dev/null 2>&1; then PIP=pip3
+    elif command -v pip >/dev/null 2>&1; then PIP=pip
+    else PIP="python3 -m pip"
+    fi
+    tmp="$CACHE.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    # --target with a foreign --python-version/--platform requires --only-binary.
+    $PIP install --quiet --disable-pip-version-check --root-user-action=ignore --no-compile \
+        --target "$tmp" --only-binary=:all: \
+        --python-version 3.11 --implementation cp --abi cp311 \
+        --platform manylinux2014_x86_64 \
+        "awslambdaric==$VERSION"
+    touch "$tmp/.complete"
+    rm -rf "$CACHE"
+    mv "$tmp" "$CACHE"
+fi
+
+mkdir -p "$DEST"
+cp -R "$CACHE"/. "$DEST"/
+rm -f "$DEST/.complete"
+echo "awslambdaric $VERSION in $DEST"

@@ -113,7 +113,10 @@ pub struct LogStore {
 impl LogStore {
     pub fn new(db: Arc<DB>, durability: Durability) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
-        let wal = db.clone();
+        // A weak handle: the DB must close where its last owner drops it
+        // (the node's shutdown), never late in this thread; a RocksDB
+        // closing while the process exits aborts it.
+        let wal = Arc::downgrade(&db);
         // Group commit: openraft's core must not wait for an fsync per
         // append, or it serializes every write behind the disk. Appends go
         // to RocksDB unsynced (visible at once), then this thread fsyncs
@@ -128,7 +131,10 @@ impl LogStore {
                     while let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    let res = wal.flush_wal(true).map_err(|e| e.to_string());
+                    let res = match wal.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+                        None => Err("the store is closed".to_string()),
+                    };
                     for cb in batch {
                         cb.log_io_completed(res.clone().map_err(std::io::Error::other));
                     }

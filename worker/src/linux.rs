@@ -396,6 +396,7 @@ impl LinuxFactory {
             tasks: vec![server, reader, waiter],
             spec: s.clone(),
             pending_specialize: Mutex::new(None),
+            destroyed: Default::default(),
         };
         if let Some(tx) = specialize {
             // Stash the sender in the channel's slot for `take_generic`.
@@ -873,6 +874,7 @@ pub struct LinuxSandbox {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     spec: FunctionSpec,
     pending_specialize: Mutex<Option<tokio::sync::oneshot::Sender<Bytes>>>,
+    destroyed: std::sync::atomic::AtomicBool,
 }
 
 impl LinuxSandbox {
@@ -900,6 +902,42 @@ impl LinuxSandbox {
             self.exit.clone().wait_for(|e| e.is_some()),
         )
         .await;
+    }
+}
+
+/// A safety net: a sandbox dropped without `destroy` (a bug, or a task
+/// cancelled mid-way) still has its container and namespace removed.
+impl Drop for LinuxSandbox {
+    fn drop(&mut self) {
+        if self.destroyed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(sandbox = %self.name, "sandbox dropped without destroy: cleaning up");
+        self.ch.stop.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(p) = &self.netns {
+            let _ = netns::remove(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.bundle);
+        if let Some(s) = &self.stage {
+            let _ = std::fs::remove_dir_all(s);
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let f = self.factory.clone();
+            let name = self.name.clone();
+            rt.spawn(async move {
+                let _ = f
+                    .oci()
+                    .args(["kill", &name, "KILL"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+                f.remove_container(&name).await;
+            });
+        }
     }
 }
 
@@ -1001,6 +1039,8 @@ impl Sandbox for LinuxSandbox {
     }
 
     async fn destroy(self) {
+        self.destroyed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.ch.stop.cancel();
         if self.exit.borrow().is_none() {
             self.kill().await;

@@ -184,11 +184,18 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
         self.check(&request)?;
         let r = request.into_inner();
         let spec = spec_from_pb(r.function.unwrap_or_default())?;
-        let out = self
-            .worker
-            .invoke(&spec, &r.request_id, r.payload.into(), r.log_tail)
-            .await
-            .map_err(pool_status)?;
+        // Its own task: a caller that goes away (deadline, disconnect) must
+        // not drop a leased sandbox half-way; the call finishes and the
+        // sandbox goes back to the pool.
+        let w = self.worker.clone();
+        let s2 = spec.clone();
+        let out = tokio::spawn(async move {
+            w.invoke(&s2, &r.request_id, r.payload.into(), r.log_tail)
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("invocation task failed: {e}")))?
+        .map_err(pool_status)?;
         let (payload, function_error) = match out.completion {
             Completion::Ok(b) => (b.to_vec(), String::new()),
             Completion::FunctionError { kind, body } => (body.to_vec(), kind),
@@ -209,11 +216,11 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
         self.check(&request)?;
         let r = request.into_inner();
         let spec = spec_from_pb(r.function.unwrap_or_default())?;
-        let created = self
-            .worker
-            .pool
-            .prewarm(&spec, r.count)
+        let w = self.worker.clone();
+        let s2 = spec.clone();
+        let created = tokio::spawn(async move { w.pool.prewarm(&s2, r.count).await })
             .await
+            .map_err(|e| Status::internal(format!("prewarm task failed: {e}")))?
             .map_err(pool_status)?;
         let c = self.worker.pool.counts(&spec.function_name, &spec.version);
         Ok(Response::new(pb::PrewarmResponse {

@@ -1,5 +1,4 @@
-# Run by the unmodified official AWS runtime interface client (awslambdaric):
-# `bootstrap` starts `python3 -m awslambdaric app.handler`.
+"""Handler run by the official awslambdaric (see ./bootstrap)."""
 
 
 def handler(event, context):

@@ -567,7 +567,6 @@ def _run_loop(client, handler):
     environ = os.environ
     encode = json.JSONEncoder(default=_json_default).encode
     loads = json.loads
-    stdout, stderr = sys.stdout, sys.stderr
     inv_prefix = RUNTIME_PREFIX.encode() + b"/invocation/"
     unhandled = b"Lambda-Runtime-Function-Error-Type: Unhandled\r\n"
     state = _State
@@ -612,7 +611,10 @@ def _run_loop(client, handler):
             # Drop this frame: the trace starts in the user's code, as on Lambda.
             trace = _format_frames(e.__traceback__.tb_next)
             error_type = e.__class__.__name__
-            message = str(e)
+            try:
+                message = str(e)
+            except Exception:
+                message = "<unprintable %s object>" % error_type
             _log_error(error_type, message, trace)
             client.post(inv_prefix + rid + b"/error",
                         _error_body(error_type, message, trace, request_id), unhandled)
@@ -625,8 +627,8 @@ def _run_loop(client, handler):
                         "Runtime.MarshalError", "Unable to marshal response: %s" % e)
             continue
         # Log lines printed by the handler must precede the response.
-        stdout.flush()
-        stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         client.post(inv_prefix + rid + b"/response", payload)
 
 
