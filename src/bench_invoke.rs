@@ -218,6 +218,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("nubo-bench-invoke")
         .tempdir()?;
+    let r = run_in(&dir, args).await;
+    if r.is_err() {
+        // nubo up's log says what went wrong on the server side.
+        let log = std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        for l in tail.iter().rev() {
+            eprintln!("up.log: {l}");
+        }
+    }
+    r
+}
+
+async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> {
     let samples = args.samples;
 
     eprintln!("bench: baselines (tonic echo, bare crun run, bare python3)...");

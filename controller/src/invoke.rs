@@ -22,6 +22,9 @@ use crate::workers::{Pick, MAX_WORKER_MESSAGE};
 /// before the request was sent.
 const PLACEMENT_TRIES: usize = 3;
 
+/// Worker error metadata: the function did not run (see the worker's server).
+const NOT_RUN_HEADER: &str = "x-nubo-not-run";
+
 type ControlClient = pb::worker_control_client::WorkerControlClient<Channel>;
 
 #[derive(Default)]
@@ -244,6 +247,12 @@ impl ControllerNode {
                     // Full: try another worker.
                     self.workers.finish(&pick, None, false);
                     last_error = format!("worker {} is full: {}", pick.id, s.message());
+                    exclude.push(pick.id);
+                }
+                Err(s) if s.metadata().get(NOT_RUN_HEADER).is_some() => {
+                    // The worker could not start a sandbox: nothing ran.
+                    self.workers.finish(&pick, None, false);
+                    last_error = format!("worker {}: {}", pick.id, s.message());
                     exclude.push(pick.id);
                 }
                 Err(s) if not_sent(&s) => {

@@ -221,11 +221,25 @@ impl WorkerRegistry {
         let now = Instant::now();
         let key = (function.to_string(), version.to_string());
         let mut g = self.inner.lock().expect("lock poisoned");
-        let candidates: Vec<&String> = g
+        let mut candidates: Vec<&String> = g
             .iter()
             .filter(|(id, e)| self.live(e, now) && !exclude.contains(id))
             .map(|(id, _)| id)
             .collect();
+        if candidates.is_empty() {
+            // No worker heard from lately. An overloaded worker's heartbeats
+            // come late; one that was live moments ago and never failed a
+            // call is a better bet than refusing the call.
+            candidates = g
+                .iter()
+                .filter(|(id, e)| {
+                    e.failed_at.is_none()
+                        && now.duration_since(e.last_seen) < self.dead_after * 5
+                        && !exclude.contains(id)
+                })
+                .map(|(id, _)| id)
+                .collect();
+        }
         // Warm first: most estimated idle sandboxes.
         let mut best_warm: Option<(&String, u32)> = None;
         for id in &candidates {
@@ -294,6 +308,9 @@ impl WorkerRegistry {
             e.inflight = e.inflight.saturating_sub(1);
             if failed {
                 e.failed_at = Some(Instant::now());
+            } else if report.is_some() {
+                // A reply is as good as a heartbeat.
+                e.last_seen = Instant::now();
             }
             if let Some(p) = report {
                 let v = e
@@ -454,6 +471,16 @@ mod tests {
         assert_eq!(st.iter().filter(|w| w.health == "dead").count(), 2);
         // Too big for any worker.
         assert!(r.pick("big", "1", 4096, &[]).is_none());
+        // Everyone late (an overloaded host): recently seen workers that
+        // never failed a call are still tried; long-silent ones are not.
+        std::thread::sleep(Duration::from_millis(250));
+        let late = r.pick("h", "1", 128, &[]).expect("late worker still tried");
+        assert_ne!(late.id, "c1", "a worker that failed a call is not");
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(
+            r.pick("h", "1", 128, &[]).is_none(),
+            "silent for 5x dead_after"
+        );
     }
 
     #[tokio::test]

@@ -164,15 +164,24 @@ impl<F: SandboxFactory> WorkerService<F> {
     }
 }
 
+/// Metadata on a worker error meaning the function did not run, so the
+/// controller may place the call elsewhere.
+pub const NOT_RUN_HEADER: &str = "x-nubo-not-run";
+
 fn pool_status(e: PoolError) -> Status {
-    match e {
+    let mut s = match e {
         PoolError::Full { .. } | PoolError::TooBig { .. } => {
             Status::resource_exhausted(e.to_string())
         }
         PoolError::Create(c) => {
             Status::unavailable(format!("worker could not start a sandbox: {c}"))
         }
-    }
+    };
+    s.metadata_mut().insert(
+        NOT_RUN_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
 }
 
 #[tonic::async_trait]
