@@ -1835,6 +1835,17 @@ fn status_hint(s: &Status) -> Option<String> {
              NUBO_ENDPOINT and the network",
             endpoints_text()
         )),
+        Code::Unavailable if msg.contains("worker") => Some(
+            "no worker could run the call: see the workers in `nubo cluster status`; start one \
+             with `nubo worker --zone Z --controllers ...` (`nubo up` runs one unless \
+             --no-worker)"
+                .to_string(),
+        ),
+        Code::Aborted => Some(
+            "the call was cut off while running (a worker failed): retry it; make the \
+             function idempotent if running twice matters"
+                .to_string(),
+        ),
         Code::Unavailable => Some(format!(
             "the controller at {} answered but cannot serve this now (no quorum or an election \
              in progress): is a majority of controllers running? See `nubo cluster status`; \
