@@ -26,8 +26,8 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves
-/// nothing running.
+/// A child process stopped when dropped (SIGTERM, then SIGKILL after a
+/// grace period), so a failing test leaves nothing running.
 struct Proc {
     child: Option<Child>,
     name: String,
@@ -86,6 +86,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A clean stop first: a worker removes its sandboxes and their
+        // network namespaces only when it is allowed to.
+        self.terminate(Duration::from_secs(15));
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();

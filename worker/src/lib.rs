@@ -183,7 +183,10 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
         .await
         .map_err(|e| setup("serving", &e))?;
     running.on_shutdown(Box::new(move || {
-        Box::pin(async move { factory.drain_generic().await })
+        Box::pin(async move {
+            factory.drain_generic().await;
+            factory.remove_run_dir();
+        })
     }));
     Ok((running, worker))
 }

@@ -65,6 +65,7 @@ pub struct LinuxFactory {
     generic: Mutex<std::collections::HashMap<ClassKey, Vec<Generic>>>,
     generic_seq: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
+    fill_lock: tokio::sync::Mutex<()>,
 }
 
 impl LinuxFactory {
@@ -105,6 +106,7 @@ impl LinuxFactory {
             generic: Mutex::new(Default::default()),
             generic_seq: Default::default(),
             closed: Default::default(),
+            fill_lock: Default::default(),
         })
     }
 
@@ -531,6 +533,9 @@ impl LinuxFactory {
 
     /// Keeps `generic_per_class` generic sandboxes ready per class.
     pub async fn fill_generic(self: Arc<Self>) {
+        // One filler at a time; shutdown waits for it (a sandbox booting
+        // when the process exits would be left behind).
+        let _filling = self.fill_lock.lock().await;
         for class in self.cfg.generic_classes.clone() {
             loop {
                 let have = self
@@ -586,6 +591,7 @@ impl LinuxFactory {
     pub async fn drain_generic(&self) {
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _no_filler = self.fill_lock.lock().await;
         let all: Vec<Generic> = self
             .generic
             .lock()
@@ -594,6 +600,17 @@ impl LinuxFactory {
             .flat_map(|(_, v)| v)
             .collect();
         futures::future::join_all(all.into_iter().map(|g| g.sb.destroy())).await;
+    }
+
+    /// Removes this worker's scratch directory once every sandbox is gone
+    /// (shutdown): namespaces still mounted there are unmounted first.
+    pub fn remove_run_dir(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.cfg.run_dir.join("netns")) {
+            for e in rd.flatten() {
+                let _ = netns::remove(&e.path());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.cfg.run_dir);
     }
 
     /// Turns a generic sandbox into one of `s`: its code is hard-linked
