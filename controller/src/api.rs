@@ -1205,7 +1205,13 @@ impl pb::invocations_server::Invocations for Api {
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         self.run("Invoke", async {
             self.authorize(request.metadata(), Scope::Invoke, "Invoke")?;
-            self.node.invoke(request.into_inner(), false).await
+            // Its own task: a caller that goes away must not drop the call
+            // half-way (placement counters, the reserved-concurrency slot).
+            let node = self.node.clone();
+            let req = request.into_inner();
+            tokio::spawn(async move { node.invoke(req, false).await })
+                .await
+                .map_err(|e| ApiError::Internal(format!("invocation task: {e}")))?
         })
         .await
     }
@@ -1278,9 +1284,11 @@ impl pb::worker_control_server::WorkerControl for Internal {
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         self.check(request.metadata())?;
-        self.node
-            .invoke(request.into_inner(), true)
+        let node = self.node.clone();
+        let req = request.into_inner();
+        tokio::spawn(async move { node.invoke(req, true).await })
             .await
+            .map_err(|e| Status::internal(format!("invocation task: {e}")))?
             .map(Response::new)
             .map_err(to_status)
     }

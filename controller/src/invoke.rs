@@ -209,9 +209,12 @@ impl ControllerNode {
 
         let request_id = new_request_id();
         let spec = spec_of(&view);
-        let timeout = Duration::from_secs(view.config.timeout_seconds as u64 + 15);
+        // The worker may need: the code fetch, init (10 s), the function's
+        // timeout, and killing a timed-out sandbox (5 s).
+        let timeout = Duration::from_secs(view.config.timeout_seconds as u64 + 45);
         let mut exclude = Vec::new();
         let mut last_error = String::new();
+        let mut saw_full = false;
         for _ in 0..PLACEMENT_TRIES {
             let Some(pick) = self.workers.pick(
                 &view.function_name,
@@ -247,6 +250,7 @@ impl ControllerNode {
                     // Full: try another worker.
                     self.workers.finish(&pick, None, false);
                     last_error = format!("worker {} is full: {}", pick.id, s.message());
+                    saw_full = true;
                     exclude.push(pick.id);
                 }
                 Err(s) if s.metadata().get(NOT_RUN_HEADER).is_some() => {
@@ -271,7 +275,7 @@ impl ControllerNode {
                 ),
                 None,
             ))
-        } else if last_error.contains("is full") {
+        } else if saw_full {
             Err(ApiError::Throttled(format!(
                 "throttled: every worker is full ({last_error}); retry later or add workers"
             )))
@@ -286,16 +290,22 @@ impl ControllerNode {
     /// A worker failed after the call was sent: the caller gets a clear,
     /// retryable error, and the worker is avoided until it heartbeats.
     fn worker_failed(&self, pick: &Pick, s: tonic::Status, request_id: &str) -> ApiError {
-        let transport = matches!(
-            s.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
-        );
+        // tonic reports its own client deadline as CANCELLED "Timeout expired".
+        let timed_out = s.code() == Code::DeadlineExceeded
+            || (s.code() == Code::Cancelled && s.message().contains("Timeout expired"));
+        let transport = !timed_out
+            && matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+            );
         self.workers.finish(pick, None, transport);
-        match s.code() {
-            Code::DeadlineExceeded => ApiError::DeadlineExceeded(format!(
-                "worker {} did not answer in time for request {request_id}",
+        if timed_out {
+            return ApiError::DeadlineExceeded(format!(
+                "worker {} did not answer in time for request {request_id} (the function may still be running there)",
                 pick.id
-            )),
+            ));
+        }
+        match s.code() {
             Code::InvalidArgument => ApiError::Internal(format!(
                 "worker {} rejected the call: {}",
                 pick.id,

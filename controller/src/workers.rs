@@ -221,12 +221,13 @@ impl WorkerRegistry {
         let now = Instant::now();
         let key = (function.to_string(), version.to_string());
         let mut g = self.inner.lock().expect("lock poisoned");
+        let any_live = g.values().any(|e| self.live(e, now));
         let mut candidates: Vec<&String> = g
             .iter()
             .filter(|(id, e)| self.live(e, now) && !exclude.contains(id))
             .map(|(id, _)| id)
             .collect();
-        if candidates.is_empty() {
+        if !any_live {
             // No worker heard from lately. An overloaded worker's heartbeats
             // come late; one that was live moments ago and never failed a
             // call is a better bet than refusing the call.

@@ -151,7 +151,8 @@ impl<F: SandboxFactory> Worker<F> {
                 timeout,
             })
             .await;
-        let duration = run_start.elapsed();
+        // A timed-out call reports its timeout, not the time spent killing it.
+        let duration = run_start.elapsed().min(timeout);
         lines.extend(r.lines);
         if let Some(p) = r.platform_line {
             lines.push(p);

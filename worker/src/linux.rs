@@ -303,8 +303,13 @@ impl LinuxFactory {
             armed: true,
         };
         let ch = Channel::new(specialize_rx);
+        let cgroups_path = format!("/nubo/{name}");
+        // On the host's loopback (egress), only this sandbox may connect.
+        let owner = s
+            .egress
+            .then(|| host::procs_file(self.cfg.cgroup, &cgroups_path));
         let server =
-            runtime_api::serve(listener, ch.clone()).map_err(|e| setup("Runtime API", e))?;
+            runtime_api::serve(listener, ch.clone(), owner).map_err(|e| setup("Runtime API", e))?;
         guard.channel = Some(ch.clone());
 
         let args: Vec<String> = if s.is_python() {
@@ -319,7 +324,6 @@ impl LinuxFactory {
         } else {
             vec!["/var/task/bootstrap".into()]
         };
-        let cgroups_path = format!("/nubo/{name}");
         let oci_spec = spec::build(&spec::SandboxSpec {
             id: &name,
             rootfs: &self.rootfs,
@@ -565,7 +569,7 @@ impl LinuxFactory {
                         .push(g),
                     Err(e) => {
                         tracing::warn!("prewarming a generic sandbox: {e}");
-                        return;
+                        break;
                     }
                 }
             }
@@ -1013,7 +1017,7 @@ impl Sandbox for LinuxSandbox {
             End::Timeout => {
                 self.kill().await;
                 let msg = format!(
-                    "{} Task timed out after {:.2} seconds",
+                    "RequestId: {} Error: Task timed out after {:.2} seconds",
                     inv.request_id,
                     inv.timeout.as_secs_f64()
                 );
@@ -1056,8 +1060,6 @@ impl Sandbox for LinuxSandbox {
     }
 
     async fn destroy(self) {
-        self.destroyed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.ch.stop.cancel();
         if self.exit.borrow().is_none() {
             self.kill().await;
@@ -1073,5 +1075,8 @@ impl Sandbox for LinuxSandbox {
         if let Some(s) = &self.stage {
             let _ = std::fs::remove_dir_all(s);
         }
+        // Last: a destroy cut short leaves the Drop safety net armed.
+        self.destroyed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

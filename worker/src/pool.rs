@@ -46,6 +46,8 @@ pub enum PoolError {
     },
     #[error("function needs {need} MB but this worker only has {capacity} MB for sandboxes")]
     TooBig { need: u32, capacity: u32 },
+    #[error("worker is shutting down")]
+    ShuttingDown,
     #[error(transparent)]
     Create(#[from] CreateError),
 }
@@ -71,9 +73,14 @@ impl<S> Default for KeyPool<S> {
 
 struct State<S> {
     keys: HashMap<Key, KeyPool<S>>,
+    /// The newest configuration seen per (function, version): sandboxes of
+    /// an older one are not reused (a `$LATEST` whose configuration changed).
+    current: HashMap<(String, String), Key>,
     used_mb: u32,
     sandboxes: u32,
     next_id: u64,
+    /// Shutting down: nothing new starts, released sandboxes are destroyed.
+    closed: bool,
 }
 
 /// Counts of one function version, for placement.
@@ -116,9 +123,11 @@ impl<F: SandboxFactory> Pool<F> {
             cfg,
             state: Mutex::new(State {
                 keys: HashMap::new(),
+                current: HashMap::new(),
                 used_mb: 0,
                 sandboxes: 0,
                 next_id: 1,
+                closed: false,
             }),
         })
     }
@@ -130,13 +139,27 @@ impl<F: SandboxFactory> Pool<F> {
     /// A warm sandbox of `spec`, or a new one if admission allows (evicting
     /// least recently used idle sandboxes to make room).
     pub async fn acquire(&self, spec: &FunctionSpec) -> Result<Lease<F::Sandbox>, PoolError> {
+        self.acquire_inner(spec, false).await
+    }
+
+    async fn acquire_inner(
+        &self,
+        spec: &FunctionSpec,
+        force_new: bool,
+    ) -> Result<Lease<F::Sandbox>, PoolError> {
         let key = Key::of(spec);
         let mut evicted = Vec::new();
         let id = {
             let mut st = self.state.lock().expect("lock poisoned");
+            if st.closed {
+                return Err(PoolError::ShuttingDown);
+            }
+            st.current
+                .insert((key.function.clone(), key.version.clone()), key.clone());
             let kp = st.keys.entry(key.clone()).or_default();
             // Most recently used first: it is the warmest.
-            while let Some(idle) = kp.idle.pop() {
+            // (Prewarming wants a new sandbox: it leaves the idle ones be.)
+            while let Some(idle) = if force_new { None } else { kp.idle.pop() } {
                 if idle.sandbox.alive() {
                     kp.busy += 1;
                     return Ok(Lease {
@@ -229,9 +252,14 @@ impl<F: SandboxFactory> Pool<F> {
     /// destroyed otherwise.
     pub fn release(&self, lease: Lease<F::Sandbox>, reusable: bool) {
         let mut st = self.state.lock().expect("lock poisoned");
+        let superseded = st
+            .current
+            .get(&(lease.key.function.clone(), lease.key.version.clone()))
+            .is_some_and(|k| *k != lease.key);
+        let keep = reusable && !st.closed && !superseded;
         if let Some(kp) = st.keys.get_mut(&lease.key) {
             kp.busy = kp.busy.saturating_sub(1);
-            if reusable && lease.sandbox.alive() {
+            if keep && lease.sandbox.alive() {
                 kp.idle.push(Idle {
                     sandbox: lease.sandbox,
                     since: Instant::now(),
@@ -261,24 +289,10 @@ impl<F: SandboxFactory> Pool<F> {
                     return Ok(created);
                 }
             }
-            let lease = self.acquire_new(spec).await?;
+            let lease = self.acquire_inner(spec, true).await?;
             self.release(lease, true);
             created += 1;
         }
-    }
-
-    /// Like acquire, but never takes an idle sandbox.
-    async fn acquire_new(&self, spec: &FunctionSpec) -> Result<Lease<F::Sandbox>, PoolError> {
-        // Park the idle ones while acquiring, so a new one is made.
-        let key = Key::of(spec);
-        let parked = {
-            let mut st = self.state.lock().expect("lock poisoned");
-            std::mem::take(&mut st.keys.entry(key.clone()).or_default().idle)
-        };
-        let r = self.acquire(spec).await;
-        let mut st = self.state.lock().expect("lock poisoned");
-        st.keys.entry(key).or_default().idle.extend(parked);
-        r
     }
 
     fn evict_lru(st: &mut State<F::Sandbox>) -> Option<(F::Sandbox, u32)> {
@@ -329,8 +343,26 @@ impl<F: SandboxFactory> Pool<F> {
         n
     }
 
-    /// Destroys every idle sandbox (shutdown).
-    pub async fn drain(&self) {
+    /// Shutdown: nothing new starts; idle sandboxes are destroyed at once,
+    /// busy ones when their call ends (waited for, up to `wait`).
+    pub async fn drain(&self, wait: Duration) {
+        self.state.lock().expect("lock poisoned").closed = true;
+        self.destroy_idle().await;
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            let busy: u32 = {
+                let st = self.state.lock().expect("lock poisoned");
+                st.keys.values().map(|k| k.busy).sum()
+            };
+            if busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.destroy_idle().await;
+    }
+
+    async fn destroy_idle(&self) {
         let gone: Vec<F::Sandbox> = {
             let mut st = self.state.lock().expect("lock poisoned");
             let mut v = Vec::new();
@@ -532,5 +564,40 @@ mod tests {
         assert_eq!(p.snapshot().used_mb, 0);
         assert_eq!(p.snapshot().sandboxes, 0);
         assert_eq!(p.counts("bad", "1"), PoolCounts::default());
+    }
+
+    /// A sandbox of a superseded configuration is destroyed when its call
+    /// ends; shutdown waits for busy sandboxes and destroys them too, and
+    /// refuses new work.
+    #[tokio::test]
+    async fn superseded_and_shutdown_sandboxes_are_destroyed() {
+        let f = FakeFactory::echo();
+        let p = pool(&f, 4096, 100, Duration::from_secs(60));
+        let old = p.acquire(&spec("s", 128)).await.unwrap();
+        let mut changed = spec("s", 128);
+        changed.timeout_seconds = 9;
+        let new = p.acquire(&changed).await.unwrap();
+        p.release(old, true);
+        p.release(new, true);
+        assert_eq!(p.counts("s", "1"), PoolCounts { idle: 1, busy: 0 });
+        assert_eq!(p.snapshot().sandboxes, 1);
+
+        let busy = p.acquire(&changed).await.unwrap();
+        let p2 = p.clone();
+        let drain = tokio::spawn(async move { p2.drain(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(matches!(
+            p.acquire(&spec("t", 128)).await,
+            Err(PoolError::ShuttingDown)
+        ));
+        p.release(busy, true);
+        drain.await.unwrap();
+        tokio::task::yield_now().await;
+        assert_eq!(p.snapshot().sandboxes, 0);
+        assert_eq!(p.snapshot().used_mb, 0);
+        assert_eq!(
+            f.created.load(Ordering::SeqCst),
+            f.destroyed.load(Ordering::SeqCst)
+        );
     }
 }

@@ -21,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Lambda's limit on a synchronous response (6 MB).
 pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
+/// What the server reads of a body: well above the limit, so an oversized
+/// response gets Lambda's error rather than a bare 413.
+const BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// One invocation handed to the runtime.
 #[derive(Debug, Clone)]
@@ -207,6 +210,18 @@ async fn error(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Unhandled")
         .to_string();
+    // An error document is bounded like a response.
+    let body = if body.len() > MAX_RESPONSE {
+        Bytes::from(
+            serde_json::json!({
+                "errorMessage": format!("error document of {} bytes exceeds the {MAX_RESPONSE}-byte limit", body.len()),
+                "errorType": "Function.ResponseSizeTooLarge",
+            })
+            .to_string(),
+        )
+    } else {
+        body
+    };
     match ch.complete(&id, Reply::Error { error_type, body }) {
         Ok(()) => (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response(),
         Err(_) => error_json(
@@ -262,25 +277,85 @@ pub fn router(ch: Arc<Channel>) -> Router {
         .route("/nubo/v1/specialize", get(specialize))
         // Over-size responses are answered with Lambda's error, so accept a
         // little more than the limit to be able to say so.
-        .layer(DefaultBodyLimit::max(MAX_RESPONSE + 1024 * 1024))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(ch)
 }
 
-/// Serves the Runtime API on `listener` until the channel is stopped.
+/// A listener on the host's loopback (sandboxes with egress share the
+/// host's network) that accepts only connections made by processes of the
+/// sandbox's own cgroup: another sandbox must not read this one's events.
+struct OwnerOnly {
+    inner: tokio::net::TcpListener,
+    port: u16,
+    procs: std::path::PathBuf,
+}
+
+impl axum::serve::Listener for OwnerOnly {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((s, a)) => {
+                    let (port, procs) = (self.port, self.procs.clone());
+                    let ok = a.ip().is_loopback()
+                        && tokio::task::spawn_blocking(move || {
+                            crate::host::local_peer_in_cgroup(a.port(), port, &procs)
+                        })
+                        .await
+                        .unwrap_or(false);
+                    if ok {
+                        let _ = s.set_nodelay(true);
+                        return (s, a);
+                    }
+                    tracing::warn!(peer = %a, "Runtime API: refused a connection from outside the sandbox");
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Serves the Runtime API on `listener` until the channel is stopped. With
+/// `owner` (a cgroup.procs file), only that cgroup's processes may connect.
 pub fn serve(
     listener: std::net::TcpListener,
     ch: Arc<Channel>,
+    owner: Option<std::path::PathBuf>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let stop = ch.stop.clone();
     use axum::serve::ListenerExt;
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = router(ch);
-    Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    }))
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    Ok(match owner {
+        Some(procs) => {
+            let port = listener.local_addr()?.port();
+            let l = OwnerOnly {
+                inner: listener,
+                port,
+                procs,
+            };
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            })
+        }
+        None => {
+            let l = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            })
+        }
+    })
 }

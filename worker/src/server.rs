@@ -170,7 +170,7 @@ pub const NOT_RUN_HEADER: &str = "x-nubo-not-run";
 
 fn pool_status(e: PoolError) -> Status {
     let mut s = match e {
-        PoolError::Full { .. } | PoolError::TooBig { .. } => {
+        PoolError::Full { .. } | PoolError::TooBig { .. } | PoolError::ShuttingDown => {
             Status::resource_exhausted(e.to_string())
         }
         PoolError::Create(c) => {
@@ -433,7 +433,7 @@ pub async fn serve<F: SandboxFactory>(
         shutdown,
         tasks,
         drain: vec![Box::new(move || {
-            Box::pin(async move { w.pool.drain().await })
+            Box::pin(async move { w.pool.drain(Duration::from_secs(60)).await })
         })],
     })
 }
