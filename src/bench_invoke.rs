@@ -494,6 +494,7 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
         before_rss as f64 / 1024.0,
         after_rss as f64 / 1024.0
     );
+    md.push('\n');
     println!("{md}");
     write_section(&args.out, "## Invocations (issue 3)", &md)?;
     eprintln!("bench: wrote {}", args.out.display());
