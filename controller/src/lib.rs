@@ -2,6 +2,7 @@
 //! deploy API. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod asyncq;
 pub mod codezip;
 pub mod config;
 pub mod error;

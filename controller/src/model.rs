@@ -284,6 +284,23 @@ pub enum Command {
     RevokeToken {
         id: String,
     },
+    /// An accepted asynchronous invocation (durable once committed).
+    EnqueueEvent(crate::asyncq::AsyncEvent),
+    /// The outcome of an attempt of a queued event, decided by
+    /// `asyncq::next_step` on the dispatcher.
+    EventStep {
+        request_id: String,
+        step: crate::asyncq::Step,
+    },
+    /// Dead letters of `function` back on the queue (all, or `ids`).
+    DlqRedrive {
+        function: String,
+        ids: Option<Vec<String>>,
+        now_ms: u64,
+    },
+    DlqPurge {
+        function: String,
+    },
     /// A no-op entry (used to probe that the log accepts writes).
     Noop,
     /// `cmd` tagged with a request id: applying the same id again returns
@@ -314,6 +331,10 @@ impl Command {
             Command::DeleteAlias { .. } => "DeleteAlias",
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
+            Command::EnqueueEvent(_) => "EnqueueEvent",
+            Command::EventStep { .. } => "EventStep",
+            Command::DlqRedrive { .. } => "DlqRedrive",
+            Command::DlqPurge { .. } => "DlqPurge",
             Command::Noop => "Noop",
             Command::Idempotent { cmd, .. } => cmd.kind(),
             Command::Batch(_) => "Batch",
@@ -340,6 +361,8 @@ pub enum Outcome {
     Batch(Vec<ApplyResult>),
     Config(ConfigView),
     Alias(Alias),
+    /// How many items a command moved or removed.
+    Count(u64),
 }
 
 /// What the state machine returns for one entry: the command's result, or

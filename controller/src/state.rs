@@ -31,6 +31,9 @@ pub struct Registry {
     /// Their ids, oldest first, to bound `recent`.
     #[serde(default)]
     pub recent_order: std::collections::VecDeque<String>,
+    /// Asynchronous invocations waiting, and dead letters.
+    #[serde(default)]
+    pub queues: crate::asyncq::Queues,
 }
 
 /// How many request ids the registry remembers. A retry arrives within
@@ -54,6 +57,27 @@ impl Registry {
     pub fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
         match cmd {
             Command::Noop => Ok(Outcome::Done),
+            Command::EnqueueEvent(ev) => {
+                // Checked again here: the function may have gone between
+                // the API's validation and the commit.
+                self.function(&ev.function)?;
+                Ok(Outcome::Count(self.queues.enqueue(ev) as u64))
+            }
+            Command::EventStep { request_id, step } => Ok(Outcome::Count(
+                self.queues.apply_step(&request_id, step) as u64,
+            )),
+            Command::DlqRedrive {
+                function,
+                ids,
+                now_ms,
+            } => self
+                .queues
+                .redrive(&function, ids.as_deref(), now_ms)
+                .map(|n| Outcome::Count(n as u64))
+                .map_err(RegistryError::not_found),
+            Command::DlqPurge { function } => {
+                Ok(Outcome::Count(self.queues.purge(&function) as u64))
+            }
             Command::Batch(cmds) => Ok(Outcome::Batch(
                 cmds.into_iter().map(|c| self.apply(index, c)).collect(),
             )),
@@ -815,6 +839,85 @@ mod tests {
             },
         );
         assert!(matches!(res, Err(RegistryError::FailedPrecondition(m)) if m.contains("sha256")));
+    }
+
+    /// Async events go through the log: an event for an unknown function is
+    /// NOT_FOUND; a committed step applies once; redrive of an unknown id
+    /// is NOT_FOUND; the queues survive a snapshot (serde) round trip.
+    #[test]
+    fn async_queue_commands() {
+        use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
+        let mut r = Registry::default();
+        create(&mut r, 1, "f", "s1").unwrap();
+        let ev = |id: &str, f: &str| AsyncEvent {
+            request_id: id.into(),
+            function: f.into(),
+            qualifier: "$LATEST".into(),
+            payload: "{}".into(),
+            enqueued_ms: 5,
+            due_ms: 5,
+            attempts: 0,
+            system_failures: 0,
+            first_attempt_ms: 0,
+            last_attempt_ms: 0,
+            last_error_type: String::new(),
+            last_error_message: String::new(),
+        };
+        assert!(matches!(
+            r.apply(2, Command::EnqueueEvent(ev("x", "nope"))),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(
+            r.apply(3, Command::EnqueueEvent(ev("a", "f"))),
+            Ok(Outcome::Count(1))
+        );
+        let p = Policy {
+            maximum_retry_attempts: 0,
+            maximum_event_age_ms: 60_000,
+            base_wait_ms: 10,
+        };
+        let step = next_step(
+            r.queues.events["a"].clone(),
+            Attempt::FunctionError {
+                error_type: "E".into(),
+                message: "m".into(),
+            },
+            p,
+            7,
+        );
+        assert!(matches!(step, Step::DeadLetter(_)));
+        let cmd = Command::EventStep {
+            request_id: "a".into(),
+            step,
+        };
+        assert_eq!(r.apply(4, cmd.clone()), Ok(Outcome::Count(1)));
+        assert_eq!(r.apply(5, cmd), Ok(Outcome::Count(0)), "applied once");
+        assert_eq!(r.queues.dlq["f"].len(), 1);
+        let again: Registry = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(again, r);
+        assert!(matches!(
+            r.apply(
+                6,
+                Command::DlqRedrive {
+                    function: "f".into(),
+                    ids: Some(vec!["zzz".into()]),
+                    now_ms: 9
+                }
+            ),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(
+            r.apply(
+                7,
+                Command::DlqRedrive {
+                    function: "f".into(),
+                    ids: None,
+                    now_ms: 9
+                }
+            ),
+            Ok(Outcome::Count(1))
+        );
+        assert_eq!(r.queues.events["a"].attempts, 0);
     }
 
     #[test]

@@ -1,0 +1,546 @@
+//! The asynchronous invocation queue and dead-letter queue (issue 4), as
+//! plain data plus the pure rules that move an event along: what happens
+//! after each attempt is decided by [`next_step`], a function of the event,
+//! the outcome, the function's settings and the clock, so the exact retry
+//! schedule is tested without a cluster. The registry (`state.rs`) applies
+//! the resulting commands; the dispatcher that runs attempts is not built
+//! yet.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Bound of each function's dead-letter queue: the oldest record goes
+/// (counted) when a new one arrives at the bound.
+pub const DLQ_BOUND: usize = 10_000;
+/// Longest error message kept in a dead-letter record.
+pub const ERROR_MESSAGE_BOUND: usize = 1024;
+/// Backoff of throttled / system-error attempts: 1 s doubling to 5 min.
+pub const SYSTEM_BACKOFF_START_MS: u64 = 1_000;
+pub const SYSTEM_BACKOFF_MAX_MS: u64 = 300_000;
+
+/// An accepted asynchronous invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AsyncEvent {
+    /// Kept across retries and redrives; the handler sees it as its
+    /// request id.
+    pub request_id: String,
+    pub function: String,
+    pub qualifier: String,
+    /// The JSON event.
+    pub payload: String,
+    pub enqueued_ms: u64,
+    /// Not attempted before this time.
+    pub due_ms: u64,
+    /// Attempts that ended in a function error or timeout.
+    pub attempts: u32,
+    /// Throttled / system-error attempts in a row (for the backoff).
+    pub system_failures: u32,
+    pub first_attempt_ms: u64,
+    pub last_attempt_ms: u64,
+    pub last_error_type: String,
+    pub last_error_message: String,
+}
+
+/// Why an event went to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Condition {
+    RetriesExhausted,
+    EventAgeExceeded,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::RetriesExhausted => "RetriesExhausted",
+            Condition::EventAgeExceeded => "EventAgeExceeded",
+        }
+    }
+}
+
+/// A dead-letter record: the original event and how it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub request_id: String,
+    pub function: String,
+    pub qualifier: String,
+    pub payload: String,
+    pub condition: Condition,
+    pub attempts: u32,
+    pub error_type: String,
+    /// At most [`ERROR_MESSAGE_BOUND`] bytes.
+    pub error_message: String,
+    pub first_attempt_ms: u64,
+    pub last_attempt_ms: u64,
+    pub enqueued_ms: u64,
+    pub dead_lettered_ms: u64,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Success,
+    /// The function failed or timed out: counts against the retries.
+    FunctionError {
+        error_type: String,
+        message: String,
+    },
+    /// Throttled, no worker, worker died: does not count; backs off.
+    SystemError {
+        error_type: String,
+        message: String,
+    },
+}
+
+/// The function's async settings at the time of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub maximum_retry_attempts: u32,
+    pub maximum_event_age_ms: u64,
+    /// Lambda waits 1 minute, then 2 (w, then 2w); configurable so tests
+    /// take seconds.
+    pub base_wait_ms: u64,
+}
+
+/// What to do with the event after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Done,
+    /// Try again at `event.due_ms` (the updated event).
+    Retry(AsyncEvent),
+    DeadLetter(DeadLetter),
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn dead(ev: AsyncEvent, condition: Condition, now_ms: u64) -> DeadLetter {
+    DeadLetter {
+        request_id: ev.request_id,
+        function: ev.function,
+        qualifier: ev.qualifier,
+        payload: ev.payload,
+        condition,
+        attempts: ev.attempts,
+        error_type: ev.last_error_type,
+        error_message: truncate(&ev.last_error_message, ERROR_MESSAGE_BOUND),
+        first_attempt_ms: ev.first_attempt_ms,
+        last_attempt_ms: ev.last_attempt_ms,
+        enqueued_ms: ev.enqueued_ms,
+        dead_lettered_ms: now_ms,
+    }
+}
+
+/// Lambda's rules for the attempt made at `now_ms`:
+/// - success: done;
+/// - function error: retried after w, then 2w (attempt n waits n*w after
+///   the previous one), up to `maximum_retry_attempts` retries; then
+///   `RetriesExhausted`;
+/// - system error: retried with backoff from 1 s doubling to 5 min,
+///   without counting an attempt;
+/// - whenever the next try would come after the event's maximum age:
+///   `EventAgeExceeded`.
+pub fn next_step(mut ev: AsyncEvent, outcome: Attempt, p: Policy, now_ms: u64) -> Step {
+    if ev.first_attempt_ms == 0 {
+        ev.first_attempt_ms = now_ms;
+    }
+    ev.last_attempt_ms = now_ms;
+    let expires = ev.enqueued_ms.saturating_add(p.maximum_event_age_ms);
+    match outcome {
+        Attempt::Success => Step::Done,
+        Attempt::FunctionError {
+            error_type,
+            message,
+        } => {
+            ev.attempts += 1;
+            ev.system_failures = 0;
+            ev.last_error_type = error_type;
+            ev.last_error_message = message;
+            if ev.attempts > p.maximum_retry_attempts {
+                return Step::DeadLetter(dead(ev, Condition::RetriesExhausted, now_ms));
+            }
+            let due = now_ms + p.base_wait_ms * ev.attempts as u64;
+            if due > expires {
+                return Step::DeadLetter(dead(ev, Condition::EventAgeExceeded, now_ms));
+            }
+            ev.due_ms = due;
+            Step::Retry(ev)
+        }
+        Attempt::SystemError {
+            error_type,
+            message,
+        } => {
+            let backoff = SYSTEM_BACKOFF_START_MS
+                .saturating_mul(1u64 << ev.system_failures.min(20))
+                .min(SYSTEM_BACKOFF_MAX_MS);
+            ev.system_failures += 1;
+            ev.last_error_type = error_type;
+            ev.last_error_message = message;
+            let due = now_ms + backoff;
+            if due > expires {
+                return Step::DeadLetter(dead(ev, Condition::EventAgeExceeded, now_ms));
+            }
+            ev.due_ms = due;
+            Step::Retry(ev)
+        }
+    }
+}
+
+/// The queue and dead-letter queue inside the registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Queues {
+    /// Pending events by request id.
+    pub events: BTreeMap<String, AsyncEvent>,
+    /// (due time, request id): the dispatch order.
+    pub due: BTreeSet<(u64, String)>,
+    /// Dead letters per function, oldest first.
+    pub dlq: BTreeMap<String, VecDeque<DeadLetter>>,
+    /// Records dropped from a full dead-letter queue, per function.
+    pub dlq_dropped: BTreeMap<String, u64>,
+}
+
+impl Queues {
+    /// Adds an event; an event with the same request id is kept as is
+    /// (a retried enqueue is applied once).
+    pub fn enqueue(&mut self, ev: AsyncEvent) -> bool {
+        if self.events.contains_key(&ev.request_id) {
+            return false;
+        }
+        self.due.insert((ev.due_ms, ev.request_id.clone()));
+        self.events.insert(ev.request_id.clone(), ev);
+        true
+    }
+
+    fn remove(&mut self, request_id: &str) -> Option<AsyncEvent> {
+        let ev = self.events.remove(request_id)?;
+        self.due.remove(&(ev.due_ms, ev.request_id.clone()));
+        Some(ev)
+    }
+
+    /// Applies the step decided for an attempt. Unknown ids (already
+    /// finished by a previous dispatcher: at-least-once) change nothing.
+    pub fn apply_step(&mut self, request_id: &str, step: Step) -> bool {
+        if !self.events.contains_key(request_id) {
+            return false;
+        }
+        match step {
+            Step::Done => {
+                self.remove(request_id);
+            }
+            Step::Retry(ev) => {
+                self.remove(request_id);
+                self.enqueue(ev);
+            }
+            Step::DeadLetter(d) => {
+                self.remove(request_id);
+                self.dead_letter(d);
+            }
+        }
+        true
+    }
+
+    /// Appends a dead letter, dropping (and counting) the oldest at the bound.
+    pub fn dead_letter(&mut self, d: DeadLetter) {
+        let q = self.dlq.entry(d.function.clone()).or_default();
+        if q.len() >= DLQ_BOUND {
+            q.pop_front();
+            *self.dlq_dropped.entry(d.function.clone()).or_default() += 1;
+        }
+        q.push_back(d);
+    }
+
+    /// Puts dead letters of `function` back on the queue with a fresh
+    /// attempt count (all of them, or those in `ids`); returns how many.
+    /// Unknown ids are an error naming them, and nothing moves.
+    pub fn redrive(
+        &mut self,
+        function: &str,
+        ids: Option<&[String]>,
+        now_ms: u64,
+    ) -> Result<usize, String> {
+        let Some(q) = self.dlq.get_mut(function) else {
+            return match ids {
+                Some(ids) if !ids.is_empty() => Err(format!(
+                    "no dead letter {} for function {function}",
+                    ids.join(", ")
+                )),
+                _ => Ok(0),
+            };
+        };
+        if let Some(ids) = ids {
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|id| !q.iter().any(|d| &d.request_id == *id))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "no dead letter {} for function {function}: see `nubo dlq list {function}`",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        let (moving, staying): (Vec<DeadLetter>, Vec<DeadLetter>) = q
+            .drain(..)
+            .partition(|d| ids.is_none_or(|ids| ids.contains(&d.request_id)));
+        q.extend(staying);
+        let n = moving.len();
+        for d in moving {
+            self.enqueue(AsyncEvent {
+                request_id: d.request_id,
+                function: d.function,
+                qualifier: d.qualifier,
+                payload: d.payload,
+                enqueued_ms: now_ms,
+                due_ms: now_ms,
+                attempts: 0,
+                system_failures: 0,
+                first_attempt_ms: 0,
+                last_attempt_ms: 0,
+                last_error_type: String::new(),
+                last_error_message: String::new(),
+            });
+        }
+        Ok(n)
+    }
+
+    pub fn purge(&mut self, function: &str) -> usize {
+        self.dlq.remove(function).map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Events due at or before `now_ms`, earliest first, at most `max`.
+    pub fn due_now(&self, now_ms: u64, max: usize) -> Vec<&AsyncEvent> {
+        self.due
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .take(max)
+            .filter_map(|(_, id)| self.events.get(id))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: u64 = 1_000;
+
+    fn event(id: &str, t: u64) -> AsyncEvent {
+        AsyncEvent {
+            request_id: id.into(),
+            function: "f".into(),
+            qualifier: "$LATEST".into(),
+            payload: "{\"k\":1}".into(),
+            enqueued_ms: t,
+            due_ms: t,
+            attempts: 0,
+            system_failures: 0,
+            first_attempt_ms: 0,
+            last_attempt_ms: 0,
+            last_error_type: String::new(),
+            last_error_message: String::new(),
+        }
+    }
+
+    fn policy(retries: u32) -> Policy {
+        Policy {
+            maximum_retry_attempts: retries,
+            maximum_event_age_ms: 21_600_000,
+            base_wait_ms: W,
+        }
+    }
+
+    fn fail() -> Attempt {
+        Attempt::FunctionError {
+            error_type: "ValueError".into(),
+            message: "boom".into(),
+        }
+    }
+
+    /// A function that always fails is attempted exactly 1 + retries times,
+    /// at t, t+w, t+3w, then one dead letter with the right fields; with
+    /// 0 and 1 retries likewise.
+    #[test]
+    fn retry_schedule_is_lambdas() {
+        for retries in 0..=2u32 {
+            let t = 10_000;
+            let mut ev = event("r", t);
+            let mut attempts_at = Vec::new();
+            let mut now = t;
+            let dl = loop {
+                attempts_at.push(now);
+                match next_step(ev, fail(), policy(retries), now) {
+                    Step::Retry(next) => {
+                        now = next.due_ms;
+                        ev = next;
+                    }
+                    Step::DeadLetter(d) => break d,
+                    Step::Done => panic!("a failing function is never done"),
+                }
+            };
+            let want: Vec<u64> = [t, t + W, t + 3 * W][..=retries as usize].to_vec();
+            assert_eq!(attempts_at, want, "retries={retries}");
+            assert_eq!(dl.condition, Condition::RetriesExhausted);
+            assert_eq!(dl.attempts, retries + 1);
+            assert_eq!(dl.request_id, "r");
+            assert_eq!(dl.payload, "{\"k\":1}");
+            assert_eq!(dl.error_type, "ValueError");
+            assert_eq!(dl.error_message, "boom");
+            assert_eq!(dl.first_attempt_ms, t);
+            assert_eq!(dl.last_attempt_ms, *want.last().unwrap());
+        }
+    }
+
+    /// Failing twice then succeeding leaves no dead letter.
+    #[test]
+    fn success_on_the_last_retry_is_done() {
+        let ev = event("r", 0);
+        let Step::Retry(ev) = next_step(ev, fail(), policy(2), 0) else {
+            panic!()
+        };
+        let Step::Retry(ev) = next_step(ev, fail(), policy(2), W) else {
+            panic!()
+        };
+        assert_eq!(
+            next_step(ev, Attempt::Success, policy(2), 3 * W),
+            Step::Done
+        );
+    }
+
+    /// Throttling backs off 1 s, 2 s, 4 s ... up to 5 min without using
+    /// attempts, and ends in EventAgeExceeded once the next try would be
+    /// past the maximum age.
+    #[test]
+    fn throttles_back_off_until_the_event_is_too_old() {
+        let mut p = policy(2);
+        p.maximum_event_age_ms = 60_000;
+        let mut ev = event("r", 0);
+        let mut now = 0;
+        let mut waits = Vec::new();
+        let dl = loop {
+            let throttled = Attempt::SystemError {
+                error_type: "Throttled".into(),
+                message: "reserved concurrency".into(),
+            };
+            match next_step(ev, throttled, p, now) {
+                Step::Retry(next) => {
+                    waits.push(next.due_ms - now);
+                    now = next.due_ms;
+                    ev = next;
+                }
+                Step::DeadLetter(d) => break d,
+                Step::Done => panic!(),
+            }
+        };
+        assert_eq!(waits, vec![1_000, 2_000, 4_000, 8_000, 16_000]);
+        assert_eq!(dl.condition, Condition::EventAgeExceeded);
+        assert_eq!(dl.attempts, 0, "throttles are not attempts");
+        assert_eq!(dl.error_type, "Throttled");
+        let long = {
+            let mut e = event("x", 0);
+            e.system_failures = 30;
+            e
+        };
+        let Step::Retry(e) = next_step(
+            long,
+            Attempt::SystemError {
+                error_type: "t".into(),
+                message: String::new(),
+            },
+            policy(2),
+            0,
+        ) else {
+            panic!()
+        };
+        assert_eq!(e.due_ms, SYSTEM_BACKOFF_MAX_MS, "capped at 5 minutes");
+    }
+
+    /// Error messages are cut to 1 KB on a character boundary.
+    #[test]
+    fn dead_letter_messages_are_bounded() {
+        let ev = event("r", 0);
+        let long = "é".repeat(1000);
+        let Step::DeadLetter(d) = next_step(
+            ev,
+            Attempt::FunctionError {
+                error_type: "E".into(),
+                message: long,
+            },
+            policy(0),
+            0,
+        ) else {
+            panic!()
+        };
+        assert!(d.error_message.len() <= ERROR_MESSAGE_BOUND);
+        assert!(d.error_message.len() >= ERROR_MESSAGE_BOUND - 1);
+    }
+
+    /// The queue orders by due time, applies each step once (unknown ids
+    /// change nothing), bounds the dead-letter queue with a drop count, and
+    /// redrives with a fresh attempt count.
+    #[test]
+    fn queue_steps_bound_and_redrive() {
+        let mut q = Queues::default();
+        assert!(q.enqueue(event("b", 20)));
+        assert!(q.enqueue(event("a", 10)));
+        assert!(!q.enqueue(event("a", 99)), "same request id applied once");
+        let due: Vec<&str> = q
+            .due_now(15, 10)
+            .iter()
+            .map(|e| e.request_id.as_str())
+            .collect();
+        assert_eq!(due, vec!["a"]);
+        assert_eq!(q.due_now(100, 10).len(), 2);
+
+        let a = q.events["a"].clone();
+        let step = next_step(a, fail(), policy(0), 10);
+        assert!(q.apply_step("a", step.clone()));
+        assert!(
+            !q.apply_step("a", step),
+            "a second dispatcher's result is ignored"
+        );
+        assert_eq!(q.dlq["f"].len(), 1);
+        assert!(q.apply_step("b", Step::Done));
+        assert!(q.events.is_empty() && q.due.is_empty());
+
+        assert!(q
+            .redrive("f", Some(&["nope".into()]), 50)
+            .unwrap_err()
+            .contains("nope"));
+        assert_eq!(q.dlq["f"].len(), 1, "a failed redrive moves nothing");
+        assert_eq!(q.redrive("f", None, 50).unwrap(), 1);
+        let back = &q.events["a"];
+        assert_eq!(
+            (back.attempts, back.due_ms, back.request_id.as_str()),
+            (0, 50, "a")
+        );
+        assert!(q.dlq["f"].is_empty());
+
+        for i in 0..(DLQ_BOUND + 3) {
+            let Step::DeadLetter(d) = next_step(event(&format!("d{i}"), 0), fail(), policy(0), 0)
+            else {
+                panic!()
+            };
+            q.dead_letter(d);
+        }
+        assert_eq!(q.dlq["f"].len(), DLQ_BOUND);
+        assert_eq!(q.dlq_dropped["f"], 3);
+        assert_eq!(
+            q.dlq["f"].front().unwrap().request_id,
+            "d3",
+            "oldest dropped"
+        );
+        assert_eq!(q.purge("f"), DLQ_BOUND);
+    }
+}
