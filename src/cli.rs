@@ -45,6 +45,12 @@ pub enum ClientCommand {
     Invoke(InvokeArgs),
     /// Show a function's log lines (START / END / REPORT and its output).
     Logs(LogsArgs),
+    /// Dead-letter queues of asynchronous invocations.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// The asynchronous invocation queue.
+    #[command(subcommand)]
+    Async(AsyncCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,8 +67,38 @@ pub struct InvokeArgs {
     #[arg(long)]
     pub log_tail: bool,
     /// Only check that the function and qualifier exist and may be invoked.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "async")]
     pub dry_run: bool,
+    /// Asynchronous (Event) invocation: returns once the event is durable
+    /// on a quorum of controllers; prints its request id.
+    #[arg(long = "async")]
+    pub r#async: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List a function's dead letters.
+    List { function: String },
+    /// Show one dead letter, with its payload.
+    Get {
+        function: String,
+        request_id: String,
+    },
+    /// Put dead letters back on the async queue with a fresh attempt count.
+    Redrive {
+        function: String,
+        request_ids: Vec<String>,
+        #[arg(long, conflicts_with = "request_ids")]
+        all: bool,
+    },
+    /// Delete a function's dead letters.
+    Purge { function: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AsyncCommand {
+    /// Queue depth, oldest event age and dead letters of a function.
+    Status { function: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -521,7 +557,175 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
         ClientCommand::Token(c) => token_cmd(&client, &out, c).await,
         ClientCommand::Invoke(a) => invoke_cmd(&client, &out, a).await,
         ClientCommand::Logs(a) => logs_cmd(&client, &out, a).await,
+        ClientCommand::Dlq(c) => dlq_cmd(&client, &out, c).await,
+        ClientCommand::Async(AsyncCommand::Status { function }) => {
+            let req = pb::DeadLettersRequest {
+                function_name: function,
+                stale_ok: false,
+            };
+            let s = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { c.invocations().async_status(req).await }
+                })
+                .await?
+                .into_inner();
+            let v = json!({
+                "queued": s.queued,
+                "due_now": s.due_now,
+                "oldest_event_age_ms": s.oldest_event_age_ms,
+                "dead_letters": s.dead_letters,
+                "dead_letters_dropped": s.dead_letters_dropped,
+            });
+            if out.json() {
+                out.print_json(&v);
+            } else {
+                out.print(&render_kv(&[
+                    ("queued".into(), s.queued.to_string()),
+                    ("due_now".into(), s.due_now.to_string()),
+                    (
+                        "oldest_event_age".into(),
+                        format!("{} ms", s.oldest_event_age_ms),
+                    ),
+                    ("dead_letters".into(), s.dead_letters.to_string()),
+                    (
+                        "dead_letters_dropped".into(),
+                        s.dead_letters_dropped.to_string(),
+                    ),
+                ]));
+            }
+            Ok(())
+        }
     }
+}
+
+fn dead_letter_json(d: &pb::DeadLetterRecord) -> Value {
+    json!({
+        "request_id": d.request_id,
+        "function_name": d.function_name,
+        "qualifier": d.qualifier,
+        "condition": d.condition,
+        "attempts": d.attempts,
+        "error_type": d.error_type,
+        "error_message": d.error_message,
+        "first_attempt": rfc3339_ms(d.first_attempt_ms),
+        "last_attempt": rfc3339_ms(d.last_attempt_ms),
+        "enqueued": rfc3339_ms(d.enqueued_ms),
+        "dead_lettered": rfc3339_ms(d.dead_lettered_ms),
+        "payload": serde_json::from_slice::<Value>(&d.payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&d.payload).into_owned())),
+    })
+}
+
+async fn dlq_cmd(client: &Client, out: &Out, cmd: DlqCommand) -> anyhow::Result<()> {
+    let list = |function: String| {
+        let req = pb::DeadLettersRequest {
+            function_name: function,
+            stale_ok: false,
+        };
+        async move {
+            client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { c.invocations().list_dead_letters(req).await }
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    match cmd {
+        DlqCommand::List { function } => {
+            let r = list(function).await?;
+            if out.json() {
+                out.print_json(&json!({
+                    "records": r.records.iter().map(dead_letter_json).collect::<Vec<_>>(),
+                    "dropped": r.dropped,
+                }));
+            } else {
+                let rows: Vec<Vec<String>> = r
+                    .records
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.request_id.clone(),
+                            d.condition.clone(),
+                            d.attempts.to_string(),
+                            d.error_type.clone(),
+                            rfc3339_ms(d.dead_lettered_ms),
+                        ]
+                    })
+                    .collect();
+                out.print(&render_table(
+                    &[
+                        "REQUEST ID",
+                        "CONDITION",
+                        "ATTEMPTS",
+                        "ERROR",
+                        "DEAD-LETTERED",
+                    ],
+                    &rows,
+                ));
+                if r.dropped > 0 {
+                    eprintln!(
+                        "warning: {} older dead letters were dropped (the queue is bounded)",
+                        r.dropped
+                    );
+                }
+            }
+        }
+        DlqCommand::Get {
+            function,
+            request_id,
+        } => {
+            let r = list(function.clone()).await?;
+            let d = r
+                .records
+                .iter()
+                .find(|d| d.request_id == request_id)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no dead letter {request_id} for function {function}: see `nubo dlq list {function}`"
+                    )
+                })?;
+            out.print_json(&dead_letter_json(d));
+        }
+        DlqCommand::Redrive {
+            function,
+            request_ids,
+            all,
+        } => {
+            let req = pb::RedriveDeadLettersRequest {
+                function_name: function,
+                request_ids,
+                all,
+            };
+            let n = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { c.invocations().redrive_dead_letters(req).await }
+                })
+                .await?
+                .into_inner()
+                .count;
+            eprintln!("{n} dead letters back on the async queue");
+        }
+        DlqCommand::Purge { function } => {
+            let req = pb::DeadLettersRequest {
+                function_name: function,
+                stale_ok: false,
+            };
+            let n = client
+                .call(|c| {
+                    let req = req.clone();
+                    async move { c.invocations().purge_dead_letters(req).await }
+                })
+                .await?
+                .into_inner()
+                .count;
+            eprintln!("{n} dead letters deleted");
+        }
+    }
+    Ok(())
 }
 
 async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result<()> {
@@ -545,6 +749,8 @@ async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result
         payload,
         invocation_type: if a.dry_run {
             pb::InvocationType::DryRun as i32
+        } else if a.r#async {
+            pb::InvocationType::Event as i32
         } else {
             pb::InvocationType::RequestResponse as i32
         },
@@ -563,6 +769,16 @@ async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result
         .into_inner();
     if !r.log_result.is_empty() {
         eprint!("{}", r.log_result);
+    }
+    if a.r#async {
+        if out.json() {
+            out.print_json(&json!({"status_code": r.status_code, "request_id": r.request_id}));
+        } else {
+            // The id alone on stdout, for scripts; the explanation on stderr.
+            println!("{}", r.request_id);
+            eprintln!("accepted (durable): `nubo logs {}` shows its runs, `nubo dlq list {}` its failures", split_target(&a.target).0, split_target(&a.target).0);
+        }
+        return Ok(());
     }
     if a.dry_run {
         if out.json() {

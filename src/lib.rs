@@ -48,3 +48,14 @@ pub async fn run(cli: Cli) -> i32 {
         Err(e) => cli::report_error(&e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's argument definitions are consistent (clap checks
+    /// names, conflicts and groups only when a command is built).
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

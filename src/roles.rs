@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// for the CLI in ~/.config/nubo/token).
     #[arg(long, env = "NUBO_BOOTSTRAP_TOKEN", hide_env_values = true)]
     pub bootstrap_token: Option<String>,
+    /// Wait before the first retry of a failed async event, ms (Lambda: one
+    /// minute; the second retry waits twice as long).
+    #[arg(long, env = "NUBO_ASYNC_BASE_WAIT_MS")]
+    pub async_base_wait_ms: Option<u64>,
     /// Do not start the embedded worker (deploy only, or external workers).
     #[arg(long)]
     pub no_worker: bool,
@@ -109,6 +113,10 @@ pub struct ControllerArgs {
     /// Do not fsync the Raft log (unsafe: a power loss can lose acknowledged writes).
     #[arg(long, env = "NUBO_NO_FSYNC")]
     pub no_fsync: bool,
+    /// Wait before the first retry of a failed async event, ms (default one
+    /// minute, as on Lambda).
+    #[arg(long, env = "NUBO_ASYNC_BASE_WAIT_MS")]
+    pub async_base_wait_ms: Option<u64>,
 }
 
 fn home() -> PathBuf {
@@ -148,6 +156,7 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             bootstrap_token: args.bootstrap_token,
             metrics_listen: args.metrics_listen,
             fsync: args.no_fsync.then_some(false),
+            async_base_wait_ms: args.async_base_wait_ms,
         },
     )?;
     let running = server::start(config, Faults::new())
@@ -228,6 +237,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             data_dir: Some(data_dir.clone()),
             metrics_listen: Some(args.metrics_listen),
             bootstrap_token: args.bootstrap_token,
+            async_base_wait_ms: args.async_base_wait_ms,
             ..Default::default()
         },
     )?;

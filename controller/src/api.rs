@@ -1209,7 +1209,10 @@ impl pb::invocations_server::Invocations for Api {
             // ~15% of warm calls. A caller that goes away drops this future;
             // the worker finishes the call on its own and the placement
             // counter is released by a guard (see invoke.rs).
-            self.node.invoke(request.into_inner(), false).await
+            let rid = request_id(request.metadata())?;
+            self.node
+                .invoke_with(request.into_inner(), false, rid)
+                .await
         })
         .await
     }
@@ -1221,6 +1224,47 @@ impl pb::invocations_server::Invocations for Api {
         self.run("GetLogs", async {
             self.authorize(request.metadata(), Scope::Deploy, "GetLogs")?;
             self.node.logs(request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::DeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        self.run("ListDeadLetters", async {
+            self.authorize(request.metadata(), Scope::Deploy, "ListDeadLetters")?;
+            self.node.list_dead_letters(request.into_inner()).await
+        })
+        .await
+    }
+    async fn redrive_dead_letters(
+        &self,
+        request: Request<pb::RedriveDeadLettersRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        self.run("RedriveDeadLetters", async {
+            self.authorize(request.metadata(), Scope::Deploy, "RedriveDeadLetters")?;
+            self.node.redrive_dead_letters(request.into_inner()).await
+        })
+        .await
+    }
+    async fn purge_dead_letters(
+        &self,
+        request: Request<pb::DeadLettersRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        self.run("PurgeDeadLetters", async {
+            self.authorize(request.metadata(), Scope::Deploy, "PurgeDeadLetters")?;
+            self.node.purge_dead_letters(request.into_inner()).await
+        })
+        .await
+    }
+    async fn async_status(
+        &self,
+        request: Request<pb::DeadLettersRequest>,
+    ) -> Result<Response<pb::AsyncStatusResponse>, Status> {
+        self.run("AsyncStatus", async {
+            self.authorize(request.metadata(), Scope::Deploy, "AsyncStatus")?;
+            self.node.async_status(request.into_inner()).await
         })
         .await
     }

@@ -69,6 +69,13 @@ pub struct ControllerConfig {
     pub worker_heartbeat_ms: u64,
     /// A worker silent for this long is dead: nothing is placed on it.
     pub worker_dead_after_ms: u64,
+    /// Largest asynchronous (Event) payload (Lambda: 256 KB).
+    pub max_async_payload_bytes: u64,
+    /// Wait before the first retry of a failed async event; the second
+    /// waits twice as long (Lambda: 1 minute, then 2).
+    pub async_base_wait_ms: u64,
+    /// Async events the leader runs at once.
+    pub dispatch_concurrency: usize,
 }
 
 impl Default for ControllerConfig {
@@ -94,6 +101,9 @@ impl Default for ControllerConfig {
             max_sync_payload_bytes: 6 * 1024 * 1024,
             worker_heartbeat_ms: 250,
             worker_dead_after_ms: 1_000,
+            max_async_payload_bytes: 256 * 1024,
+            async_base_wait_ms: 60_000,
+            dispatch_concurrency: 64,
             max_zipped_bytes: 50 * 1024 * 1024,
             max_unzipped_bytes: 250 * 1024 * 1024,
             blob_sync_ms: 5_000,
@@ -115,6 +125,7 @@ pub struct Overrides {
     pub bootstrap_token: Option<String>,
     pub metrics_listen: Option<String>,
     pub fsync: Option<bool>,
+    pub async_base_wait_ms: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -179,6 +190,9 @@ impl ControllerConfig {
         }
         if let Some(v) = o.fsync {
             c.fsync = v;
+        }
+        if let Some(v) = o.async_base_wait_ms {
+            c.async_base_wait_ms = v;
         }
         c.validate()?;
         Ok(c)

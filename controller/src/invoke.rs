@@ -90,7 +90,7 @@ pub fn new_request_id() -> String {
 }
 
 /// Picks the version an alias routes this call to.
-fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> String {
+pub(crate) fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> String {
     let x: f64 = rand::thread_rng().gen();
     let mut acc = 0.0;
     for (v, w) in weights {
@@ -147,6 +147,17 @@ impl ControllerNode {
         req: pb::InvokeRequest,
         forwarded: bool,
     ) -> Result<pb::InvokeResponse, ApiError> {
+        self.invoke_with(req, forwarded, None).await
+    }
+
+    /// Like `invoke`, with the client's request id (`x-nubo-request-id`):
+    /// an Event call retried with the same id is enqueued once.
+    pub async fn invoke_with(
+        &self,
+        req: pb::InvokeRequest,
+        forwarded: bool,
+        client_rid: Option<String>,
+    ) -> Result<pb::InvokeResponse, ApiError> {
         validate::function_name(&req.function_name)?;
         let max = self.config.max_sync_payload_bytes;
         if req.payload.len() as u64 > max {
@@ -194,10 +205,11 @@ impl ControllerNode {
                     ..Default::default()
                 })
             }
-            pb::InvocationType::Event => return Err(RegistryError::invalid(
-                "asynchronous (Event) invocation is not available yet: invoke with RequestResponse",
-            )
-            .into()),
+            pb::InvocationType::Event => {
+                return self
+                    .enqueue_event(&req, &view, &qualifier, client_rid)
+                    .await
+            }
             pb::InvocationType::RequestResponse => {}
         }
         if view.config.code_sha256.is_empty() {
@@ -208,6 +220,18 @@ impl ControllerNode {
             .into());
         }
 
+        self.execute(req, view, forwarded, new_request_id()).await
+    }
+
+    /// Runs a resolved call: reserved concurrency, placement, the worker.
+    /// The dispatcher of async events calls it with the event's own id.
+    pub(crate) async fn execute(
+        &self,
+        req: pb::InvokeRequest,
+        view: ConfigView,
+        forwarded: bool,
+        request_id: String,
+    ) -> Result<pb::InvokeResponse, ApiError> {
         let _slot = match view.config.reserved_concurrency {
             Some(limit) => {
                 if !forwarded && !self.is_leader() {
@@ -230,7 +254,6 @@ impl ControllerNode {
             None => None,
         };
 
-        let request_id = new_request_id();
         let spec = spec_of(&view);
         // The worker may need: the code fetch, init (10 s), the function's
         // timeout, and killing a timed-out sandbox (5 s).

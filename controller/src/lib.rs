@@ -5,6 +5,7 @@ pub mod api;
 pub mod asyncq;
 pub mod codezip;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod failpoint;
 pub mod invoke;

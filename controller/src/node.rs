@@ -57,6 +57,8 @@ pub struct ControllerNode {
     /// Workers as seen by this controller (heartbeats; not replicated).
     pub workers: Arc<crate::workers::WorkerRegistry>,
     pub invoke_state: crate::invoke::InvokeState,
+    /// Wakes the async dispatcher (an event was accepted or finished).
+    pub dispatch_wake: tokio::sync::Notify,
     db: Arc<rocksdb::DB>,
     batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
@@ -118,6 +120,7 @@ impl ControllerNode {
                 Duration::from_millis(config.worker_dead_after_ms),
             )),
             invoke_state: Default::default(),
+            dispatch_wake: tokio::sync::Notify::new(),
             config,
             db,
         }))

@@ -106,6 +106,9 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         }
     }));
 
+    // The async dispatcher (runs on the leader only).
+    tasks.push(tokio::spawn(node.clone().run_dispatcher(shutdown.clone())));
+
     // Provisioned concurrency: the leader keeps min_warm sandboxes.
     {
         let node = node.clone();

@@ -815,3 +815,103 @@ fn official_runtime_clients_run_unmodified() {
         assert_eq!(v["payload"]["request_id"], v["request_id"], "{v}");
     }
 }
+
+fn dead_letters(p: &Platform, function: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&p.ok(&["dlq", "list", function, "-o", "json"])).unwrap();
+    v["records"].as_array().unwrap().clone()
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Async (Event) invocations end to end, with the retry wait shortened to
+/// 300 ms: the CLI prints the request id once the event is durable; a
+/// function that always fails runs exactly 3 times under that one request
+/// id, spaced w then 2w, then leaves one dead letter (RetriesExhausted,
+/// 3 attempts, the error, the original payload); a redrive runs it again
+/// with a fresh count; a succeeding function runs once; unknown function,
+/// oversized payload and unknown redrive ids are refused.
+#[test]
+fn async_events_retry_then_dead_letter_and_redrive() {
+    let p = Platform::start_with(&[("NUBO_ASYNC_BASE_WAIT_MS", "300")]);
+    probe(&p, "failing", "fail", &[]);
+    let id = p
+        .ok(&[
+            "invoke",
+            "failing",
+            "--async",
+            "--payload",
+            r#"{"message":"nope"}"#,
+        ])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 36, "a request id: {id}");
+    let dl = wait_for("the dead letter", 20, || {
+        dead_letters(&p, "failing").first().cloned()
+    });
+    assert_eq!(dl["request_id"], id.as_str());
+    assert_eq!(dl["condition"], "RetriesExhausted");
+    assert_eq!(dl["attempts"], 3);
+    assert_eq!(dl["error_type"], "ValueError");
+    assert_eq!(dl["error_message"], "nope");
+    assert_eq!(dl["payload"]["message"], "nope");
+    let logs = p.ok(&["logs", "failing", "--limit", "5000"]);
+    let starts = logs.matches(&format!("START RequestId: {id}")).count();
+    assert_eq!(starts, 3, "exactly three attempts:\n{logs}");
+    let status: Value =
+        serde_json::from_str(&p.ok(&["async", "status", "failing", "-o", "json"])).unwrap();
+    assert_eq!(status["dead_letters"], 1);
+    assert_eq!(status["queued"], 0);
+
+    p.ok(&["dlq", "redrive", "failing", &id]);
+    wait_for("the redriven event to fail again", 20, || {
+        let logs = p.ok(&["logs", "failing", "--limit", "5000"]);
+        (logs.matches(&format!("START RequestId: {id}")).count() == 6
+            && dead_letters(&p, "failing").len() == 1)
+            .then_some(())
+    });
+
+    probe(&p, "echoing", "echo", &[]);
+    let ok_id = p
+        .ok(&["invoke", "echoing", "--async", "--payload", r#"{"k":1}"#])
+        .trim()
+        .to_string();
+    wait_for("the async call to run", 20, || {
+        p.ok(&["logs", "echoing"])
+            .contains(&format!("END RequestId: {ok_id}"))
+            .then_some(())
+    });
+    assert!(dead_letters(&p, "echoing").is_empty());
+
+    let out = p.cli(&["invoke", "nope", "--async"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    let big = p.env.dir.path().join("big-async.json");
+    std::fs::write(&big, format!("\"{}\"", "a".repeat(300 * 1024))).unwrap();
+    let out = p.cli(&[
+        "invoke",
+        "echoing",
+        "--async",
+        "--payload-file",
+        big.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("256 KB"),
+        "{err}"
+    );
+    let out = p.cli(&["dlq", "redrive", "failing", "no-such-id"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    p.ok(&["dlq", "purge", "failing"]);
+    assert!(dead_letters(&p, "failing").is_empty());
+}

@@ -1,0 +1,352 @@
+//! Asynchronous invocation: accepting an event (durable once the Raft
+//! command commits, then acknowledged), and the dispatcher on the leader
+//! that runs due events through the normal placement path and commits
+//! what `asyncq::next_step` decides. Delivery is at-least-once: a
+//! dispatcher that loses leadership mid-attempt leaves the event queued and
+//! the next leader runs it again.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nubo_proto::v1 as pb;
+use sha2::Digest;
+
+use crate::api::now_ms;
+use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
+use crate::error::{ApiError, RegistryError};
+use crate::invoke::new_request_id;
+use crate::model::{Command, ConfigView};
+use crate::node::ControllerNode;
+
+/// An event id derived from the client's request id, so a retried
+/// submission names (and, through the idempotent write, is) the same event.
+fn event_id(client_rid: &str) -> String {
+    let h = hex::encode(sha2::Sha256::digest(client_rid.as_bytes()));
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn error_of(resp: &pb::InvokeResponse) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap_or_default();
+    let t = v["errorType"]
+        .as_str()
+        .unwrap_or(&resp.function_error)
+        .to_string();
+    let m = v["errorMessage"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&resp.payload).into_owned());
+    (t, m)
+}
+
+impl ControllerNode {
+    /// Accepts an Event invocation: validated, written to the replicated
+    /// queue, acknowledged only after the commit.
+    pub(crate) async fn enqueue_event(
+        &self,
+        req: &pb::InvokeRequest,
+        view: &ConfigView,
+        qualifier: &str,
+        client_rid: Option<String>,
+    ) -> Result<pb::InvokeResponse, ApiError> {
+        let max = self.config.max_async_payload_bytes;
+        if req.payload.len() as u64 > max {
+            return Err(RegistryError::invalid(format!(
+                "payload is {} bytes; the limit for asynchronous (Event) invocations is {max} bytes (256 KB): pass large data by reference",
+                req.payload.len()
+            ))
+            .into());
+        }
+        let payload = if req.payload.is_empty() {
+            "{}".to_string()
+        } else {
+            String::from_utf8(req.payload.clone())
+                .map_err(|_| RegistryError::invalid("payload is not UTF-8 JSON"))?
+        };
+        let request_id = client_rid
+            .as_deref()
+            .map(event_id)
+            .unwrap_or_else(new_request_id);
+        let now = now_ms();
+        let ev = AsyncEvent {
+            request_id: request_id.clone(),
+            function: view.function_name.clone(),
+            qualifier: qualifier.to_string(),
+            payload,
+            enqueued_ms: now,
+            due_ms: now,
+            attempts: 0,
+            system_failures: 0,
+            first_attempt_ms: 0,
+            last_attempt_ms: 0,
+            last_error_type: String::new(),
+            last_error_message: String::new(),
+        };
+        self.write_with_id(
+            Command::EnqueueEvent(ev),
+            client_rid.map(|r| format!("event:{r}")),
+        )
+        .await?;
+        self.dispatch_wake.notify_one();
+        Ok(pb::InvokeResponse {
+            status_code: 202,
+            executed_version: String::new(),
+            request_id,
+            ..Default::default()
+        })
+    }
+
+    /// Runs one attempt of a queued event and commits its next step.
+    async fn attempt(&self, ev: AsyncEvent) {
+        let resolved = self.with_registry(|r| {
+            let (view, alias) = r.get(&ev.function, &ev.qualifier)?;
+            // Alias weights hold per attempt, as for direct calls.
+            match alias {
+                Some(a) if !a.routing.is_empty() => {
+                    let v = crate::invoke::route(&a.function_version, &a.routing);
+                    if v == view.version {
+                        Ok(view)
+                    } else {
+                        Ok(r.get(&ev.function, &v)?.0)
+                    }
+                }
+                _ => Ok::<_, RegistryError>(view),
+            }
+        });
+        let step = match resolved {
+            Err(e) => {
+                // The function or qualifier was deleted: the event has no
+                // one to run it (Lambda discards it too).
+                tracing::warn!(event = %ev.request_id, "async event dropped: {e}");
+                Step::Done
+            }
+            Ok(view) => {
+                let a = &view.config.async_config;
+                let policy = Policy {
+                    maximum_retry_attempts: a.maximum_retry_attempts,
+                    maximum_event_age_ms: a.maximum_event_age_seconds as u64 * 1000,
+                    base_wait_ms: self.config.async_base_wait_ms,
+                };
+                let req = pb::InvokeRequest {
+                    function_name: ev.function.clone(),
+                    qualifier: ev.qualifier.clone(),
+                    payload: ev.payload.clone().into_bytes(),
+                    invocation_type: pb::InvocationType::RequestResponse as i32,
+                    log_type: pb::LogType::LogNone as i32,
+                };
+                let outcome = match self.execute(req, view, true, ev.request_id.clone()).await {
+                    Ok(r) if r.function_error.is_empty() => Attempt::Success,
+                    Ok(r) => {
+                        let (error_type, message) = error_of(&r);
+                        Attempt::FunctionError {
+                            error_type,
+                            message,
+                        }
+                    }
+                    Err(ApiError::Throttled(m)) => Attempt::SystemError {
+                        error_type: "Throttled".into(),
+                        message: m,
+                    },
+                    Err(e) => Attempt::SystemError {
+                        error_type: "ServiceError".into(),
+                        message: e.to_string(),
+                    },
+                };
+                next_step(ev.clone(), outcome, policy, now_ms())
+            }
+        };
+        let cmd = Command::EventStep {
+            request_id: ev.request_id.clone(),
+            step,
+        };
+        if let Err(e) = self.write(cmd).await {
+            // Not committed: the event stays queued and runs again (here or
+            // on the next leader).
+            tracing::warn!(event = %ev.request_id, "recording an async attempt: {e}");
+        }
+    }
+
+    /// The dispatcher: on the leader, runs due events (at most
+    /// `dispatch_concurrency` at once) until `stop`.
+    pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.config.dispatch_concurrency.max(1),
+        ));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.dispatch_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            let due: Vec<AsyncEvent> = {
+                let busy = in_flight.lock().expect("lock poisoned");
+                self.with_registry(|r| {
+                    r.queues
+                        .due_now(now_ms(), 1024)
+                        .into_iter()
+                        .filter(|e| !busy.contains(&e.request_id))
+                        .take(self.config.dispatch_concurrency)
+                        .cloned()
+                        .collect()
+                })
+            };
+            for ev in due {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    break;
+                };
+                in_flight
+                    .lock()
+                    .expect("lock poisoned")
+                    .insert(ev.request_id.clone());
+                let node = self.clone();
+                let flight = in_flight.clone();
+                tokio::spawn(async move {
+                    let id = ev.request_id.clone();
+                    node.attempt(ev).await;
+                    flight.lock().expect("lock poisoned").remove(&id);
+                    drop(permit);
+                    node.dispatch_wake.notify_one();
+                });
+            }
+        }
+    }
+}
+
+fn record_pb(d: &crate::asyncq::DeadLetter) -> pb::DeadLetterRecord {
+    pb::DeadLetterRecord {
+        request_id: d.request_id.clone(),
+        function_name: d.function.clone(),
+        qualifier: d.qualifier.clone(),
+        payload: d.payload.clone().into_bytes(),
+        condition: d.condition.as_str().into(),
+        attempts: d.attempts,
+        error_type: d.error_type.clone(),
+        error_message: d.error_message.clone(),
+        first_attempt_ms: d.first_attempt_ms,
+        last_attempt_ms: d.last_attempt_ms,
+        enqueued_ms: d.enqueued_ms,
+        dead_lettered_ms: d.dead_lettered_ms,
+    }
+}
+
+impl ControllerNode {
+    pub async fn list_dead_letters(
+        &self,
+        r: pb::DeadLettersRequest,
+    ) -> Result<pb::ListDeadLettersResponse, ApiError> {
+        crate::validate::function_name(&r.function_name)?;
+        if !r.stale_ok {
+            self.linearizable_read().await?;
+        }
+        self.with_registry(|reg| {
+            reg.function(&r.function_name)?;
+            Ok(pb::ListDeadLettersResponse {
+                records: reg
+                    .queues
+                    .dlq
+                    .get(&r.function_name)
+                    .map(|q| q.iter().map(record_pb).collect())
+                    .unwrap_or_default(),
+                dropped: reg
+                    .queues
+                    .dlq_dropped
+                    .get(&r.function_name)
+                    .copied()
+                    .unwrap_or(0),
+            })
+        })
+    }
+
+    pub async fn redrive_dead_letters(
+        &self,
+        r: pb::RedriveDeadLettersRequest,
+    ) -> Result<pb::CountResponse, ApiError> {
+        crate::validate::function_name(&r.function_name)?;
+        if r.request_ids.is_empty() && !r.all {
+            return Err(RegistryError::invalid(
+                "name the dead letters to redrive (request ids) or pass --all",
+            )
+            .into());
+        }
+        self.with_registry(|reg| reg.function(&r.function_name).map(|_| ()))?;
+        let ids = (!r.all).then_some(r.request_ids);
+        let out = self
+            .write(Command::DlqRedrive {
+                function: r.function_name,
+                ids,
+                now_ms: now_ms(),
+            })
+            .await?;
+        self.dispatch_wake.notify_one();
+        Ok(pb::CountResponse {
+            count: count_of(out),
+        })
+    }
+
+    pub async fn purge_dead_letters(
+        &self,
+        r: pb::DeadLettersRequest,
+    ) -> Result<pb::CountResponse, ApiError> {
+        crate::validate::function_name(&r.function_name)?;
+        self.with_registry(|reg| reg.function(&r.function_name).map(|_| ()))?;
+        let out = self
+            .write(Command::DlqPurge {
+                function: r.function_name,
+            })
+            .await?;
+        Ok(pb::CountResponse {
+            count: count_of(out),
+        })
+    }
+
+    pub async fn async_status(
+        &self,
+        r: pb::DeadLettersRequest,
+    ) -> Result<pb::AsyncStatusResponse, ApiError> {
+        crate::validate::function_name(&r.function_name)?;
+        if !r.stale_ok {
+            self.linearizable_read().await?;
+        }
+        let now = now_ms();
+        self.with_registry(|reg| {
+            reg.function(&r.function_name)?;
+            let q = &reg.queues;
+            let mine = q.events.values().filter(|e| e.function == r.function_name);
+            let (mut queued, mut due, mut oldest) = (0u64, 0u64, u64::MAX);
+            for e in mine {
+                queued += 1;
+                due += (e.due_ms <= now) as u64;
+                oldest = oldest.min(e.enqueued_ms);
+            }
+            Ok(pb::AsyncStatusResponse {
+                queued,
+                due_now: due,
+                oldest_event_age_ms: if queued == 0 {
+                    0
+                } else {
+                    now.saturating_sub(oldest)
+                },
+                dead_letters: q.dlq.get(&r.function_name).map(|d| d.len()).unwrap_or(0) as u64,
+                dead_letters_dropped: q.dlq_dropped.get(&r.function_name).copied().unwrap_or(0),
+            })
+        })
+    }
+}
+
+fn count_of(o: crate::model::Outcome) -> u64 {
+    match o {
+        crate::model::Outcome::Count(n) => n,
+        _ => 0,
+    }
+}
