@@ -94,6 +94,7 @@ impl ControllerNode {
             client_rid.map(|r| format!("event:{r}")),
         )
         .await?;
+        self.metrics.async_event("enqueued");
         self.dispatch_wake.notify_one();
         Ok(pb::InvokeResponse {
             status_code: 202,
@@ -159,7 +160,21 @@ impl ControllerNode {
                         message: e.to_string(),
                     },
                 };
-                next_step(ev.clone(), outcome, policy, now_ms())
+                self.metrics.async_event("dispatched");
+                let throttled = matches!(outcome, Attempt::SystemError { .. });
+                let step = next_step(ev.clone(), outcome, policy, now_ms());
+                self.metrics.async_event(match &step {
+                    Step::Done => "succeeded",
+                    Step::Retry(_) if throttled => "throttled",
+                    Step::Retry(_) => "retried",
+                    Step::DeadLetter(d)
+                        if d.condition == crate::asyncq::Condition::EventAgeExceeded =>
+                    {
+                        "expired"
+                    }
+                    Step::DeadLetter(_) => "dead_lettered",
+                });
+                step
             }
         };
         let cmd = Command::EventStep {
@@ -340,6 +355,23 @@ impl ControllerNode {
                 dead_letters: q.dlq.get(&r.function_name).map(|d| d.len()).unwrap_or(0) as u64,
                 dead_letters_dropped: q.dlq_dropped.get(&r.function_name).copied().unwrap_or(0),
             })
+        })
+    }
+}
+
+impl ControllerNode {
+    /// Queue depth and the oldest queued event's age, as Prometheus gauges.
+    pub fn async_gauges(&self) -> String {
+        let now = now_ms();
+        self.with_registry(|r| {
+            let q = &r.queues;
+            let oldest = q.events.values().map(|e| e.enqueued_ms).min();
+            let dlq: usize = q.dlq.values().map(|d| d.len()).sum();
+            format!(
+                "# HELP nubo_async_queue_depth Async events waiting (all functions).\n# TYPE nubo_async_queue_depth gauge\nnubo_async_queue_depth {}\n# HELP nubo_async_oldest_event_age_seconds Age of the oldest waiting event.\n# TYPE nubo_async_oldest_event_age_seconds gauge\nnubo_async_oldest_event_age_seconds {}\n# HELP nubo_async_dead_letters Dead letters held (all functions).\n# TYPE nubo_async_dead_letters gauge\nnubo_async_dead_letters {dlq}\n",
+                q.events.len(),
+                oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0)
+            )
         })
     }
 }

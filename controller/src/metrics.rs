@@ -21,6 +21,9 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    /// Async events by stage: enqueued, dispatched, succeeded, retried,
+    /// throttled, dead_lettered, expired.
+    async_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -41,6 +44,15 @@ impl Metrics {
         }
         h.sum += secs;
         h.count += 1;
+    }
+
+    pub fn async_event(&self, stage: &'static str) {
+        *self
+            .async_events
+            .lock()
+            .expect("lock")
+            .entry(stage)
+            .or_insert(0) += 1;
     }
 
     /// Renders the API metrics plus the given Raft metrics.
@@ -64,6 +76,10 @@ impl Metrics {
             })
             .unwrap_or(raft.last_applied.map(|l| l.index).unwrap_or(0));
         let _ = writeln!(out, "# HELP nubo_raft_commit_index Commit index (leader: replication majority; follower: applied).\n# TYPE nubo_raft_commit_index gauge\nnubo_raft_commit_index {commit}");
+        let _ = writeln!(out, "# HELP nubo_async_events_total Async events by stage (counted where it happened: accepting node, or the leader's dispatcher).\n# TYPE nubo_async_events_total counter");
+        for (stage, n) in self.async_events.lock().expect("lock").iter() {
+            let _ = writeln!(out, "nubo_async_events_total{{stage=\"{stage}\"}} {n}");
+        }
         let _ = writeln!(out, "# HELP nubo_api_requests_total API requests by method and status code.\n# TYPE nubo_api_requests_total counter");
         for ((m, c), n) in self.requests.lock().expect("lock").iter() {
             let _ = writeln!(

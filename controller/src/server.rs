@@ -177,7 +177,9 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
                 let n = n.clone();
                 async move {
                     let m = n.raft.metrics().borrow().clone();
-                    n.metrics.render(&m)
+                    let mut text = n.metrics.render(&m);
+                    text.push_str(&n.async_gauges());
+                    text
                 }
             }),
         );

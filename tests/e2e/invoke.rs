@@ -20,6 +20,8 @@ pub fn functions_dir(name: &str) -> PathBuf {
 pub struct Platform {
     pub env: Env,
     pub endpoint: String,
+    /// HOST:PORT of the controller's /metrics.
+    pub metrics: String,
     _up: Proc,
 }
 
@@ -31,14 +33,16 @@ impl Platform {
     pub fn start_with(vars: &[(&str, &str)]) -> Platform {
         let env = Env::new();
         let port = free_port();
+        let metrics_port = free_port();
         let up = if vars.is_empty() {
-            start_up(&env, port, free_port())
+            start_up(&env, port, metrics_port)
         } else {
-            start_up_with(&env, port, free_port(), vars)
+            start_up_with(&env, port, metrics_port, vars)
         };
         Platform {
             env,
             endpoint: format!("http://127.0.0.1:{port}"),
+            metrics: format!("127.0.0.1:{metrics_port}"),
             _up: up,
         }
     }
@@ -914,6 +918,16 @@ fn async_events_retry_then_dead_letter_and_redrive() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
     p.ok(&["dlq", "purge", "failing"]);
     assert!(dead_letters(&p, "failing").is_empty());
+    let m = super::http_get(&p.metrics, "/metrics");
+    for want in [
+        "nubo_async_events_total{stage=\"enqueued\"}",
+        "nubo_async_events_total{stage=\"retried\"}",
+        "nubo_async_events_total{stage=\"dead_lettered\"}",
+        "nubo_async_events_total{stage=\"succeeded\"}",
+        "nubo_async_queue_depth 0",
+    ] {
+        assert!(m.contains(want), "{want} missing from /metrics:\n{m}");
+    }
 }
 
 /// Three `nubo controller` processes and a worker: 2,000 async events are
