@@ -15,7 +15,7 @@ use pb::functions_client::FunctionsClient;
 use tonic::transport::Channel;
 
 pub(crate) const TOKEN: &str = "nubo_bench_admin_token_0123456789";
-const SECRET: &str = "bench-cluster-secret-0123456789";
+pub(crate) const SECRET: &str = "bench-cluster-secret-0123456789";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -53,7 +53,7 @@ impl BenchDir {
     }
 }
 
-struct Controller {
+pub(crate) struct Controller {
     child: Child,
     id: u64,
 }
@@ -65,7 +65,7 @@ impl Drop for Controller {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -73,7 +73,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_controller(dir: &Path, id: u64, ports: &[u16]) -> anyhow::Result<Controller> {
+pub(crate) fn spawn_controller(dir: &Path, id: u64, ports: &[u16]) -> anyhow::Result<Controller> {
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -114,7 +114,7 @@ pub(crate) fn authed<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-async fn channel(port: u16) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(port: u16) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(format!("http://127.0.0.1:{port}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
@@ -202,7 +202,7 @@ fn set_memory(name: &str, mb: u32) -> tonic::Request<pb::UpdateFunctionConfigura
 }
 
 /// One 4 KiB write + fdatasync, the floor under any durable write.
-fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+pub(crate) fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -298,7 +298,7 @@ async fn leader_of(port: u16) -> anyhow::Result<u64> {
     Ok(s.leader_id)
 }
 
-async fn wait_ready(ports: &[u16]) -> anyhow::Result<u64> {
+pub(crate) async fn wait_ready(ports: &[u16]) -> anyhow::Result<u64> {
     let start = Instant::now();
     loop {
         for &p in ports {
@@ -329,9 +329,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.which == "invoke" {
         return crate::bench_invoke::run(args).await;
     }
+    if args.which == "async" {
+        return crate::bench_async::run(args).await;
+    }
     if args.which != "control-plane" {
         bail!(
-            "unknown benchmark {:?}: try `control-plane` or `invoke`",
+            "unknown benchmark {:?}: try `control-plane`, `invoke` or `async`",
             args.which
         );
     }

@@ -2,6 +2,7 @@
 //! client commands. `main.rs` only parses arguments and calls in here.
 
 pub mod bench;
+pub mod bench_async;
 pub mod bench_invoke;
 pub mod cli;
 pub mod client;
