@@ -916,6 +916,18 @@ fn async_events_retry_then_dead_letter_and_redrive() {
     );
     let out = p.cli(&["dlq", "redrive", "failing", "no-such-id"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
+    let out = p.cli(&[
+        "function",
+        "update-config",
+        "failing",
+        "--max-retry-attempts",
+        "3",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("maximum_retry_attempts"),
+        "{err}"
+    );
     p.ok(&["dlq", "purge", "failing"]);
     assert!(dead_letters(&p, "failing").is_empty());
     let m = super::http_get(&p.metrics, "/metrics");
@@ -1081,4 +1093,83 @@ fn async_events_survive_the_leader_being_killed() {
         "no event dead-lettered: {dl}"
     );
     worker.terminate(Duration::from_secs(20));
+}
+
+/// An async event whose worker is SIGKILLed mid-run is not lost: the
+/// dispatcher sees the worker fail, backs off without using an attempt,
+/// and runs it again on the other worker, where it completes; no dead
+/// letter.
+#[test]
+fn async_event_is_retried_elsewhere_when_its_worker_dies() {
+    let env = Env::new();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{port}");
+    let mut controller = super::start_controller(env.dir.path(), 1, &[port]);
+    let mut workers: Vec<(String, Proc)> = ["a", "b"]
+        .iter()
+        .map(|z| (z.to_string(), start_worker(env.dir.path(), z, &addr)))
+        .collect();
+    let t = Some(super::TOKEN);
+    wait_for("two live workers", 30, || {
+        (live_workers(&env, &endpoint).len() == 2).then_some(())
+    });
+    let probe_dir = functions_dir("probe");
+    env.cli_ok(
+        &endpoint,
+        t,
+        &[
+            "function",
+            "create",
+            "slow",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "probe.sleep",
+            "--code",
+            probe_dir.to_str().unwrap(),
+            "--timeout",
+            "30",
+        ],
+    );
+    let out = env.cli(
+        &endpoint,
+        t,
+        &[
+            "invoke",
+            "slow",
+            "--async",
+            "--payload",
+            r#"{"seconds": 3}"#,
+        ],
+    );
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let busy_zone = wait_for("the event to be running", 15, || {
+        live_workers(&env, &endpoint)
+            .iter()
+            .find(|w| w["busy"].as_u64().unwrap_or(0) > 0)
+            .map(|w| w["zone"].as_str().unwrap().to_string())
+    });
+    let i = workers.iter().position(|(z, _)| *z == busy_zone).unwrap();
+    let (_, mut dead) = workers.remove(i);
+    dead.signal(libc::SIGKILL);
+    dead.wait(Duration::from_secs(5));
+    wait_for("the event to complete on the other worker", 40, || {
+        let out = env.cli(&endpoint, t, &["logs", "slow"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("END RequestId: {id}"))
+            .then_some(())
+    });
+    let dl: Value =
+        serde_json::from_str(&env.cli_ok(&endpoint, t, &["dlq", "list", "slow", "-o", "json"]))
+            .unwrap();
+    assert!(dl["records"].as_array().unwrap().is_empty(), "{dl}");
+    // The killed worker's leftovers go with a restart.
+    let mut again = start_worker(env.dir.path(), &busy_zone, &addr);
+    again.terminate(Duration::from_secs(20));
+    for (_, w) in workers.iter_mut() {
+        w.terminate(Duration::from_secs(20));
+    }
+    controller.terminate(Duration::from_secs(10));
 }
