@@ -33,6 +33,52 @@ fn event_id(client_rid: &str) -> String {
     )
 }
 
+/// Lambda's destination record for an event that failed for good, as an
+/// async event for the destination function.
+fn failure_record(d: &crate::asyncq::DeadLetter, view: &ConfigView, target: &str) -> AsyncEvent {
+    let now = now_ms();
+    let payload: serde_json::Value =
+        serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::String(d.payload.clone()));
+    let arn = format!(
+        "arn:aws:lambda:local:000000000000:function:{}:{}",
+        d.function, d.qualifier
+    );
+    let record = serde_json::json!({
+        "version": "1.0",
+        "timestamp": crate::api::rfc3339(now),
+        "requestContext": {
+            "requestId": d.request_id,
+            "functionArn": arn,
+            "condition": d.condition.as_str(),
+            "approximateInvokeCount": d.attempts,
+        },
+        "requestPayload": payload,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": view.version,
+            "functionError": "Unhandled",
+        },
+        "responsePayload": {
+            "errorType": d.error_type,
+            "errorMessage": d.error_message,
+        },
+    });
+    AsyncEvent {
+        request_id: new_request_id(),
+        function: target.to_string(),
+        qualifier: crate::model::LATEST.into(),
+        payload: record.to_string(),
+        enqueued_ms: now,
+        due_ms: now,
+        attempts: 0,
+        system_failures: 0,
+        first_attempt_ms: 0,
+        last_attempt_ms: 0,
+        last_error_type: String::new(),
+        last_error_message: String::new(),
+    }
+}
+
 fn error_of(resp: &pb::InvokeResponse) -> (String, String) {
     let v: serde_json::Value = serde_json::from_slice(&resp.payload).unwrap_or_default();
     let t = v["errorType"]
@@ -121,6 +167,7 @@ impl ControllerNode {
                 _ => Ok::<_, RegistryError>(view),
             }
         });
+        let mut destination = None;
         let step = match resolved {
             Err(e) => {
                 // The function or qualifier was deleted: the event has no
@@ -142,7 +189,10 @@ impl ControllerNode {
                     invocation_type: pb::InvocationType::RequestResponse as i32,
                     log_type: pb::LogType::LogNone as i32,
                 };
-                let outcome = match self.execute(req, view, true, ev.request_id.clone()).await {
+                let outcome = match self
+                    .execute(req, view.clone(), true, ev.request_id.clone())
+                    .await
+                {
                     Ok(r) if r.function_error.is_empty() => Attempt::Success,
                     Ok(r) => {
                         let (error_type, message) = error_of(&r);
@@ -163,6 +213,10 @@ impl ControllerNode {
                 self.metrics.async_event("dispatched");
                 let throttled = matches!(outcome, Attempt::SystemError { .. });
                 let step = next_step(ev.clone(), outcome, policy, now_ms());
+                let target = &view.config.async_config.dead_letter_target;
+                if let (Step::DeadLetter(d), false) = (&step, target.is_empty()) {
+                    destination = Some(failure_record(d, &view, target));
+                }
                 self.metrics.async_event(match &step {
                     Step::Done => "succeeded",
                     Step::Retry(_) if throttled => "throttled",
@@ -177,9 +231,18 @@ impl ControllerNode {
                 step
             }
         };
-        let cmd = Command::EventStep {
+        let step_cmd = Command::EventStep {
             request_id: ev.request_id.clone(),
             step,
+        };
+        // The on-failure destination's event commits with the step, or not
+        // at all.
+        let cmd = match destination {
+            Some(dest) => {
+                self.metrics.async_event("sent_to_destination");
+                Command::Batch(vec![step_cmd, Command::EnqueueEvent(dest)])
+            }
+            None => step_cmd,
         };
         if let Err(e) = self.write(cmd).await {
             // Not committed: the event stays queued and runs again (here or

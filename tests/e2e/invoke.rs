@@ -843,13 +843,15 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 /// 300 ms: the CLI prints the request id once the event is durable; a
 /// function that always fails runs exactly 3 times under that one request
 /// id, spaced w then 2w, then leaves one dead letter (RetriesExhausted,
-/// 3 attempts, the error, the original payload); a redrive runs it again
+/// 3 attempts, the error, the original payload) and Lambda's failure
+/// record at the on-failure destination function; a redrive runs it again
 /// with a fresh count; a succeeding function runs once; unknown function,
 /// oversized payload and unknown redrive ids are refused.
 #[test]
 fn async_events_retry_then_dead_letter_and_redrive() {
     let p = Platform::start_with(&[("NUBO_ASYNC_BASE_WAIT_MS", "300")]);
-    probe(&p, "failing", "fail", &[]);
+    probe(&p, "sink", "record", &[]);
+    probe(&p, "failing", "fail", &["--dead-letter-target", "sink"]);
     let id = p
         .ok(&[
             "invoke",
@@ -873,6 +875,23 @@ fn async_events_retry_then_dead_letter_and_redrive() {
     let logs = p.ok(&["logs", "failing", "--limit", "5000"]);
     let starts = logs.matches(&format!("START RequestId: {id}")).count();
     assert_eq!(starts, 3, "exactly three attempts:\n{logs}");
+    // The on-failure destination got Lambda's record of the failure.
+    let record: Value = wait_for("the destination record", 20, || {
+        let logs = p.ok(&["logs", "sink", "--limit", "5000"]);
+        logs.lines()
+            .find_map(|l| l.split("EVENT ").nth(1))
+            .and_then(|j| serde_json::from_str(j).ok())
+    });
+    assert_eq!(
+        record["requestContext"]["requestId"],
+        id.as_str(),
+        "{record}"
+    );
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(record["requestPayload"]["message"], "nope");
+    assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(record["responsePayload"]["errorType"], "ValueError");
     let status: Value =
         serde_json::from_str(&p.ok(&["async", "status", "failing", "-o", "json"])).unwrap();
     assert_eq!(status["dead_letters"], 1);

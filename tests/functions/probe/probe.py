@@ -221,3 +221,10 @@ def log(event, context):
 def crash(event, context):
     """Kill the runtime process mid-invocation."""
     os._exit(3)
+
+
+def record(event, context):
+    """Print the event as one JSON line (tests read it back from the log)."""
+    import json
+    print("EVENT " + json.dumps(event, sort_keys=True))
+    return {"recorded": True}
