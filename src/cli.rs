@@ -182,6 +182,9 @@ pub struct ConfigFlags {
     /// Function that receives events which exhausted their retries.
     #[arg(long, value_name = "FUNCTION")]
     pub dead_letter_target: Option<String>,
+    /// Function that receives the result of each successful async event.
+    #[arg(long, value_name = "FUNCTION")]
+    pub on_success_target: Option<String>,
     /// Network access of the sandbox.
     #[arg(long, value_enum)]
     pub network: Option<Network>,
@@ -491,6 +494,7 @@ impl ConfigFlags {
             && self.max_retry_attempts.is_none()
             && self.max_event_age.is_none()
             && self.dead_letter_target.is_none()
+            && self.on_success_target.is_none()
             && self.network.is_none()
     }
 
@@ -498,11 +502,13 @@ impl ConfigFlags {
         let async_config = if self.max_retry_attempts.is_some()
             || self.max_event_age.is_some()
             || self.dead_letter_target.is_some()
+            || self.on_success_target.is_some()
         {
             Some(pb::AsyncConfig {
                 maximum_retry_attempts: self.max_retry_attempts,
                 maximum_event_age_seconds: self.max_event_age,
                 dead_letter_target: self.dead_letter_target.clone().unwrap_or_default(),
+                on_success_target: self.on_success_target.clone().unwrap_or_default(),
             })
         } else {
             None
@@ -1665,6 +1671,7 @@ pub fn config_json(c: &pb::FunctionConfiguration) -> Value {
         "maximum_retry_attempts": c.maximum_retry_attempts,
         "maximum_event_age_seconds": c.maximum_event_age_seconds,
         "dead_letter_target": c.dead_letter_target,
+        "on_success_target": c.on_success_target,
         "code_sha256": c.code_sha256,
         "code_size": c.code_size,
         "revision_id": c.revision_id,
@@ -1768,6 +1775,7 @@ fn config_pairs(c: &pb::FunctionConfiguration) -> Vec<(String, String)> {
             format!("{} s", c.maximum_event_age_seconds),
         ),
         ("dead_letter_target".into(), c.dead_letter_target.clone()),
+        ("on_success_target".into(), c.on_success_target.clone()),
         ("code_sha256".into(), c.code_sha256.clone()),
         (
             "code_size".into(),

@@ -139,6 +139,7 @@ fn config_to_pb(v: &ConfigView) -> pb::FunctionConfiguration {
         maximum_retry_attempts: c.async_config.maximum_retry_attempts,
         maximum_event_age_seconds: c.async_config.maximum_event_age_seconds,
         dead_letter_target: c.async_config.dead_letter_target.clone(),
+        on_success_target: c.async_config.on_success_target.clone(),
         code_sha256: c.code_sha256.clone(),
         code_size: c.code_size,
         revision_id: v.revision_id.clone(),
@@ -183,6 +184,7 @@ fn patch_from(c: &pb::FunctionConfig) -> ConfigPatch {
         maximum_retry_attempts: a.maximum_retry_attempts,
         maximum_event_age_seconds: a.maximum_event_age_seconds,
         dead_letter_target: non_empty(&a.dead_letter_target),
+        on_success_target: non_empty(&a.on_success_target),
         egress: c.set_egress.or(c.egress.then_some(true)),
         min_warm: c.min_warm,
     }

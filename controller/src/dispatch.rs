@@ -63,6 +63,41 @@ fn failure_record(d: &crate::asyncq::DeadLetter, view: &ConfigView, target: &str
             "errorMessage": d.error_message,
         },
     });
+    destination_event(target, record, now)
+}
+
+/// Lambda's destination record of a successful event.
+fn success_record(ev: &AsyncEvent, view: &ConfigView, target: &str, result: &[u8]) -> AsyncEvent {
+    let now = now_ms();
+    let payload: serde_json::Value =
+        serde_json::from_str(&ev.payload).unwrap_or(serde_json::Value::String(ev.payload.clone()));
+    let response: serde_json::Value = serde_json::from_slice(result).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(result).into_owned())
+    });
+    let record = serde_json::json!({
+        "version": "1.0",
+        "timestamp": crate::api::rfc3339(now),
+        "requestContext": {
+            "requestId": ev.request_id,
+            "functionArn": format!(
+                "arn:aws:lambda:local:000000000000:function:{}:{}",
+                ev.function, ev.qualifier
+            ),
+            "condition": "Success",
+            "approximateInvokeCount": ev.attempts + 1,
+        },
+        "requestPayload": payload,
+        "responseContext": {
+            "statusCode": 200,
+            "executedVersion": view.version,
+        },
+        "responsePayload": response,
+    });
+    destination_event(target, record, now)
+}
+
+/// A destination record as an async event for the destination function.
+fn destination_event(target: &str, record: serde_json::Value, now: u64) -> AsyncEvent {
     AsyncEvent {
         request_id: new_request_id(),
         function: target.to_string(),
@@ -189,11 +224,15 @@ impl ControllerNode {
                     invocation_type: pb::InvocationType::RequestResponse as i32,
                     log_type: pb::LogType::LogNone as i32,
                 };
+                let mut result = None;
                 let outcome = match self
                     .execute(req, view.clone(), true, ev.request_id.clone())
                     .await
                 {
-                    Ok(r) if r.function_error.is_empty() => Attempt::Success,
+                    Ok(r) if r.function_error.is_empty() => {
+                        result = Some(r.payload);
+                        Attempt::Success
+                    }
                     Ok(r) => {
                         let (error_type, message) = error_of(&r);
                         Attempt::FunctionError {
@@ -213,9 +252,20 @@ impl ControllerNode {
                 self.metrics.async_event("dispatched");
                 let throttled = matches!(outcome, Attempt::SystemError { .. });
                 let step = next_step(ev.clone(), outcome, policy, now_ms());
-                let target = &view.config.async_config.dead_letter_target;
-                if let (Step::DeadLetter(d), false) = (&step, target.is_empty()) {
-                    destination = Some(failure_record(d, &view, target));
+                let a = &view.config.async_config;
+                match &step {
+                    Step::DeadLetter(d) if !a.dead_letter_target.is_empty() => {
+                        destination = Some(failure_record(d, &view, &a.dead_letter_target));
+                    }
+                    Step::Done if !a.on_success_target.is_empty() => {
+                        destination = Some(success_record(
+                            &ev,
+                            &view,
+                            &a.on_success_target,
+                            result.as_deref().unwrap_or(b"null"),
+                        ));
+                    }
+                    _ => {}
                 }
                 self.metrics.async_event(match &step {
                     Step::Done => "succeeded",

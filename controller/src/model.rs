@@ -34,6 +34,9 @@ pub struct AsyncConfig {
     pub maximum_retry_attempts: u32,
     pub maximum_event_age_seconds: u32,
     pub dead_letter_target: String,
+    /// Function that receives Lambda's success record of each async event.
+    #[serde(default)]
+    pub on_success_target: String,
 }
 
 impl Default for AsyncConfig {
@@ -42,6 +45,7 @@ impl Default for AsyncConfig {
             maximum_retry_attempts: 2,
             maximum_event_age_seconds: 21_600,
             dead_letter_target: String::new(),
+            on_success_target: String::new(),
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct ConfigPatch {
     pub maximum_retry_attempts: Option<u32>,
     pub maximum_event_age_seconds: Option<u32>,
     pub dead_letter_target: Option<String>,
+    #[serde(default)]
+    pub on_success_target: Option<String>,
     pub egress: Option<bool>,
     #[serde(default)]
     pub min_warm: Option<u32>,
@@ -103,6 +109,9 @@ impl ConfigPatch {
         }
         if let Some(v) = &self.dead_letter_target {
             c.async_config.dead_letter_target = v.clone();
+        }
+        if let Some(v) = &self.on_success_target {
+            c.async_config.on_success_target = v.clone();
         }
         if let Some(v) = self.egress {
             c.egress = v;

@@ -456,6 +456,14 @@ pub fn config_patch(p: &ConfigPatch, limits: &Limits) -> Result<(), RegistryErro
     if let Some(d) = &p.dead_letter_target {
         dead_letter_target(d)?;
     }
+    if let Some(d) = &p.on_success_target {
+        dead_letter_target(d).map_err(|e| {
+            RegistryError::invalid(
+                e.to_string()
+                    .replace("dead_letter_target", "on_success_target"),
+            )
+        })?;
+    }
     Ok(())
 }
 
@@ -481,6 +489,12 @@ pub fn full_config(c: &FunctionConfig, limits: &Limits) -> Result<(), RegistryEr
     min_warm(c.min_warm)?;
     maximum_event_age_seconds(c.async_config.maximum_event_age_seconds)?;
     dead_letter_target(&c.async_config.dead_letter_target)?;
+    dead_letter_target(&c.async_config.on_success_target).map_err(|e| {
+        RegistryError::invalid(
+            e.to_string()
+                .replace("dead_letter_target", "on_success_target"),
+        )
+    })?;
     Ok(())
 }
 

@@ -905,7 +905,8 @@ fn async_events_retry_then_dead_letter_and_redrive() {
             .then_some(())
     });
 
-    probe(&p, "echoing", "echo", &[]);
+    probe(&p, "okays", "record", &[]);
+    probe(&p, "echoing", "echo", &["--on-success-target", "okays"]);
     let ok_id = p
         .ok(&["invoke", "echoing", "--async", "--payload", r#"{"k":1}"#])
         .trim()
@@ -916,6 +917,19 @@ fn async_events_retry_then_dead_letter_and_redrive() {
             .then_some(())
     });
     assert!(dead_letters(&p, "echoing").is_empty());
+    let ok: Value = wait_for("the success record", 20, || {
+        let logs = p.ok(&["logs", "okays", "--limit", "5000"]);
+        logs.lines()
+            .find_map(|l| l.split("EVENT ").nth(1))
+            .and_then(|j| serde_json::from_str(j).ok())
+    });
+    assert_eq!(ok["requestContext"]["requestId"], ok_id.as_str(), "{ok}");
+    assert_eq!(ok["requestContext"]["condition"], "Success");
+    assert_eq!(ok["requestPayload"]["k"], 1);
+    assert_eq!(
+        ok["responsePayload"]["event"]["k"], 1,
+        "the function's result"
+    );
 
     let out = p.cli(&["invoke", "nope", "--async"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"));
