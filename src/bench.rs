@@ -65,6 +65,28 @@ impl Drop for Controller {
     }
 }
 
+/// A server process stopped with SIGTERM when dropped (a worker destroys
+/// its sandboxes on the way out), killed if it takes over 30 s.
+pub(crate) struct Graceful(pub Child);
+
+impl Drop for Graceful {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -315,7 +337,7 @@ pub(crate) async fn wait_ready(ports: &[u16]) -> anyhow::Result<u64> {
     }
 }
 
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     for line in s.lines() {
         if let Some(v) = line.strip_prefix("VmRSS:") {

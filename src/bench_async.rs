@@ -5,7 +5,7 @@
 //! second with 64 clients, and the end-to-end drain of 10,000 events into a
 //! no-op function, beside the same-run fsync floor.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,29 +17,8 @@ use tonic::transport::Channel;
 
 use crate::bench::{
     authed, channel, free_port, fsync_floor, ms, pct, spawn_controller, wait_ready, write_section,
-    BenchArgs, SECRET,
+    BenchArgs, Graceful, SECRET,
 };
-
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // SIGTERM: the worker destroys its sandboxes.
-        // SAFETY: kill(2) on the pid of our own unreaped child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn event(n: u64) -> tonic::Request<pb::InvokeRequest> {
     authed(pb::InvokeRequest {
@@ -141,7 +120,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .stderr(Stdio::from(std::fs::File::create(
         dir.path().join("worker.log"),
     )?));
-    let _worker = Worker(w.spawn()?);
+    let _worker = Graceful(w.spawn()?);
     let ch = channel(lport).await?;
     {
         // The no-op function, created through the leader.

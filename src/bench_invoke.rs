@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,28 +17,9 @@ use nubo_proto::v1 as pb;
 use pb::invocations_client::InvocationsClient;
 use tonic::transport::Channel;
 
-use crate::bench::{authed, echo_floor, ms, pct, write_section, BenchArgs, TOKEN};
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        // SIGTERM: the worker destroys its sandboxes on the way out.
-        // SAFETY: kill(2) on the pid of our own unreaped child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::bench::{
+    authed, echo_floor, free_port, ms, pct, rss_kb, write_section, BenchArgs, Graceful, TOKEN,
+};
 
 /// The benchmark function: returns its event; sleeps when asked (to hold
 /// sandboxes busy while the memory figure builds 200 of them).
@@ -175,17 +156,6 @@ fn pss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 /// Children of every thread of `pid` (a child is listed under the thread
 /// that forked it).
 fn children(pid: u32) -> Vec<u32> {
@@ -277,7 +247,7 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
         )?))
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    let up = Up(child);
+    let up = Graceful(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     if !line.starts_with("ready") {
@@ -407,7 +377,7 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
     eprintln!("bench: memory with {n} idle sandboxes...");
     let up_pid = up.0.id();
     create(&mut fns, "mem").await?;
-    let before_rss = rss_kb(up_pid);
+    let before_rss = rss_kb(up_pid).unwrap_or(0);
     let mut calls = Vec::new();
     for _ in 0..n {
         let mut c = inv.clone();
@@ -432,7 +402,7 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
         .collect();
     let py_pss: u64 = pythons.iter().map(|p| pss_kb(*p)).sum();
     let crun_pss: u64 = cruns.iter().map(|p| pss_kb(*p)).sum();
-    let after_rss = rss_kb(up_pid);
+    let after_rss = rss_kb(up_pid).unwrap_or(0);
     let sandboxes = pythons.len().max(1) as f64;
     let per_sandbox_kb = (py_pss + crun_pss) as f64 / sandboxes
         + (after_rss.saturating_sub(before_rss)) as f64 / sandboxes;
@@ -507,11 +477,4 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
             .map(|d| d.join(name))
             .find(|f| f.is_file())
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(7790)
 }

@@ -41,6 +41,32 @@ pub struct AsyncEvent {
     pub last_error_message: String,
 }
 
+impl AsyncEvent {
+    /// A new event, due at once, never attempted.
+    pub fn new(
+        request_id: String,
+        function: String,
+        qualifier: String,
+        payload: String,
+        now_ms: u64,
+    ) -> AsyncEvent {
+        AsyncEvent {
+            request_id,
+            function,
+            qualifier,
+            payload,
+            enqueued_ms: now_ms,
+            due_ms: now_ms,
+            attempts: 0,
+            system_failures: 0,
+            first_attempt_ms: 0,
+            last_attempt_ms: 0,
+            last_error_type: String::new(),
+            last_error_message: String::new(),
+        }
+    }
+}
+
 /// Why an event went to the dead-letter queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Condition {
@@ -296,20 +322,13 @@ impl Queues {
         q.extend(staying);
         let n = moving.len();
         for d in moving {
-            self.enqueue(AsyncEvent {
-                request_id: d.request_id,
-                function: d.function,
-                qualifier: d.qualifier,
-                payload: d.payload,
-                enqueued_ms: now_ms,
-                due_ms: now_ms,
-                attempts: 0,
-                system_failures: 0,
-                first_attempt_ms: 0,
-                last_attempt_ms: 0,
-                last_error_type: String::new(),
-                last_error_message: String::new(),
-            });
+            self.enqueue(AsyncEvent::new(
+                d.request_id,
+                d.function,
+                d.qualifier,
+                d.payload,
+                now_ms,
+            ));
         }
         Ok(n)
     }
@@ -336,20 +355,13 @@ mod tests {
     const W: u64 = 1_000;
 
     fn event(id: &str, t: u64) -> AsyncEvent {
-        AsyncEvent {
-            request_id: id.into(),
-            function: "f".into(),
-            qualifier: "$LATEST".into(),
-            payload: "{\"k\":1}".into(),
-            enqueued_ms: t,
-            due_ms: t,
-            attempts: 0,
-            system_failures: 0,
-            first_attempt_ms: 0,
-            last_attempt_ms: 0,
-            last_error_type: String::new(),
-            last_error_message: String::new(),
-        }
+        AsyncEvent::new(
+            id.into(),
+            "f".into(),
+            "$LATEST".into(),
+            "{\"k\":1}".into(),
+            t,
+        )
     }
 
     fn policy(retries: u32) -> Policy {

@@ -22,15 +22,10 @@ use crate::node::ControllerNode;
 /// An event id derived from the client's request id, so a retried
 /// submission names (and, through the idempotent write, is) the same event.
 fn event_id(client_rid: &str) -> String {
-    let h = hex::encode(sha2::Sha256::digest(client_rid.as_bytes()));
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let d = sha2::Sha256::digest(client_rid.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    crate::invoke::uuid_form(&b)
 }
 
 /// Lambda's destination record for an event that failed for good, as an
@@ -98,20 +93,13 @@ fn success_record(ev: &AsyncEvent, view: &ConfigView, target: &str, result: &[u8
 
 /// A destination record as an async event for the destination function.
 fn destination_event(target: &str, record: serde_json::Value, now: u64) -> AsyncEvent {
-    AsyncEvent {
-        request_id: new_request_id(),
-        function: target.to_string(),
-        qualifier: crate::model::LATEST.into(),
-        payload: record.to_string(),
-        enqueued_ms: now,
-        due_ms: now,
-        attempts: 0,
-        system_failures: 0,
-        first_attempt_ms: 0,
-        last_attempt_ms: 0,
-        last_error_type: String::new(),
-        last_error_message: String::new(),
-    }
+    AsyncEvent::new(
+        new_request_id(),
+        target.to_string(),
+        crate::model::LATEST.into(),
+        record.to_string(),
+        now,
+    )
 }
 
 fn error_of(resp: &pb::InvokeResponse) -> (String, String) {
@@ -156,20 +144,13 @@ impl ControllerNode {
             .map(event_id)
             .unwrap_or_else(new_request_id);
         let now = now_ms();
-        let ev = AsyncEvent {
-            request_id: request_id.clone(),
-            function: view.function_name.clone(),
-            qualifier: qualifier.to_string(),
+        let ev = AsyncEvent::new(
+            request_id.clone(),
+            view.function_name.clone(),
+            qualifier.to_string(),
             payload,
-            enqueued_ms: now,
-            due_ms: now,
-            attempts: 0,
-            system_failures: 0,
-            first_attempt_ms: 0,
-            last_attempt_ms: 0,
-            last_error_type: String::new(),
-            last_error_message: String::new(),
-        };
+            now,
+        );
         self.write_with_id(
             Command::EnqueueEvent(ev),
             client_rid.map(|r| format!("event:{r}")),
@@ -187,21 +168,8 @@ impl ControllerNode {
 
     /// Runs one attempt of a queued event and commits its next step.
     async fn attempt(&self, ev: AsyncEvent) {
-        let resolved = self.with_registry(|r| {
-            let (view, alias) = r.get(&ev.function, &ev.qualifier)?;
-            // Alias weights hold per attempt, as for direct calls.
-            match alias {
-                Some(a) if !a.routing.is_empty() => {
-                    let v = crate::invoke::route(&a.function_version, &a.routing);
-                    if v == view.version {
-                        Ok(view)
-                    } else {
-                        Ok(r.get(&ev.function, &v)?.0)
-                    }
-                }
-                _ => Ok::<_, RegistryError>(view),
-            }
-        });
+        // Alias weights hold per attempt, as for direct calls.
+        let resolved = self.resolve_routed(&ev.function, &ev.qualifier);
         let mut destination = None;
         let step = match resolved {
             Err(e) => {
@@ -369,6 +337,13 @@ fn record_pb(d: &crate::asyncq::DeadLetter) -> pb::DeadLetterRecord {
 }
 
 impl ControllerNode {
+    /// A valid name of a function that exists (on this node's registry).
+    fn existing_function(&self, name: &str) -> Result<(), ApiError> {
+        crate::validate::function_name(name)?;
+        self.with_registry(|reg| reg.function(name).map(|_| ()))?;
+        Ok(())
+    }
+
     pub async fn list_dead_letters(
         &self,
         r: pb::DeadLettersRequest,
@@ -407,7 +382,7 @@ impl ControllerNode {
             )
             .into());
         }
-        self.with_registry(|reg| reg.function(&r.function_name).map(|_| ()))?;
+        self.existing_function(&r.function_name)?;
         let ids = (!r.all).then_some(r.request_ids);
         let out = self
             .write(Command::DlqRedrive {
@@ -426,8 +401,7 @@ impl ControllerNode {
         &self,
         r: pb::DeadLettersRequest,
     ) -> Result<pb::CountResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
-        self.with_registry(|reg| reg.function(&r.function_name).map(|_| ()))?;
+        self.existing_function(&r.function_name)?;
         let out = self
             .write(Command::DlqPurge {
                 function: r.function_name,

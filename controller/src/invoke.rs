@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use nubo_proto::v1 as pb;
 use rand::Rng;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
@@ -78,6 +77,11 @@ impl Drop for Slot<'_> {
 
 pub fn new_request_id() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
+    uuid_form(&b)
+}
+
+/// 16 bytes in the 8-4-4-4-12 form Lambda's request ids have.
+pub(crate) fn uuid_form(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
     format!(
         "{}-{}-{}-{}-{}",
@@ -90,7 +94,7 @@ pub fn new_request_id() -> String {
 }
 
 /// Picks the version an alias routes this call to.
-pub(crate) fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> String {
+fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> String {
     let x: f64 = rand::thread_rng().gen();
     let mut acc = 0.0;
     for (v, w) in weights {
@@ -120,10 +124,7 @@ fn spec_of(v: &ConfigView) -> pb::FunctionSpec {
 }
 
 fn with_secret<T>(msg: T, secret: &str, timeout: Duration) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Ok(v) = MetadataValue::try_from(secret) {
-        r.metadata_mut().insert(nubo_proto::SECRET_HEADER, v);
-    }
+    let mut r = nubo_proto::with_secret(msg, secret);
     r.set_timeout(timeout);
     r
 }
@@ -137,6 +138,29 @@ fn not_sent(s: &tonic::Status) -> bool {
 }
 
 impl ControllerNode {
+    /// Resolves `function:qualifier` on the local registry (no Raft round
+    /// trip); an alias with weights routes each call by them.
+    pub(crate) fn resolve_routed(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<ConfigView, RegistryError> {
+        self.with_registry(|r| {
+            let (view, alias) = r.get(function, qualifier)?;
+            match alias {
+                Some(a) if !a.routing.is_empty() => {
+                    let v = route(&a.function_version, &a.routing);
+                    if v == view.version {
+                        Ok(view)
+                    } else {
+                        Ok(r.get(function, &v)?.0)
+                    }
+                }
+                _ => Ok(view),
+            }
+        })
+    }
+
     pub(crate) fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
@@ -181,20 +205,7 @@ impl ControllerNode {
         };
         // Resolve on the local registry: the newest applied state, no
         // Raft round trip. An alias routes each call by its weights.
-        let view = self.with_registry(|r| -> Result<ConfigView, RegistryError> {
-            let (view, alias) = r.get(&req.function_name, &qualifier)?;
-            match alias {
-                Some(a) if !a.routing.is_empty() => {
-                    let v = route(&a.function_version, &a.routing);
-                    if v == view.version {
-                        Ok(view)
-                    } else {
-                        Ok(r.get(&req.function_name, &v)?.0)
-                    }
-                }
-                _ => Ok(view),
-            }
-        })?;
+        let view = self.resolve_routed(&req.function_name, &qualifier)?;
         let invocation_type = pb::InvocationType::try_from(req.invocation_type)
             .map_err(|_| RegistryError::invalid("unknown invocation type"))?;
         match invocation_type {

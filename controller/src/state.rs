@@ -849,19 +849,8 @@ mod tests {
         use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
         let mut r = Registry::default();
         create(&mut r, 1, "f", "s1").unwrap();
-        let ev = |id: &str, f: &str| AsyncEvent {
-            request_id: id.into(),
-            function: f.into(),
-            qualifier: "$LATEST".into(),
-            payload: "{}".into(),
-            enqueued_ms: 5,
-            due_ms: 5,
-            attempts: 0,
-            system_failures: 0,
-            first_attempt_ms: 0,
-            last_attempt_ms: 0,
-            last_error_type: String::new(),
-            last_error_message: String::new(),
+        let ev = |id: &str, f: &str| {
+            AsyncEvent::new(id.into(), f.into(), "$LATEST".into(), "{}".into(), 5)
         };
         assert!(matches!(
             r.apply(2, Command::EnqueueEvent(ev("x", "nope"))),

@@ -7,6 +7,15 @@ pub mod v1 {
 /// controller-to-worker calls.
 pub const SECRET_HEADER: &str = "x-nubo-cluster-secret";
 
+/// A request carrying the cluster secret.
+pub fn with_secret<T>(msg: T, secret: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(secret) {
+        r.metadata_mut().insert(SECRET_HEADER, v);
+    }
+    r
+}
+
 /// Constant-time comparison of a presented secret with the expected one.
 pub fn secret_matches(got: &str, want: &str) -> bool {
     got.len() == want.len()

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use nubo_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -77,13 +76,7 @@ fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .map_err(|e| format!("bad controller address {addr:?}: {e}"))
 }
 
-fn with_secret<T>(msg: T, secret: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    if let Ok(v) = MetadataValue::try_from(secret) {
-        r.metadata_mut().insert(nubo_proto::SECRET_HEADER, v);
-    }
-    r
-}
+use nubo_proto::with_secret;
 
 /// Code comes from whichever controller answers first (they all hold every
 /// package the registry references, or fetch it from a peer).
