@@ -346,6 +346,81 @@ impl Queues {
             .filter_map(|(_, id)| self.events.get(id))
             .collect()
     }
+
+    /// One pass of the dispatcher over the due events, earliest first:
+    /// skips those `busy` (attempt in flight), asks `admit` about each
+    /// other one, and stops after `want` runnable events or `max_scan`
+    /// events looked at. Events held back do not stop the pass, so one
+    /// throttled function cannot starve the others.
+    pub fn plan(
+        &self,
+        now_ms: u64,
+        want: usize,
+        max_scan: usize,
+        busy: impl Fn(&str) -> bool,
+        mut admit: impl FnMut(&AsyncEvent) -> Admit,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        for (due, id) in &self.due {
+            if *due > now_ms || plan.run.len() >= want || plan.scanned >= max_scan {
+                break;
+            }
+            plan.scanned += 1;
+            if busy(id) {
+                continue;
+            }
+            let Some(ev) = self.events.get(id) else {
+                continue;
+            };
+            match admit(ev) {
+                Admit::Run { reserved } => plan.run.push((ev.clone(), reserved)),
+                Admit::Hold => plan.held += 1,
+                Admit::Expire if plan.expired.len() < want.max(1) => plan.expired.push(ev.clone()),
+                Admit::Expire => plan.held += 1,
+            }
+        }
+        plan
+    }
+}
+
+/// The dispatcher's decision about one due event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Attempt it now; `reserved` when a reserved-concurrency slot was
+    /// taken for it.
+    Run { reserved: bool },
+    /// Its function has no room: leave it queued (no attempt, no write).
+    Hold,
+    /// Held past its maximum age: dead-letter it (`EventAgeExceeded`).
+    Expire,
+}
+
+/// The outcome of [`Queues::plan`].
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub run: Vec<(AsyncEvent, bool)>,
+    pub expired: Vec<AsyncEvent>,
+    /// Due events held back for lack of room.
+    pub held: usize,
+    /// Due events looked at.
+    pub scanned: usize,
+}
+
+/// Whether an event held back since `ev.enqueued_ms` is past its maximum
+/// age at `now_ms`.
+pub fn past_age(ev: &AsyncEvent, maximum_event_age_ms: u64, now_ms: u64) -> bool {
+    now_ms >= ev.enqueued_ms.saturating_add(maximum_event_age_ms)
+}
+
+/// The dead letter of an event that waited for room (throttled) until its
+/// maximum age: `EventAgeExceeded`, its attempts so far, the throttle as
+/// the last error unless a function error came before it.
+pub fn expire_throttled(mut ev: AsyncEvent, reason: &str, now_ms: u64) -> DeadLetter {
+    if ev.last_error_type.is_empty() {
+        ev.last_error_type = "Throttled".into();
+        ev.last_error_message = reason.to_string();
+    }
+    dead(ev, Condition::EventAgeExceeded, now_ms)
 }
 
 #[cfg(test)]
@@ -475,6 +550,70 @@ mod tests {
             panic!()
         };
         assert_eq!(e.due_ms, SYSTEM_BACKOFF_MAX_MS, "capped at 5 minutes");
+    }
+
+    /// A function with no room is held without blocking the others, in
+    /// due order; busy events are skipped; past its age a held event
+    /// expires with the throttle as its error.
+    #[test]
+    fn plan_holds_throttled_functions_without_starving_others() {
+        let mut q = Queues::default();
+        for i in 0..5 {
+            let mut e = event(&format!("t{i}"), i);
+            e.function = "throttled".into();
+            q.enqueue(e);
+        }
+        q.enqueue(event("a", 10));
+        q.enqueue(event("b", 11));
+        q.enqueue(event("c", 12));
+        let plan = q.plan(
+            100,
+            10,
+            1000,
+            |id| id == "b",
+            |ev| {
+                if ev.request_id == "t0" {
+                    Admit::Expire
+                } else if ev.function == "throttled" {
+                    Admit::Hold
+                } else {
+                    Admit::Run { reserved: false }
+                }
+            },
+        );
+        let run: Vec<&str> = plan
+            .run
+            .iter()
+            .map(|(e, _)| e.request_id.as_str())
+            .collect();
+        assert_eq!(run, vec!["a", "c"]);
+        assert_eq!(plan.held, 4);
+        assert_eq!(plan.expired.len(), 1);
+        assert_eq!(plan.scanned, 8);
+        // `want` and `max_scan` bound a pass.
+        let p = q.plan(100, 1, 1000, |_| false, |_| Admit::Run { reserved: true });
+        assert_eq!(p.run.len(), 1);
+        assert!(p.run[0].1);
+        let p = q.plan(100, 10, 3, |_| false, |_| Admit::Hold);
+        assert_eq!((p.scanned, p.held), (3, 3));
+        // Not yet due: not looked at.
+        assert_eq!(q.plan(2, 10, 100, |_| false, |_| Admit::Hold).scanned, 3);
+
+        assert!(!past_age(&event("x", 1_000), 60_000, 60_999));
+        assert!(past_age(&event("x", 1_000), 60_000, 61_000));
+        let d = expire_throttled(event("x", 0), "reserved concurrency 0", 70_000);
+        assert_eq!(d.condition, Condition::EventAgeExceeded);
+        assert_eq!(d.attempts, 0);
+        assert_eq!(
+            (d.error_type.as_str(), d.error_message.as_str()),
+            ("Throttled", "reserved concurrency 0")
+        );
+        // A function error seen before the throttling stays the last error.
+        let mut e = event("y", 0);
+        e.attempts = 1;
+        e.last_error_type = "ValueError".into();
+        let d = expire_throttled(e, "throttled", 70_000);
+        assert_eq!((d.attempts, d.error_type.as_str()), (1, "ValueError"));
     }
 
     /// Error messages are cut to 1 KB on a character boundary.

@@ -13,9 +13,10 @@ use nubo_proto::v1 as pb;
 use sha2::Digest;
 
 use crate::api::now_ms;
-use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
+use crate::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
 use crate::error::{ApiError, RegistryError};
 use crate::invoke::new_request_id;
+use crate::invoke::Slot;
 use crate::model::{Command, ConfigView};
 use crate::node::ControllerNode;
 
@@ -166,95 +167,116 @@ impl ControllerNode {
         })
     }
 
-    /// Runs one attempt of a queued event and commits its next step.
-    async fn attempt(&self, ev: AsyncEvent) {
+    /// Runs one attempt of a queued event and commits its next step;
+    /// `slot_held` when the dispatcher took a reserved-concurrency slot.
+    async fn attempt(&self, ev: AsyncEvent, slot_held: bool) {
         // Alias weights hold per attempt, as for direct calls.
-        let resolved = self.resolve_routed(&ev.function, &ev.qualifier);
-        let mut destination = None;
-        let step = match resolved {
+        let view = match self.resolve_routed(&ev.function, &ev.qualifier) {
+            Ok(v) => v,
             Err(e) => {
                 // The function or qualifier was deleted: the event has no
                 // one to run it (Lambda discards it too).
                 tracing::warn!(event = %ev.request_id, "async event dropped: {e}");
-                Step::Done
-            }
-            Ok(view) => {
-                let a = &view.config.async_config;
-                let policy = Policy {
-                    maximum_retry_attempts: a.maximum_retry_attempts,
-                    maximum_event_age_ms: a.maximum_event_age_seconds as u64 * 1000,
-                    base_wait_ms: self.config.async_base_wait_ms,
-                };
-                let req = pb::InvokeRequest {
-                    function_name: ev.function.clone(),
-                    qualifier: ev.qualifier.clone(),
-                    payload: ev.payload.clone().into_bytes(),
-                    invocation_type: pb::InvocationType::RequestResponse as i32,
-                    log_type: pb::LogType::LogNone as i32,
-                };
-                let mut result = None;
-                let outcome = match self
-                    .execute(req, view.clone(), true, ev.request_id.clone())
-                    .await
-                {
-                    Ok(r) if r.function_error.is_empty() => {
-                        result = Some(r.payload);
-                        Attempt::Success
-                    }
-                    Ok(r) => {
-                        let (error_type, message) = error_of(&r);
-                        Attempt::FunctionError {
-                            error_type,
-                            message,
-                        }
-                    }
-                    Err(ApiError::Throttled(m)) => Attempt::SystemError {
-                        error_type: "Throttled".into(),
-                        message: m,
-                    },
-                    Err(e) => Attempt::SystemError {
-                        error_type: "ServiceError".into(),
-                        message: e.to_string(),
-                    },
-                };
-                self.metrics.async_event("dispatched");
-                let throttled = matches!(outcome, Attempt::SystemError { .. });
-                let step = next_step(ev.clone(), outcome, policy, now_ms());
-                let a = &view.config.async_config;
-                match &step {
-                    Step::DeadLetter(d) if !a.dead_letter_target.is_empty() => {
-                        destination = Some(failure_record(d, &view, &a.dead_letter_target));
-                    }
-                    Step::Done if !a.on_success_target.is_empty() => {
-                        destination = Some(success_record(
-                            &ev,
-                            &view,
-                            &a.on_success_target,
-                            result.as_deref().unwrap_or(b"null"),
-                        ));
-                    }
-                    _ => {}
-                }
-                self.metrics.async_event(match &step {
-                    Step::Done => "succeeded",
-                    Step::Retry(_) if throttled => "throttled",
-                    Step::Retry(_) => "retried",
-                    Step::DeadLetter(d)
-                        if d.condition == crate::asyncq::Condition::EventAgeExceeded =>
-                    {
-                        "expired"
-                    }
-                    Step::DeadLetter(_) => "dead_lettered",
-                });
-                step
+                self.commit_step(&ev, Step::Done, None).await;
+                return;
             }
         };
+        let a = &view.config.async_config;
+        let policy = Policy {
+            maximum_retry_attempts: a.maximum_retry_attempts,
+            maximum_event_age_ms: a.maximum_event_age_seconds as u64 * 1000,
+            base_wait_ms: self.config.async_base_wait_ms,
+        };
+        let req = pb::InvokeRequest {
+            function_name: ev.function.clone(),
+            qualifier: ev.qualifier.clone(),
+            payload: ev.payload.clone().into_bytes(),
+            invocation_type: pb::InvocationType::RequestResponse as i32,
+            log_type: pb::LogType::LogNone as i32,
+        };
+        let mut result = None;
+        let outcome = match self
+            .execute(req, view.clone(), true, ev.request_id.clone(), slot_held)
+            .await
+        {
+            Ok(r) if r.function_error.is_empty() => {
+                result = Some(r.payload);
+                Attempt::Success
+            }
+            Ok(r) => {
+                let (error_type, message) = error_of(&r);
+                Attempt::FunctionError {
+                    error_type,
+                    message,
+                }
+            }
+            Err(ApiError::Throttled(m)) => Attempt::SystemError {
+                error_type: "Throttled".into(),
+                message: m,
+            },
+            Err(e) => Attempt::SystemError {
+                error_type: "ServiceError".into(),
+                message: e.to_string(),
+            },
+        };
+        self.metrics.async_event("dispatched");
+        let throttled = matches!(outcome, Attempt::SystemError { .. });
+        let step = next_step(ev.clone(), outcome, policy, now_ms());
+        self.metrics.async_event(match &step {
+            Step::Done => "succeeded",
+            Step::Retry(_) if throttled => "throttled",
+            Step::Retry(_) => "retried",
+            Step::DeadLetter(d) if d.condition == crate::asyncq::Condition::EventAgeExceeded => {
+                "expired"
+            }
+            Step::DeadLetter(_) => "dead_lettered",
+        });
+        self.commit_step(&ev, step, Some((&view, result))).await;
+    }
+
+    /// Dead-letters an event that waited for room under its function's
+    /// reserved concurrency until its maximum age, without attempting it.
+    async fn expire(&self, ev: AsyncEvent) {
+        let reason = format!(
+            "throttled: function {} had no reserved concurrency free until the event's maximum age; raise it with `nubo function update-config {} --reserved-concurrency N`",
+            ev.function, ev.function
+        );
+        let d = crate::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
+        self.metrics.async_event("expired");
+        let view = self.resolve_routed(&ev.function, &ev.qualifier).ok();
+        let step = Step::DeadLetter(d);
+        self.commit_step(&ev, step, view.as_ref().map(|v| (v, None)))
+            .await;
+    }
+
+    /// Commits an attempt's step, with the destination record the step
+    /// calls for (on-failure for a dead letter, on-success for done) in
+    /// the same entry, so both commit or neither.
+    async fn commit_step(
+        &self,
+        ev: &AsyncEvent,
+        step: Step,
+        ran: Option<(&ConfigView, Option<Vec<u8>>)>,
+    ) {
+        let destination = ran.and_then(|(view, result)| {
+            let a = &view.config.async_config;
+            match &step {
+                Step::DeadLetter(d) if !a.dead_letter_target.is_empty() => {
+                    Some(failure_record(d, view, &a.dead_letter_target))
+                }
+                Step::Done if !a.on_success_target.is_empty() => Some(success_record(
+                    ev,
+                    view,
+                    &a.on_success_target,
+                    result.as_deref().unwrap_or(b"null"),
+                )),
+                _ => None,
+            }
+        });
         let step_cmd = Command::EventStep {
             request_id: ev.request_id.clone(),
             step,
         };
-        // The on-failure destination's event commits with the step, or not
-        // at all.
         let cmd = match destination {
             Some(dest) => {
                 self.metrics.async_event("sent_to_destination");
@@ -269,37 +291,90 @@ impl ControllerNode {
         }
     }
 
+    /// Whether a due event may run now. Its function's reserved
+    /// concurrency is checked (and a slot taken) here, so an event whose
+    /// function has no room stays queued without an attempt or a write;
+    /// past its maximum age it expires.
+    fn admit(&self, r: &crate::state::Registry, ev: &AsyncEvent, now: u64) -> Admit {
+        let Ok((view, _)) = r.get(&ev.function, &ev.qualifier) else {
+            // Deleted: the attempt drops it.
+            return Admit::Run { reserved: false };
+        };
+        let Some(limit) = view.config.reserved_concurrency else {
+            return Admit::Run { reserved: false };
+        };
+        if self.invoke_state.try_take(&ev.function, limit).is_ok() {
+            return Admit::Run { reserved: true };
+        }
+        let age = view.config.async_config.maximum_event_age_seconds as u64 * 1000;
+        if crate::asyncq::past_age(ev, age, now) {
+            Admit::Expire
+        } else {
+            Admit::Hold
+        }
+    }
+
     /// The dispatcher: on the leader, runs due events (at most
     /// `dispatch_concurrency` at once) until `stop`.
     pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        /// Due events one pass may look at.
+        const MAX_SCAN: usize = 100_000;
+        /// A pass that stepped over this many held events rests before
+        /// the next one instead of rescanning on every wake-up.
+        const HELD_REST: usize = 1_000;
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.config.dispatch_concurrency.max(1),
         ));
+        let mut rest_until: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = self.dispatch_wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            match rest_until.take() {
+                Some(t) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(t) => {}
+                },
+                None => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.dispatch_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                },
             }
             if !self.is_leader() {
                 continue;
             }
-            let due: Vec<AsyncEvent> = {
+            let free = limit.available_permits();
+            if free == 0 {
+                continue;
+            }
+            let now = now_ms();
+            let plan = {
                 let busy = in_flight.lock().expect("lock poisoned");
                 self.with_registry(|r| {
-                    r.queues
-                        .due_now(now_ms(), 1024)
-                        .into_iter()
-                        .filter(|e| !busy.contains(&e.request_id))
-                        .take(self.config.dispatch_concurrency)
-                        .cloned()
-                        .collect()
+                    r.queues.plan(
+                        now,
+                        free,
+                        MAX_SCAN,
+                        |id| busy.contains(id),
+                        |ev| self.admit(r, ev, now),
+                    )
                 })
             };
-            for ev in due {
+            if plan.held >= HELD_REST {
+                rest_until = Some(tokio::time::Instant::now() + Duration::from_millis(50));
+            }
+            let jobs = plan
+                .run
+                .into_iter()
+                .map(|(ev, reserved)| (ev, Some(reserved)))
+                .chain(plan.expired.into_iter().map(|ev| (ev, None)));
+            for (ev, run) in jobs {
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    break;
+                    // Planned within the free permits; only expiries can
+                    // overflow, and they come back on a later pass.
+                    if run == Some(true) {
+                        drop(Slot::adopt(&self.invoke_state, ev.function.clone()));
+                    }
+                    continue;
                 };
                 in_flight
                     .lock()
@@ -309,7 +384,14 @@ impl ControllerNode {
                 let flight = in_flight.clone();
                 tokio::spawn(async move {
                     let id = ev.request_id.clone();
-                    node.attempt(ev).await;
+                    match run {
+                        Some(reserved) => {
+                            let _slot = reserved
+                                .then(|| Slot::adopt(&node.invoke_state, ev.function.clone()));
+                            node.attempt(ev, reserved).await;
+                        }
+                        None => node.expire(ev).await,
+                    }
                     flight.lock().expect("lock poisoned").remove(&id);
                     drop(permit);
                     node.dispatch_wake.notify_one();

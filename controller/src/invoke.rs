@@ -57,21 +57,50 @@ impl Drop for Placed<'_> {
     }
 }
 
+impl InvokeState {
+    /// Takes one of `function`'s `limit` reserved-concurrency slots, or
+    /// says how many are running.
+    pub(crate) fn try_take(&self, function: &str, limit: u32) -> Result<(), u32> {
+        let mut g = self.running.lock().expect("lock poisoned");
+        let n = g.entry(function.to_string()).or_insert(0);
+        if *n >= limit {
+            let running = *n;
+            if running == 0 {
+                g.remove(function);
+            }
+            return Err(running);
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn release(&self, function: &str) {
+        let mut g = self.running.lock().expect("lock poisoned");
+        if let Some(n) = g.get_mut(function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(function);
+            }
+        }
+    }
+}
+
 /// Releases a reserved-concurrency slot when the call ends, however it ends.
-struct Slot<'a> {
+pub(crate) struct Slot<'a> {
     state: &'a InvokeState,
     function: String,
 }
 
+impl<'a> Slot<'a> {
+    /// Owns a slot already taken with `try_take`.
+    pub(crate) fn adopt(state: &'a InvokeState, function: String) -> Slot<'a> {
+        Slot { state, function }
+    }
+}
+
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut g = self.state.running.lock().expect("lock poisoned");
-        if let Some(n) = g.get_mut(&self.function) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                g.remove(&self.function);
-            }
-        }
+        self.state.release(&self.function);
     }
 }
 
@@ -231,36 +260,35 @@ impl ControllerNode {
             .into());
         }
 
-        self.execute(req, view, forwarded, new_request_id()).await
+        self.execute(req, view, forwarded, new_request_id(), false)
+            .await
     }
 
     /// Runs a resolved call: reserved concurrency, placement, the worker.
-    /// The dispatcher of async events calls it with the event's own id.
+    /// The dispatcher of async events calls it with the event's own id,
+    /// and `slot_held` when it already took a reserved-concurrency slot.
     pub(crate) async fn execute(
         &self,
         req: pb::InvokeRequest,
         view: ConfigView,
         forwarded: bool,
         request_id: String,
+        slot_held: bool,
     ) -> Result<pb::InvokeResponse, ApiError> {
         let _slot = match view.config.reserved_concurrency {
+            // The async dispatcher took the slot when it planned the attempt.
+            Some(_) if slot_held => None,
             Some(limit) => {
                 if !forwarded && !self.is_leader() {
                     return self.forward_invoke(req).await;
                 }
-                let mut g = self.invoke_state.running.lock().expect("lock poisoned");
-                let n = g.entry(view.function_name.clone()).or_insert(0);
-                if *n >= limit {
+                if let Err(n) = self.invoke_state.try_take(&view.function_name, limit) {
                     return Err(ApiError::Throttled(format!(
                         "throttled: function {} has reserved concurrency {limit} and {n} invocations are running; retry later or raise it with `nubo function update-config {} --reserved-concurrency N`",
                         view.function_name, view.function_name
                     )));
                 }
-                *n += 1;
-                Some(Slot {
-                    state: &self.invoke_state,
-                    function: view.function_name.clone(),
-                })
+                Some(Slot::adopt(&self.invoke_state, view.function_name.clone()))
             }
             None => None,
         };

@@ -61,7 +61,14 @@ pub struct ConfigPatch {
     pub environment: Option<BTreeMap<String, String>>,
     pub description: Option<String>,
     pub ephemeral_storage_mb: Option<u32>,
-    /// `Some(None)` clears the reservation.
+    /// `Some(None)` clears the reservation. Spelled out in the log as an
+    /// absent field (keep) or a value/null (set/clear): plain serde would
+    /// write `Some(None)` as `null` and read it back as `None`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub reserved_concurrency: Option<Option<u32>>,
     pub maximum_retry_attempts: Option<u32>,
     pub maximum_event_age_seconds: Option<u32>,
@@ -71,6 +78,15 @@ pub struct ConfigPatch {
     pub egress: Option<bool>,
     #[serde(default)]
     pub min_warm: Option<u32>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl ConfigPatch {
@@ -377,3 +393,23 @@ pub enum Outcome {
 /// What the state machine returns for one entry: the command's result, or
 /// the registry error it produced (deterministic on every node).
 pub type ApplyResult = Result<Outcome, crate::error::RegistryError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clearing the reserved concurrency survives the trip through the
+    /// Raft log (JSON): `Some(None)` must not come back as `None`.
+    #[test]
+    fn patch_keeps_clear_set_and_keep_apart_through_the_log() {
+        for v in [None, Some(None), Some(Some(0)), Some(Some(7))] {
+            let p = ConfigPatch {
+                reserved_concurrency: v,
+                ..Default::default()
+            };
+            let back: ConfigPatch =
+                serde_json::from_slice(&serde_json::to_vec(&p).expect("encode")).expect("decode");
+            assert_eq!(back.reserved_concurrency, v);
+        }
+    }
+}

@@ -340,12 +340,19 @@ fn reply_from(res: WriteResult) -> ForwardReply {
 }
 
 /// Takes the writes queued on the leader and proposes them as one entry
-/// (`Command::Batch`) while the previous batch commits, so concurrent
-/// writes share an append and an fsync instead of queueing one by one
-/// behind openraft's core.
+/// (`Command::Batch`), with up to `IN_FLIGHT` entries committing at once:
+/// concurrent writes share an append and an fsync instead of queueing one
+/// by one behind openraft's core, and a new batch gathers (and starts
+/// replicating) while the previous ones wait for their quorum.
 async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
     const MAX_BATCH: usize = 256;
+    const IN_FLIGHT: usize = 4;
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // Waiting for a slot lets more writes join this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -353,42 +360,51 @@ async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Qu
                 Err(_) => break,
             }
         }
-        if batch.len() == 1 {
-            let (cmd, tx) = batch.pop().expect("one");
-            let r = raft.client_write(cmd).await.map(|r| r.data);
-            // Committed on a quorum, not yet acknowledged to anyone.
-            crate::failpoint::hit("after-commit").await;
-            let _ = tx.send(reply_from(r));
-            continue;
-        }
-        let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-        let r = raft
-            .client_write(Command::Batch(cmds))
-            .await
-            .map(|r| r.data);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            commit_batch(&raft, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits one batch of queued writes and answers each.
+async fn commit_batch(raft: &Raft, mut batch: Vec<Queued>) {
+    if batch.len() == 1 {
+        let (cmd, tx) = batch.pop().expect("one");
+        let r = raft.client_write(cmd).await.map(|r| r.data);
+        // Committed on a quorum, not yet acknowledged to anyone.
         crate::failpoint::hit("after-commit").await;
-        match r {
-            Ok(Ok(Outcome::Batch(results))) if results.len() == txs.len() => {
-                for (tx, res) in txs.into_iter().zip(results) {
-                    let _ = tx.send(ForwardReply::Applied(res));
-                }
+        let _ = tx.send(reply_from(r));
+        return;
+    }
+    let (cmds, txs): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+    let r = raft
+        .client_write(Command::Batch(cmds))
+        .await
+        .map(|r| r.data);
+    crate::failpoint::hit("after-commit").await;
+    match r {
+        Ok(Ok(Outcome::Batch(results))) if results.len() == txs.len() => {
+            for (tx, res) in txs.into_iter().zip(results) {
+                let _ = tx.send(ForwardReply::Applied(res));
             }
-            Ok(other) => {
-                for tx in txs {
-                    let _ = tx.send(ForwardReply::Unavailable(format!(
-                        "unexpected batch result {other:?}"
-                    )));
-                }
+        }
+        Ok(other) => {
+            for tx in txs {
+                let _ = tx.send(ForwardReply::Unavailable(format!(
+                    "unexpected batch result {other:?}"
+                )));
             }
-            Err(e) => {
-                let reply = reply_from(Err(e));
-                for tx in txs {
-                    let _ = tx.send(match &reply {
-                        ForwardReply::NotLeader(l) => ForwardReply::NotLeader(l.clone()),
-                        ForwardReply::Unavailable(m) => ForwardReply::Unavailable(m.clone()),
-                        ForwardReply::Applied(r) => ForwardReply::Applied(r.clone()),
-                    });
-                }
+        }
+        Err(e) => {
+            let reply = reply_from(Err(e));
+            for tx in txs {
+                let _ = tx.send(match &reply {
+                    ForwardReply::NotLeader(l) => ForwardReply::NotLeader(l.clone()),
+                    ForwardReply::Unavailable(m) => ForwardReply::Unavailable(m.clone()),
+                    ForwardReply::Applied(r) => ForwardReply::Applied(r.clone()),
+                });
             }
         }
     }
