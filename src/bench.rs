@@ -244,8 +244,8 @@ pub(crate) fn fsync_floor(dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>>
     Ok(out)
 }
 
-/// A raw tonic unary echo on loopback: the floor under any API call.
-pub(crate) async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+/// A raw tonic unary echo server on loopback, on its own threads.
+pub(crate) fn echo_server() -> anyhow::Result<EchoServer> {
     #[derive(Clone)]
     struct Echo;
     #[tonic::async_trait]
@@ -281,34 +281,97 @@ pub(crate) async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
             Ok(tonic::Response::new(r.into_inner()))
         }
     }
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = l.local_addr()?.port();
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let port = std_listener.local_addr()?.port();
     let stop = tokio_util::sync::CancellationToken::new();
     let s2 = stop.clone();
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(pb::raft_internal_server::RaftInternalServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(l),
-                s2.cancelled(),
-            )
-            .await;
+    // Its own runtime on its own threads, as a separate server process
+    // would have: the clients' runtime does not serve it.
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("echo runtime");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(std_listener).expect("echo listener");
+            let _ = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(pb::raft_internal_server::RaftInternalServer::new(Echo))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    s2.cancelled(),
+                )
+                .await;
+        });
     });
-    let mut c = pb::raft_internal_client::RaftInternalClient::new(channel(port).await?);
+    Ok(EchoServer {
+        port,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The echo server of [`echo_server`]; stopped when dropped.
+pub(crate) struct EchoServer {
+    pub port: u16,
+    stop: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn ping() -> pb::RaftPayload {
+    pb::RaftPayload {
+        data: b"{\"ping\":1}".to_vec(),
+    }
+}
+
+/// A raw tonic unary echo on loopback: the floor under any API call.
+pub(crate) async fn echo_floor(n: usize) -> anyhow::Result<Vec<Duration>> {
+    let server = echo_server()?;
+    let mut c = pb::raft_internal_client::RaftInternalClient::new(channel(server.port).await?);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        c.vote(pb::RaftPayload {
-            data: b"{\"ping\":1}".to_vec(),
-        })
-        .await?;
+        c.vote(ping()).await?;
         out.push(t.elapsed());
     }
-    stop.cancel();
-    let _ = server.await;
     out.sort();
     Ok(out)
+}
+
+/// Calls per second a raw tonic unary echo serves to `clients`
+/// connections, each waiting for its reply: the ceiling of any API's
+/// request rate on this machine.
+pub(crate) async fn echo_rate(clients: usize, run: Duration) -> anyhow::Result<f64> {
+    let server = echo_server()?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = pb::raft_internal_client::RaftInternalClient::new(channel(server.port).await?);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while start.elapsed() < run {
+                c.vote(ping()).await?;
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
 async fn leader_of(port: u16) -> anyhow::Result<u64> {

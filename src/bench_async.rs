@@ -16,8 +16,8 @@ use pb::invocations_client::InvocationsClient;
 use tonic::transport::Channel;
 
 use crate::bench::{
-    authed, channel, free_port, fsync_floor, ms, pct, spawn_controller, wait_ready, write_section,
-    BenchArgs, Graceful, SECRET,
+    authed, channel, echo_rate, free_port, fsync_floor, ms, pct, spawn_controller, wait_ready,
+    write_section, BenchArgs, Graceful, SECRET,
 };
 
 fn event(n: u64) -> tonic::Request<pb::InvokeRequest> {
@@ -106,8 +106,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("nubo-bench-async")
         .tempdir()?;
-    eprintln!("bench: fsync floor...");
+    eprintln!("bench: fsync floor, tonic echo rate with 64 clients...");
     let fsync = fsync_floor(dir.path(), 300)?;
+    let echo_per_s = echo_rate(64, Duration::from_secs(3)).await?;
 
     eprintln!("bench: starting 3 controllers (fsync on) and a worker...");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -231,7 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "| durable accepts, 64 clients, 5 s, function throttled to 0 (events wait in the queue) | {accepts_per_s:.0}/s | | ≥ 5,000/s |"
+        "| durable accepts, 64 clients, 5 s, function throttled to 0 (events wait in the queue) | {accepts_per_s:.0}/s | raw tonic unary echo, 64 clients: {echo_per_s:.0}/s | ≥ 5,000/s |"
     );
     let _ = writeln!(
         md,

@@ -224,8 +224,10 @@ pub fn next_step(mut ev: AsyncEvent, outcome: Attempt, p: Policy, now_ms: u64) -
 pub struct Queues {
     /// Pending events by request id.
     pub events: BTreeMap<String, AsyncEvent>,
-    /// (due time, request id): the dispatch order.
-    pub due: BTreeSet<(u64, String)>,
+    /// Per function, (due time, request id): the dispatch order. Kept per
+    /// function so a pass can step over a function that has no room
+    /// without walking its backlog.
+    pub due: BTreeMap<String, BTreeSet<(u64, String)>>,
     /// Dead letters per function, oldest first.
     pub dlq: BTreeMap<String, VecDeque<DeadLetter>>,
     /// Records dropped from a full dead-letter queue, per function.
@@ -239,14 +241,22 @@ impl Queues {
         if self.events.contains_key(&ev.request_id) {
             return false;
         }
-        self.due.insert((ev.due_ms, ev.request_id.clone()));
+        self.due
+            .entry(ev.function.clone())
+            .or_default()
+            .insert((ev.due_ms, ev.request_id.clone()));
         self.events.insert(ev.request_id.clone(), ev);
         true
     }
 
     fn remove(&mut self, request_id: &str) -> Option<AsyncEvent> {
         let ev = self.events.remove(request_id)?;
-        self.due.remove(&(ev.due_ms, ev.request_id.clone()));
+        if let Some(set) = self.due.get_mut(&ev.function) {
+            set.remove(&(ev.due_ms, ev.request_id.clone()));
+            if set.is_empty() {
+                self.due.remove(&ev.function);
+            }
+        }
         Some(ev)
     }
 
@@ -339,19 +349,25 @@ impl Queues {
 
     /// Events due at or before `now_ms`, earliest first, at most `max`.
     pub fn due_now(&self, now_ms: u64, max: usize) -> Vec<&AsyncEvent> {
-        self.due
-            .iter()
-            .take_while(|(t, _)| *t <= now_ms)
+        let mut due: Vec<&(u64, String)> = self
+            .due
+            .values()
+            .flat_map(|set| set.iter().take_while(|(t, _)| *t <= now_ms).take(max))
+            .collect();
+        due.sort();
+        due.into_iter()
             .take(max)
             .filter_map(|(_, id)| self.events.get(id))
             .collect()
     }
 
-    /// One pass of the dispatcher over the due events, earliest first:
-    /// skips those `busy` (attempt in flight), asks `admit` about each
-    /// other one, and stops after `want` runnable events or `max_scan`
-    /// events looked at. Events held back do not stop the pass, so one
-    /// throttled function cannot starve the others.
+    /// One pass of the dispatcher over the due events, earliest first
+    /// across functions: skips those `busy` (attempt in flight), asks
+    /// `admit` about each other one, and stops after `want` runnable
+    /// events or `max_scan` events looked at. A function with no room is
+    /// left at its first held event (its older events are only checked
+    /// for age), so a throttled backlog costs a pass nothing and cannot
+    /// starve other functions.
     pub fn plan(
         &self,
         now_ms: u64,
@@ -360,23 +376,58 @@ impl Queues {
         busy: impl Fn(&str) -> bool,
         mut admit: impl FnMut(&AsyncEvent) -> Admit,
     ) -> Plan {
+        use std::cmp::Reverse;
         let mut plan = Plan::default();
-        for (due, id) in &self.due {
-            if *due > now_ms || plan.run.len() >= want || plan.scanned >= max_scan {
+        let mut lanes: Vec<_> = self
+            .due
+            .values()
+            .map(|set| set.iter().take_while(move |(t, _)| *t <= now_ms))
+            .collect();
+        let mut heads = std::collections::BinaryHeap::new();
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            if let Some((t, id)) = lane.next() {
+                heads.push(Reverse((*t, id, i)));
+            }
+        }
+        while let Some(Reverse((_, id, i))) = heads.pop() {
+            if plan.run.len() >= want || plan.scanned >= max_scan {
                 break;
             }
             plan.scanned += 1;
-            if busy(id) {
-                continue;
-            }
-            let Some(ev) = self.events.get(id) else {
-                continue;
+            let ev = match self.events.get(id) {
+                Some(ev) if !busy(id) => ev,
+                _ => {
+                    if let Some((t, id)) = lanes[i].next() {
+                        heads.push(Reverse((*t, id, i)));
+                    }
+                    continue;
+                }
             };
             match admit(ev) {
-                Admit::Run { reserved } => plan.run.push((ev.clone(), reserved)),
-                Admit::Hold => plan.held += 1,
-                Admit::Expire if plan.expired.len() < want.max(1) => plan.expired.push(ev.clone()),
-                Admit::Expire => plan.held += 1,
+                Admit::Run { reserved } => {
+                    plan.run.push((ev.clone(), reserved));
+                    if let Some((t, id)) = lanes[i].next() {
+                        heads.push(Reverse((*t, id, i)));
+                    }
+                }
+                Admit::Hold {
+                    maximum_event_age_ms,
+                } => {
+                    // This function's lane stops here for this pass.
+                    plan.held_functions += 1;
+                    let mut next = Some(ev);
+                    while let Some(ev) = next {
+                        if plan.expired.len() >= want.max(1)
+                            || !past_age(ev, maximum_event_age_ms, now_ms)
+                        {
+                            break;
+                        }
+                        if !busy(&ev.request_id) {
+                            plan.expired.push(ev.clone());
+                        }
+                        next = lanes[i].next().and_then(|(_, id)| self.events.get(id));
+                    }
+                }
             }
         }
         plan
@@ -389,10 +440,10 @@ pub enum Admit {
     /// Attempt it now; `reserved` when a reserved-concurrency slot was
     /// taken for it.
     Run { reserved: bool },
-    /// Its function has no room: leave it queued (no attempt, no write).
-    Hold,
-    /// Held past its maximum age: dead-letter it (`EventAgeExceeded`).
-    Expire,
+    /// Its function has no room: leave it (and the function's later
+    /// events) queued, with no attempt and no write; events past the
+    /// function's maximum age expire (`EventAgeExceeded`).
+    Hold { maximum_event_age_ms: u64 },
 }
 
 /// The outcome of [`Queues::plan`].
@@ -400,8 +451,8 @@ pub enum Admit {
 pub struct Plan {
     pub run: Vec<(AsyncEvent, bool)>,
     pub expired: Vec<AsyncEvent>,
-    /// Due events held back for lack of room.
-    pub held: usize,
+    /// Functions held back for lack of room.
+    pub held_functions: usize,
     /// Due events looked at.
     pub scanned: usize,
 }
@@ -553,8 +604,8 @@ mod tests {
     }
 
     /// A function with no room is held without blocking the others, in
-    /// due order; busy events are skipped; past its age a held event
-    /// expires with the throttle as its error.
+    /// due order across functions; busy events are skipped; a held
+    /// function's events past their age expire, oldest first.
     #[test]
     fn plan_holds_throttled_functions_without_starving_others() {
         let mut q = Queues::default();
@@ -563,19 +614,24 @@ mod tests {
             e.function = "throttled".into();
             q.enqueue(e);
         }
-        q.enqueue(event("a", 10));
-        q.enqueue(event("b", 11));
-        q.enqueue(event("c", 12));
+        q.enqueue(event("a", 12));
+        q.enqueue(event("b", 10));
+        let mut e = event("c", 11);
+        e.function = "g".into();
+        q.enqueue(e);
+        let mut asked = Vec::new();
         let plan = q.plan(
             100,
             10,
             1000,
             |id| id == "b",
             |ev| {
-                if ev.request_id == "t0" {
-                    Admit::Expire
-                } else if ev.function == "throttled" {
-                    Admit::Hold
+                asked.push(ev.request_id.clone());
+                if ev.function == "throttled" {
+                    // t0 and t1 are 98+ ms old: past an age of 98 ms.
+                    Admit::Hold {
+                        maximum_event_age_ms: 98,
+                    }
                 } else {
                     Admit::Run { reserved: false }
                 }
@@ -586,18 +642,32 @@ mod tests {
             .iter()
             .map(|(e, _)| e.request_id.as_str())
             .collect();
-        assert_eq!(run, vec!["a", "c"]);
-        assert_eq!(plan.held, 4);
-        assert_eq!(plan.expired.len(), 1);
-        assert_eq!(plan.scanned, 8);
+        assert_eq!(run, vec!["c", "a"], "due order across functions");
+        assert_eq!(
+            asked,
+            vec!["t0", "c", "a"],
+            "one question per held function"
+        );
+        assert_eq!(plan.held_functions, 1);
+        let expired: Vec<&str> = plan.expired.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(expired, vec!["t0", "t1", "t2"]);
         // `want` and `max_scan` bound a pass.
         let p = q.plan(100, 1, 1000, |_| false, |_| Admit::Run { reserved: true });
         assert_eq!(p.run.len(), 1);
         assert!(p.run[0].1);
-        let p = q.plan(100, 10, 3, |_| false, |_| Admit::Hold);
-        assert_eq!((p.scanned, p.held), (3, 3));
+        let p = q.plan(100, 10, 3, |_| false, |_| Admit::Run { reserved: false });
+        assert_eq!((p.scanned, p.run.len()), (3, 3));
         // Not yet due: not looked at.
-        assert_eq!(q.plan(2, 10, 100, |_| false, |_| Admit::Hold).scanned, 3);
+        assert_eq!(
+            q.plan(2, 10, 100, |_| false, |_| Admit::Run { reserved: false })
+                .scanned,
+            3
+        );
+        // Removing events keeps the per-function lanes tidy.
+        for id in ["t0", "t1", "t2", "t3", "t4"] {
+            q.apply_step(id, Step::Done);
+        }
+        assert!(!q.due.contains_key("throttled"));
 
         assert!(!past_age(&event("x", 1_000), 60_000, 60_999));
         assert!(past_age(&event("x", 1_000), 60_000, 61_000));

@@ -293,9 +293,9 @@ impl ControllerNode {
 
     /// Whether a due event may run now. Its function's reserved
     /// concurrency is checked (and a slot taken) here, so an event whose
-    /// function has no room stays queued without an attempt or a write;
-    /// past its maximum age it expires.
-    fn admit(&self, r: &crate::state::Registry, ev: &AsyncEvent, now: u64) -> Admit {
+    /// function has no room stays queued without an attempt or a write
+    /// (past its maximum age the plan expires it).
+    fn admit(&self, r: &crate::state::Registry, ev: &AsyncEvent) -> Admit {
         let Ok((view, _)) = r.get(&ev.function, &ev.qualifier) else {
             // Deleted: the attempt drops it.
             return Admit::Run { reserved: false };
@@ -306,11 +306,8 @@ impl ControllerNode {
         if self.invoke_state.try_take(&ev.function, limit).is_ok() {
             return Admit::Run { reserved: true };
         }
-        let age = view.config.async_config.maximum_event_age_seconds as u64 * 1000;
-        if crate::asyncq::past_age(ev, age, now) {
-            Admit::Expire
-        } else {
-            Admit::Hold
+        Admit::Hold {
+            maximum_event_age_ms: view.config.async_config.maximum_event_age_seconds as u64 * 1000,
         }
     }
 
@@ -318,26 +315,16 @@ impl ControllerNode {
     /// `dispatch_concurrency` at once) until `stop`.
     pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         /// Due events one pass may look at.
-        const MAX_SCAN: usize = 100_000;
-        /// A pass that stepped over this many held events rests before
-        /// the next one instead of rescanning on every wake-up.
-        const HELD_REST: usize = 1_000;
+        const MAX_SCAN: usize = 10_000;
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.config.dispatch_concurrency.max(1),
         ));
-        let mut rest_until: Option<tokio::time::Instant> = None;
         loop {
-            match rest_until.take() {
-                Some(t) => tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(t) => {}
-                },
-                None => tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = self.dispatch_wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                },
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.dispatch_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
             if !self.is_leader() {
                 continue;
@@ -355,13 +342,10 @@ impl ControllerNode {
                         free,
                         MAX_SCAN,
                         |id| busy.contains(id),
-                        |ev| self.admit(r, ev, now),
+                        |ev| self.admit(r, ev),
                     )
                 })
             };
-            if plan.held >= HELD_REST {
-                rest_until = Some(tokio::time::Instant::now() + Duration::from_millis(50));
-            }
             let jobs = plan
                 .run
                 .into_iter()

@@ -346,7 +346,7 @@ fn reply_from(res: WriteResult) -> ForwardReply {
 /// replicating) while the previous ones wait for their quorum.
 async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
     const MAX_BATCH: usize = 256;
-    const IN_FLIGHT: usize = 4;
+    const IN_FLIGHT: usize = 1;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         // Waiting for a slot lets more writes join this batch.

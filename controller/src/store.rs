@@ -18,6 +18,7 @@
 // it are openraft's; boxing it in our helpers would only move the problem.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -108,6 +109,66 @@ pub struct LogStore {
     durability: Durability,
     /// Appends waiting for the WAL fsync (group commit, see `append`).
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// The newest entries, decoded: replication to each follower reads
+    /// these instead of reading and decoding them back from RocksDB.
+    tail: Arc<std::sync::Mutex<TailCache>>,
+}
+
+/// The log's newest entries (contiguous up to the last one), bounded by
+/// count and encoded size.
+#[derive(Default)]
+struct TailCache {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+const TAIL_CACHE_ENTRIES: usize = 4096;
+const TAIL_CACHE_BYTES: usize = 64 << 20;
+
+impl TailCache {
+    fn insert(&mut self, e: Entry<TypeConfig>, size: usize) {
+        if let Some((_, old)) = self.entries.insert(e.log_id.index, (e, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.entries.len() > TAIL_CACHE_ENTRIES || self.bytes > TAIL_CACHE_BYTES {
+            match self.entries.pop_first() {
+                Some((_, (_, n))) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries at `from` and after (a truncated log).
+    fn truncate(&mut self, from: u64) {
+        for (_, (_, n)) in self.entries.split_off(&from) {
+            self.bytes -= n;
+        }
+    }
+
+    /// Drops entries up to and including `upto` (a purged log).
+    fn purge(&mut self, upto: u64) {
+        let keep = self.entries.split_off(&(upto + 1));
+        for (_, (_, n)) in std::mem::replace(&mut self.entries, keep) {
+            self.bytes -= n;
+        }
+    }
+
+    /// The entries in `range` when the cache holds them all: it holds the
+    /// log's tail, so any range starting at or after its first entry.
+    fn get(&self, start: u64, range: &impl RangeBounds<u64>) -> Option<Vec<Entry<TypeConfig>>> {
+        let (&first, _) = self.entries.first_key_value()?;
+        if start < first {
+            return None;
+        }
+        Some(
+            self.entries
+                .range(start..)
+                .take_while(|(i, _)| range.contains(*i))
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+        )
+    }
 }
 
 impl LogStore {
@@ -145,6 +206,7 @@ impl LogStore {
             db,
             durability,
             flusher: tx,
+            tail: Arc::default(),
         }
     }
 
@@ -201,6 +263,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
+        if let Some(hit) = self.tail.lock().expect("lock").get(start, &range) {
+            return Ok(hit);
+        }
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_LOGS),
@@ -260,9 +325,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.cf(CF_LOGS);
+        let mut cached = Vec::new();
         for e in entries {
             let v = serde_json::to_vec(&e).map_err(write_logs_err)?;
-            batch.put_cf(cf, idx_key(e.log_id.index), v);
+            batch.put_cf(cf, idx_key(e.log_id.index), &v);
+            cached.push((e, v.len()));
+        }
+        {
+            let mut tail = self.tail.lock().expect("lock");
+            for (e, n) in cached {
+                tail.insert(e, n);
+            }
         }
         // Written without fsync so the core can go on; durability comes
         // from the WAL sync thread before the callback fires.
@@ -282,6 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        self.tail.lock().expect("lock").truncate(log_id.index);
         let cf = self.cf(CF_LOGS);
         self.db
             .delete_range_cf_opt(
@@ -301,6 +375,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash between the two leaves extra
         // entries, never a gap.
         self.put_meta("last_purged", &Some(log_id), true)?;
+        self.tail.lock().expect("lock").purge(log_id.index);
         self.db
             .delete_range_cf(self.cf(CF_LOGS), idx_key(0), idx_key(log_id.index + 1))
             .map_err(write_logs_err)
@@ -576,5 +651,58 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), SErr> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let db = open_db(dir.path()).expect("open db");
+            let d = Durability { sync: true };
+            let sm = StateMachineStore::new(db.clone(), d).expect("state machine");
+            Ok((dir, LogStore::new(db, d), sm))
+        }
+    }
+
+    /// openraft's storage suite (append, truncate, purge, reads of any
+    /// range, votes, snapshots) over the RocksDB store with its tail cache.
+    #[test]
+    fn store_passes_openraft_suite() {
+        Suite::test_all(Builder).expect("openraft storage suite");
+    }
+
+    /// The tail cache serves only ranges it holds, and truncation and
+    /// purging keep it the log's contiguous tail.
+    #[test]
+    fn tail_cache_holds_the_contiguous_tail() {
+        let ent = |i: u64| Entry::<TypeConfig> {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Blank,
+        };
+        let mut c = TailCache::default();
+        for i in 5..10 {
+            c.insert(ent(i), 10);
+        }
+        assert!(c.get(4, &(4..8)).is_none(), "before the cache: from disk");
+        let idx = |v: Vec<Entry<TypeConfig>>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(idx(c.get(6, &(6..8)).expect("hit")), vec![6, 7]);
+        assert_eq!(idx(c.get(8, &(8..)).expect("hit")), vec![8, 9]);
+        c.truncate(8);
+        assert_eq!(idx(c.get(6, &(6..)).expect("hit")), vec![6, 7]);
+        c.purge(6);
+        assert!(c.get(6, &(6..)).is_none());
+        assert_eq!((c.entries.len(), c.bytes), (1, 10));
+        for i in 8..(8 + TAIL_CACHE_ENTRIES as u64 + 5) {
+            c.insert(ent(i), 1);
+        }
+        assert_eq!(c.entries.len(), TAIL_CACHE_ENTRIES);
+        assert_eq!(c.bytes, TAIL_CACHE_ENTRIES);
     }
 }
