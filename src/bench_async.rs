@@ -27,6 +27,7 @@ fn event(n: u64) -> tonic::Request<pb::InvokeRequest> {
         payload: format!("{{\"n\":{n}}}").into_bytes(),
         invocation_type: pb::InvocationType::Event as i32,
         log_type: pb::LogType::LogNone as i32,
+        idempotency_key: String::new(),
     })
 }
 

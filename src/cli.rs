@@ -73,6 +73,10 @@ pub struct InvokeArgs {
     /// on a quorum of controllers; prints its request id.
     #[arg(long = "async")]
     pub r#async: bool,
+    /// With --async: an event with the same key for this function within
+    /// the controllers' window (default one hour) is not enqueued again.
+    #[arg(long, requires = "async")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -765,6 +769,7 @@ async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result
         } else {
             pb::LogType::LogNone as i32
         },
+        idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
     };
     let r = client
         .call(|c| {
@@ -777,12 +782,20 @@ async fn invoke_cmd(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result
         eprint!("{}", r.log_result);
     }
     if a.r#async {
+        let function = split_target(&a.target).0;
         if out.json() {
-            out.print_json(&json!({"status_code": r.status_code, "request_id": r.request_id}));
+            out.print_json(&json!({"status_code": r.status_code, "request_id": r.request_id, "duplicate": r.duplicate}));
         } else {
             // The id alone on stdout, for scripts; the explanation on stderr.
             println!("{}", r.request_id);
-            eprintln!("accepted (durable): `nubo logs {}` shows its runs, `nubo dlq list {}` its failures", split_target(&a.target).0, split_target(&a.target).0);
+            if r.duplicate {
+                eprintln!(
+                    "duplicate: idempotency key {} was already used for {function} within the window; nothing enqueued, the id above is the first event's",
+                    a.idempotency_key.as_deref().unwrap_or_default()
+                );
+            } else {
+                eprintln!("accepted (durable): `nubo logs {function}` shows its runs, `nubo dlq list {function}` its failures");
+            }
         }
         return Ok(());
     }

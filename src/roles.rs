@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// minute; the second retry waits twice as long).
     #[arg(long, env = "NUBO_ASYNC_BASE_WAIT_MS")]
     pub async_base_wait_ms: Option<u64>,
+    /// How long an async idempotency key keeps deduplicating, ms (default
+    /// one hour).
+    #[arg(long, env = "NUBO_IDEMPOTENCY_WINDOW_MS")]
+    pub idempotency_window_ms: Option<u64>,
     /// Do not start the embedded worker (deploy only, or external workers).
     #[arg(long)]
     pub no_worker: bool,
@@ -117,6 +121,10 @@ pub struct ControllerArgs {
     /// minute, as on Lambda).
     #[arg(long, env = "NUBO_ASYNC_BASE_WAIT_MS")]
     pub async_base_wait_ms: Option<u64>,
+    /// How long an async idempotency key keeps deduplicating, ms (default
+    /// one hour).
+    #[arg(long, env = "NUBO_IDEMPOTENCY_WINDOW_MS")]
+    pub idempotency_window_ms: Option<u64>,
 }
 
 fn home() -> PathBuf {
@@ -157,6 +165,7 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             metrics_listen: args.metrics_listen,
             fsync: args.no_fsync.then_some(false),
             async_base_wait_ms: args.async_base_wait_ms,
+            idempotency_window_ms: args.idempotency_window_ms,
         },
     )?;
     let running = server::start(config, Faults::new())
@@ -238,6 +247,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             metrics_listen: Some(args.metrics_listen),
             bootstrap_token: args.bootstrap_token,
             async_base_wait_ms: args.async_base_wait_ms,
+            idempotency_window_ms: args.idempotency_window_ms,
             ..Default::default()
         },
     )?;

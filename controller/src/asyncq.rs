@@ -232,7 +232,24 @@ pub struct Queues {
     pub dlq: BTreeMap<String, VecDeque<DeadLetter>>,
     /// Records dropped from a full dead-letter queue, per function.
     pub dlq_dropped: BTreeMap<String, u64>,
+    /// Client idempotency keys within their window, by "function/key"
+    /// (function names have no '/').
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// (expiry, "function/key"): the order in which keys leave the window.
+    #[serde(default)]
+    pub key_expiry: BTreeSet<(u64, String)>,
 }
+
+/// An idempotency key's first event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub request_id: String,
+    pub expires_ms: u64,
+}
+
+/// Most idempotency keys kept; past it the soonest-expiring go early.
+pub const MAX_KEYS: usize = 1_000_000;
 
 impl Queues {
     /// Adds an event; an event with the same request id is kept as is
@@ -247,6 +264,38 @@ impl Queues {
             .insert((ev.due_ms, ev.request_id.clone()));
         self.events.insert(ev.request_id.clone(), ev);
         true
+    }
+
+    /// Enqueues `ev` unless its function saw `key` within the window (the
+    /// key's record expires at `expires_ms`); keys whose window ended by
+    /// the event's acceptance time go first. Returns the request id the
+    /// key names (the first event's on a duplicate) and whether `ev` was
+    /// enqueued.
+    pub fn enqueue_keyed(&mut self, ev: AsyncEvent, key: &str, expires_ms: u64) -> (String, bool) {
+        let now = ev.enqueued_ms;
+        while let Some((t, _)) = self.key_expiry.first() {
+            if *t > now && self.keys.len() < MAX_KEYS {
+                break;
+            }
+            if let Some((_, k)) = self.key_expiry.pop_first() {
+                self.keys.remove(&k);
+            }
+        }
+        let k = format!("{}/{key}", ev.function);
+        if let Some(r) = self.keys.get(&k) {
+            return (r.request_id.clone(), false);
+        }
+        self.key_expiry.insert((expires_ms, k.clone()));
+        self.keys.insert(
+            k,
+            KeyRecord {
+                request_id: ev.request_id.clone(),
+                expires_ms,
+            },
+        );
+        let id = ev.request_id.clone();
+        let fresh = self.enqueue(ev);
+        (id, fresh)
     }
 
     fn remove(&mut self, request_id: &str) -> Option<AsyncEvent> {
@@ -684,6 +733,39 @@ mod tests {
         e.last_error_type = "ValueError".into();
         let d = expire_throttled(e, "throttled", 70_000);
         assert_eq!((d.attempts, d.error_type.as_str()), (1, "ValueError"));
+    }
+
+    /// A key used again within its window names the first event and
+    /// enqueues nothing; after the window (or for another function) it is
+    /// new again.
+    #[test]
+    fn idempotency_keys_deduplicate_within_their_window() {
+        let mut q = Queues::default();
+        assert_eq!(
+            q.enqueue_keyed(event("r1", 0), "k", 100),
+            ("r1".into(), true)
+        );
+        assert_eq!(
+            q.enqueue_keyed(event("r2", 50), "k", 150),
+            ("r1".into(), false)
+        );
+        assert!(!q.events.contains_key("r2"));
+        let mut other = event("r3", 60);
+        other.function = "g".into();
+        assert_eq!(q.enqueue_keyed(other, "k", 160), ("r3".into(), true));
+        // The first event finishing does not end the window.
+        q.apply_step("r1", Step::Done);
+        assert_eq!(
+            q.enqueue_keyed(event("r4", 99), "k", 199),
+            ("r1".into(), false)
+        );
+        // At its expiry the key is gone.
+        assert_eq!(
+            q.enqueue_keyed(event("r5", 100), "k", 200),
+            ("r5".into(), true)
+        );
+        assert_eq!(q.keys.len(), 2);
+        assert_eq!(q.key_expiry.len(), 2);
     }
 
     /// Error messages are cut to 1 KB on a character boundary.

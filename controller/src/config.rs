@@ -76,6 +76,8 @@ pub struct ControllerConfig {
     pub async_base_wait_ms: u64,
     /// Async events the leader runs at once.
     pub dispatch_concurrency: usize,
+    /// How long an async idempotency key keeps deduplicating.
+    pub idempotency_window_ms: u64,
 }
 
 impl Default for ControllerConfig {
@@ -103,6 +105,7 @@ impl Default for ControllerConfig {
             worker_dead_after_ms: 1_000,
             max_async_payload_bytes: 256 * 1024,
             async_base_wait_ms: 60_000,
+            idempotency_window_ms: 3_600_000,
             dispatch_concurrency: 64,
             max_zipped_bytes: 50 * 1024 * 1024,
             max_unzipped_bytes: 250 * 1024 * 1024,
@@ -126,6 +129,7 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     pub fsync: Option<bool>,
     pub async_base_wait_ms: Option<u64>,
+    pub idempotency_window_ms: Option<u64>,
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -194,6 +198,9 @@ impl ControllerConfig {
         if let Some(v) = o.async_base_wait_ms {
             c.async_base_wait_ms = v;
         }
+        if let Some(v) = o.idempotency_window_ms {
+            c.idempotency_window_ms = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -201,6 +208,12 @@ impl ControllerConfig {
     /// Checks the whole configuration once, with messages that say which
     /// setting to fix.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if !(1_000..=7 * 86_400_000).contains(&self.idempotency_window_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "idempotency window {} ms is out of range: use 1000 ms to 7 days (--idempotency-window-ms)",
+                self.idempotency_window_ms
+            )));
+        }
         if self.id == 0 {
             return Err(ConfigError::Invalid("id must be >= 1 (--id)".into()));
         }

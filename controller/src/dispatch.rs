@@ -152,17 +152,38 @@ impl ControllerNode {
             payload,
             now,
         );
-        self.write_with_id(
-            Command::EnqueueEvent(ev),
-            client_rid.map(|r| format!("event:{r}")),
-        )
-        .await?;
-        self.metrics.async_event("enqueued");
-        self.dispatch_wake.notify_one();
+        let key = req.idempotency_key.as_str();
+        let cmd = if key.is_empty() {
+            Command::EnqueueEvent(ev)
+        } else {
+            crate::validate::idempotency_key(key)?;
+            Command::EnqueueKeyed {
+                event: ev,
+                key: key.to_string(),
+                expires_ms: now + self.config.idempotency_window_ms,
+            }
+        };
+        let out = self
+            .write_with_id(cmd, client_rid.map(|r| format!("event:{r}")))
+            .await?;
+        let (request_id, duplicate) = match out {
+            crate::model::Outcome::Keyed {
+                request_id,
+                duplicate,
+            } => (request_id, duplicate),
+            _ => (request_id, false),
+        };
+        if duplicate {
+            self.metrics.async_event("deduplicated");
+        } else {
+            self.metrics.async_event("enqueued");
+            self.dispatch_wake.notify_one();
+        }
         Ok(pb::InvokeResponse {
             status_code: 202,
             executed_version: String::new(),
             request_id,
+            duplicate,
             ..Default::default()
         })
     }
@@ -193,6 +214,7 @@ impl ControllerNode {
             payload: ev.payload.clone().into_bytes(),
             invocation_type: pb::InvocationType::RequestResponse as i32,
             log_type: pb::LogType::LogNone as i32,
+            idempotency_key: String::new(),
         };
         let mut result = None;
         let outcome = match self

@@ -212,6 +212,14 @@ impl ControllerNode {
         client_rid: Option<String>,
     ) -> Result<pb::InvokeResponse, ApiError> {
         validate::function_name(&req.function_name)?;
+        if !req.idempotency_key.is_empty()
+            && req.invocation_type != pb::InvocationType::Event as i32
+        {
+            return Err(RegistryError::invalid(
+                "an idempotency key applies to asynchronous invocations only: add --async (invocation type Event), or drop the key",
+            )
+            .into());
+        }
         let max = self.config.max_sync_payload_bytes;
         if req.payload.len() as u64 > max {
             return Err(RegistryError::invalid(format!(
@@ -334,6 +342,7 @@ impl ControllerNode {
                         executed_version: view.version,
                         log_result: resp.log_result,
                         request_id,
+                        duplicate: false,
                     });
                 }
                 Err(s) if s.code() == Code::ResourceExhausted => {

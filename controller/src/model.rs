@@ -311,6 +311,13 @@ pub enum Command {
     },
     /// An accepted asynchronous invocation (durable once committed).
     EnqueueEvent(crate::asyncq::AsyncEvent),
+    /// An asynchronous invocation with a client idempotency key: enqueued
+    /// unless the key was used for the function within its window.
+    EnqueueKeyed {
+        event: crate::asyncq::AsyncEvent,
+        key: String,
+        expires_ms: u64,
+    },
     /// The outcome of an attempt of a queued event, decided by
     /// `asyncq::next_step` on the dispatcher.
     EventStep {
@@ -357,6 +364,7 @@ impl Command {
             Command::CreateToken { .. } => "CreateToken",
             Command::RevokeToken { .. } => "RevokeToken",
             Command::EnqueueEvent(_) => "EnqueueEvent",
+            Command::EnqueueKeyed { .. } => "EnqueueKeyed",
             Command::EventStep { .. } => "EventStep",
             Command::DlqRedrive { .. } => "DlqRedrive",
             Command::DlqPurge { .. } => "DlqPurge",
@@ -388,6 +396,12 @@ pub enum Outcome {
     Alias(Alias),
     /// How many items a command moved or removed.
     Count(u64),
+    /// An event with an idempotency key: the request id the key names, and
+    /// whether it was already there (nothing enqueued).
+    Keyed {
+        request_id: String,
+        duplicate: bool,
+    },
 }
 
 /// What the state machine returns for one entry: the command's result, or

@@ -63,6 +63,18 @@ impl Registry {
                 self.function(&ev.function)?;
                 Ok(Outcome::Count(self.queues.enqueue(ev) as u64))
             }
+            Command::EnqueueKeyed {
+                event,
+                key,
+                expires_ms,
+            } => {
+                self.function(&event.function)?;
+                let (request_id, fresh) = self.queues.enqueue_keyed(event, &key, expires_ms);
+                Ok(Outcome::Keyed {
+                    request_id,
+                    duplicate: !fresh,
+                })
+            }
             Command::EventStep { request_id, step } => Ok(Outcome::Count(
                 self.queues.apply_step(&request_id, step) as u64,
             )),

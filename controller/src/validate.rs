@@ -119,6 +119,26 @@ fn in_range(field: &str, v: u32, (lo, hi): (u32, u32), unit: &str) -> Result<(),
     Ok(())
 }
 
+/// Longest client idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// A client idempotency key: 1-256 bytes of printable ASCII.
+pub fn idempotency_key(key: &str) -> Result<(), RegistryError> {
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid(format!(
+            "idempotency key is {} bytes: use 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters (e.g. an order id)",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "idempotency key {} contains {c:?}: use printable ASCII without spaces (e.g. an order id)",
+            shown(key)
+        )));
+    }
+    Ok(())
+}
+
 pub fn function_name(name: &str) -> Result<(), RegistryError> {
     if name.is_empty() {
         return Err(invalid(
@@ -569,6 +589,16 @@ mod tests {
         assert_eq!(l.max_unzipped_bytes, 250 * 1024 * 1024);
         assert_eq!(l.max_env_bytes, 4096);
         assert_eq!(l.max_compression_ratio, 200);
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        for ok in ["order-42", "a", &"k".repeat(MAX_IDEMPOTENCY_KEY), "x/y:z"] {
+            idempotency_key(ok).unwrap();
+        }
+        assert_invalid(idempotency_key(""), &["idempotency key is 0 bytes"]);
+        assert_invalid(idempotency_key(&"k".repeat(257)), &["257 bytes", "1-256"]);
+        assert_invalid(idempotency_key("a b"), &["contains ' '"]);
     }
 
     #[test]

@@ -975,6 +975,153 @@ fn async_events_retry_then_dead_letter_and_redrive() {
     }
 }
 
+/// Reserved concurrency 0 (Lambda's "throttle"): async events wait in the
+/// queue without running; clearing the reservation runs them all; one held
+/// past its maximum age (60 s) becomes an `EventAgeExceeded` dead letter
+/// with 0 attempts, and its on-failure destination gets the record. An
+/// idempotency key enqueues once within the window (4 s here) and anew
+/// after it; a bad key is refused.
+#[test]
+fn async_throttled_events_wait_expire_and_keys_deduplicate() {
+    let p = Platform::start_with(&[
+        ("NUBO_ASYNC_BASE_WAIT_MS", "300"),
+        ("NUBO_IDEMPOTENCY_WINDOW_MS", "4000"),
+    ]);
+    probe(&p, "sink", "record", &[]);
+    probe(
+        &p,
+        "expiring",
+        "record",
+        &[
+            "--reserved-concurrency",
+            "0",
+            "--max-event-age",
+            "60",
+            "--dead-letter-target",
+            "sink",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    let expiring_id = p.ok(&["invoke", "expiring", "--async"]).trim().to_string();
+
+    probe(&p, "held", "record", &["--reserved-concurrency", "0"]);
+    let held: Vec<String> = (0..3)
+        .map(|i| {
+            p.ok(&[
+                "invoke",
+                "held",
+                "--async",
+                "--payload",
+                &format!("{{\"i\":{i}}}"),
+            ])
+            .trim()
+            .to_string()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let status: Value =
+        serde_json::from_str(&p.ok(&["async", "status", "held", "-o", "json"])).unwrap();
+    assert_eq!(status["queued"], 3, "{status}");
+    assert!(
+        !p.ok(&["logs", "held"]).contains("START"),
+        "nothing runs while throttled to 0"
+    );
+    p.ok(&[
+        "function",
+        "update-config",
+        "held",
+        "--clear-reserved-concurrency",
+    ]);
+    wait_for("the held events to run once released", 30, || {
+        let logs = p.ok(&["logs", "held", "--limit", "5000"]);
+        held.iter()
+            .all(|id| logs.contains(&format!("END RequestId: {id}")))
+            .then_some(())
+    });
+
+    // Idempotency keys.
+    probe(&p, "keyed", "record", &[]);
+    let keyed = |key: &str| {
+        let out = p.cli(&[
+            "invoke",
+            "keyed",
+            "--async",
+            "--idempotency-key",
+            key,
+            "--payload",
+            r#"{"order":42}"#,
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let k0 = std::time::Instant::now();
+    let (ok, first, err) = keyed("order-42");
+    assert!(ok && err.contains("accepted"), "{err}");
+    let (ok, again, err) = keyed("order-42");
+    assert!(ok && err.contains("duplicate"), "{err}");
+    assert_eq!(again, first, "a duplicate names the first event");
+    let (ok, _, err) = keyed("order 42");
+    assert!(
+        !ok && err.contains("INVALID_ARGUMENT") && err.contains("' '"),
+        "{err}"
+    );
+    let out = p.cli(&["invoke", "keyed", "--idempotency-key", "k"]);
+    assert!(!out.status.success(), "a key needs --async");
+    wait_for("the keyed event to run", 20, || {
+        p.ok(&["logs", "keyed"])
+            .contains(&format!("END RequestId: {first}"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(4_500).saturating_sub(k0.elapsed()));
+    let (ok, later, err) = keyed("order-42");
+    assert!(ok && err.contains("accepted"), "{err}");
+    assert_ne!(
+        later, first,
+        "after the window the key enqueues a new event"
+    );
+    wait_for("the second keyed event to run", 20, || {
+        p.ok(&["logs", "keyed"])
+            .contains(&format!("END RequestId: {later}"))
+            .then_some(())
+    });
+    let logs = p.ok(&["logs", "keyed", "--limit", "5000"]);
+    assert_eq!(logs.matches("START RequestId").count(), 2, "{logs}");
+
+    // The throttled event expires at its maximum age, never attempted.
+    let dl = wait_for("the EventAgeExceeded dead letter", 90, || {
+        dead_letters(&p, "expiring").first().cloned()
+    });
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(59),
+        "expired after {waited:?}"
+    );
+    assert_eq!(dl["request_id"], expiring_id.as_str());
+    assert_eq!(dl["condition"], "EventAgeExceeded");
+    assert_eq!(dl["attempts"], 0);
+    assert_eq!(dl["error_type"], "Throttled");
+    assert!(!p.ok(&["logs", "expiring"]).contains("START"));
+    let record: Value = wait_for("the expiry's destination record", 20, || {
+        let logs = p.ok(&["logs", "sink", "--limit", "5000"]);
+        logs.lines()
+            .find_map(|l| l.split("EVENT ").nth(1))
+            .and_then(|j| serde_json::from_str(j).ok())
+    });
+    assert_eq!(record["requestContext"]["requestId"], expiring_id.as_str());
+    assert_eq!(record["requestContext"]["condition"], "EventAgeExceeded");
+    assert_eq!(record["requestContext"]["approximateInvokeCount"], 0);
+    let m = super::http_get(&p.metrics, "/metrics");
+    for want in [
+        "nubo_async_events_total{stage=\"expired\"} 1",
+        "nubo_async_events_total{stage=\"deduplicated\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} missing from /metrics:\n{m}");
+    }
+}
+
 /// Three `nubo controller` processes and a worker: 2,000 async events are
 /// accepted (each only once durable), then the leader is SIGKILLed while
 /// they are being dispatched. Every accepted event runs at least once
@@ -1050,6 +1197,7 @@ fn async_events_survive_the_leader_being_killed() {
                         payload: format!("{{\"seconds\":0.2,\"n\":{i}}}").into_bytes(),
                         invocation_type: nubo_proto::v1::InvocationType::Event as i32,
                         log_type: 0,
+                        idempotency_key: String::new(),
                     };
                     let r = client
                         .call(|c| {
