@@ -1289,6 +1289,7 @@ impl pb::worker_control_server::WorkerControl for Internal {
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::HeartbeatReply {
             interval_ms: self.node.config.worker_heartbeat_ms as u32,
+            leader_term: self.node.leader_term().unwrap_or(0),
         }))
     }
 

@@ -16,7 +16,7 @@ use crate::api::now_ms;
 use crate::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
 use crate::error::{ApiError, RegistryError};
 use crate::invoke::new_request_id;
-use crate::invoke::Slot;
+use crate::invoke::{AsyncAttempt, Slot};
 use crate::model::{Command, ConfigView};
 use crate::node::ControllerNode;
 
@@ -100,6 +100,17 @@ fn destination_event(target: &str, record: serde_json::Value, now: u64) -> Async
         crate::model::LATEST.into(),
         record.to_string(),
         now,
+    )
+}
+
+/// Names one attempt of an event by its replicated state: a new leader
+/// re-dispatching an attempt whose step never committed derives the same
+/// key (and the worker runs it once); a retry, a throttle backoff or a
+/// redrive changes it.
+fn attempt_key(ev: &AsyncEvent) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        ev.request_id, ev.enqueued_ms, ev.attempts, ev.system_failures
     )
 }
 
@@ -191,6 +202,15 @@ impl ControllerNode {
     /// Runs one attempt of a queued event and commits its next step;
     /// `slot_held` when the dispatcher took a reserved-concurrency slot.
     async fn attempt(&self, ev: AsyncEvent, slot_held: bool) {
+        let Some(term) = self.leader_term() else {
+            // Deposed since the plan: the next leader runs it.
+            return;
+        };
+        let tag = AsyncAttempt {
+            key: attempt_key(&ev),
+            term,
+            slot_held,
+        };
         // Alias weights hold per attempt, as for direct calls.
         let view = match self.resolve_routed(&ev.function, &ev.qualifier) {
             Ok(v) => v,
@@ -218,7 +238,7 @@ impl ControllerNode {
         };
         let mut result = None;
         let outcome = match self
-            .execute(req, view.clone(), true, ev.request_id.clone(), slot_held)
+            .execute(req, view.clone(), true, ev.request_id.clone(), Some(&tag))
             .await
         {
             Ok(r) if r.function_error.is_empty() => {

@@ -104,6 +104,17 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// An async event's attempt, as the dispatcher runs it.
+pub(crate) struct AsyncAttempt {
+    /// Names the attempt for the worker: the same when a new leader
+    /// re-dispatches an attempt whose step never committed.
+    pub key: String,
+    /// The dispatching leader's Raft term (the worker's fence).
+    pub term: u64,
+    /// The dispatcher already took a reserved-concurrency slot.
+    pub slot_held: bool,
+}
+
 pub fn new_request_id() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
     uuid_form(&b)
@@ -194,6 +205,13 @@ impl ControllerNode {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// The Raft term while this node leads it.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
     /// Validates, resolves and runs one invocation.
     pub async fn invoke(
         &self,
@@ -268,24 +286,24 @@ impl ControllerNode {
             .into());
         }
 
-        self.execute(req, view, forwarded, new_request_id(), false)
+        self.execute(req, view, forwarded, new_request_id(), None)
             .await
     }
 
     /// Runs a resolved call: reserved concurrency, placement, the worker.
-    /// The dispatcher of async events calls it with the event's own id,
-    /// and `slot_held` when it already took a reserved-concurrency slot.
+    /// The dispatcher of async events calls it with the event's own id and
+    /// its `AsyncAttempt`.
     pub(crate) async fn execute(
         &self,
         req: pb::InvokeRequest,
         view: ConfigView,
         forwarded: bool,
         request_id: String,
-        slot_held: bool,
+        attempt: Option<&AsyncAttempt>,
     ) -> Result<pb::InvokeResponse, ApiError> {
         let _slot = match view.config.reserved_concurrency {
             // The async dispatcher took the slot when it planned the attempt.
-            Some(_) if slot_held => None,
+            Some(_) if attempt.is_some_and(|a| a.slot_held) => None,
             Some(limit) => {
                 if !forwarded && !self.is_leader() {
                     return self.forward_invoke(req).await;
@@ -322,6 +340,8 @@ impl ControllerNode {
                 request_id: request_id.clone(),
                 payload: req.payload.clone(),
                 log_tail: req.log_type == pb::LogType::LogTail as i32,
+                attempt_key: attempt.map(|a| a.key.clone()).unwrap_or_default(),
+                dispatch_term: attempt.map(|a| a.term).unwrap_or(0),
             };
             let client = pick.client.clone();
             let (id, zone) = (pick.id.clone(), pick.zone.clone());

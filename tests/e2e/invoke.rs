@@ -1125,9 +1125,11 @@ fn async_throttled_events_wait_expire_and_keys_deduplicate() {
 /// Three `nubo controller` processes and a worker: 2,000 async events are
 /// accepted (each only once durable), then the leader is SIGKILLed while
 /// they are being dispatched. Every accepted event runs at least once
-/// (seen in the function's log by request id) and none is lost; the
-/// duplicates a dispatcher cut off mid-attempt causes are counted and
-/// printed.
+/// (seen in the function's log by request id) and none is lost. The
+/// attempts the dead leader had in flight are re-dispatched by the new one
+/// under the same attempt key, so the surviving worker joins the running
+/// attempt or returns its result: duplicates are counted, printed, and
+/// with one surviving worker there are none.
 #[test]
 fn async_events_survive_the_leader_being_killed() {
     let env = Env::new();
@@ -1265,6 +1267,10 @@ fn async_events_survive_the_leader_being_killed() {
         missing.is_empty(),
         "lost events: {:?}",
         &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        duplicates, 0,
+        "re-dispatched attempts must join or reuse the worker's run"
     );
     let dl: Value =
         serde_json::from_str(&env.cli_ok(&endpoint, t, &["dlq", "list", "ev", "-o", "json"]))

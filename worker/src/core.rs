@@ -18,6 +18,8 @@ pub struct Worker<F: SandboxFactory> {
     pub pool: Arc<Pool<F>>,
     pub logs: Arc<LogStore>,
     pub metrics: Arc<Metrics>,
+    /// Async attempts: term fence and one run per attempt.
+    pub attempts: Arc<crate::attempts::Attempts<nubo_proto::v1::WorkerInvokeResponse>>,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,7 @@ impl<F: SandboxFactory> Worker<F> {
             pool,
             logs: Arc::new(LogStore::new(10_000, 4 * 1024 * 1024)),
             metrics: Arc::new(Metrics::default()),
+            attempts: Arc::default(),
         }
     }
 

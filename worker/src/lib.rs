@@ -9,6 +9,7 @@
 //! - [`spec`], [`seccomp`], [`netns`], [`host`]: the container itself and
 //!   the host it needs.
 
+pub mod attempts;
 pub mod code;
 pub mod core;
 pub mod fake;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::attempts::Claim;
 use crate::code::{CodeSource, FetchFuture};
 use crate::core::Worker;
 use crate::logs::Line;
@@ -161,20 +162,24 @@ impl<F: SandboxFactory> WorkerService<F> {
 /// controller may place the call elsewhere.
 pub const NOT_RUN_HEADER: &str = "x-nubo-not-run";
 
+/// Marks an error as "the function did not run".
+fn not_run(mut s: Status) -> Status {
+    s.metadata_mut().insert(
+        NOT_RUN_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
+}
+
 fn pool_status(e: PoolError) -> Status {
-    let mut s = match e {
+    not_run(match e {
         PoolError::Full { .. } | PoolError::TooBig { .. } | PoolError::ShuttingDown => {
             Status::resource_exhausted(e.to_string())
         }
         PoolError::Create(c) => {
             Status::unavailable(format!("worker could not start a sandbox: {c}"))
         }
-    };
-    s.metadata_mut().insert(
-        NOT_RUN_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
-    s
+    })
 }
 
 #[tonic::async_trait]
@@ -185,30 +190,68 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
     ) -> Result<Response<pb::WorkerInvokeResponse>, Status> {
         self.check(&request)?;
         let r = request.into_inner();
+        let attempts = &self.worker.attempts;
+        if r.dispatch_term > 0 {
+            if let Err(fence) = attempts.admits(r.dispatch_term) {
+                return Err(not_run(Status::failed_precondition(format!(
+                    "stale dispatch: sent by the leader of Raft term {}, but this worker has seen the leader of term {fence}; not run",
+                    r.dispatch_term
+                ))));
+            }
+        }
         let spec = spec_from_pb(r.function.unwrap_or_default())?;
+        let claim = if r.attempt_key.is_empty() {
+            None
+        } else {
+            match attempts.claim(&r.attempt_key) {
+                Claim::Done(resp) => return Ok(Response::new(resp)),
+                Claim::Wait(rx) => {
+                    return match crate::attempts::wait(rx).await {
+                        Some(resp) => Ok(Response::new(resp)),
+                        None => Err(not_run(Status::unavailable(
+                            "the same attempt could not start on this worker; not run",
+                        ))),
+                    };
+                }
+                Claim::Run(tx) => Some((r.attempt_key.clone(), tx)),
+            }
+        };
         // Its own task: a caller that goes away (deadline, disconnect) must
-        // not drop a leased sandbox half-way; the call finishes and the
-        // sandbox goes back to the pool.
+        // not drop a leased sandbox half-way; the call finishes, the
+        // sandbox goes back to the pool and an attempt's result is kept.
         let w = self.worker.clone();
-        let s2 = spec.clone();
-        let out = tokio::spawn(async move {
-            w.invoke(&s2, &r.request_id, r.payload.into(), r.log_tail)
-                .await
+        let resp = tokio::spawn(async move {
+            let out = w
+                .invoke(&spec, &r.request_id, r.payload.into(), r.log_tail)
+                .await;
+            let resp = out.map(|out| {
+                let (payload, function_error) = match out.completion {
+                    Completion::Ok(b) => (b.to_vec(), String::new()),
+                    Completion::FunctionError { kind, body } => (body.to_vec(), kind),
+                };
+                pb::WorkerInvokeResponse {
+                    payload,
+                    function_error,
+                    log_result: out.log_tail,
+                    pool: Some(pool_pb(&spec.function_name, &spec.version, out.pool)),
+                    cold_start: out.cold_start,
+                }
+            });
+            if let Some((key, tx)) = claim {
+                match &resp {
+                    Ok(r) => {
+                        let size = r.payload.len() + r.log_result.len() + key.len();
+                        w.attempts.finish(&key, tx, r.clone(), size);
+                    }
+                    Err(_) => w.attempts.abandon(&key, tx),
+                }
+            }
+            resp
         })
         .await
         .map_err(|e| Status::internal(format!("invocation task failed: {e}")))?
         .map_err(pool_status)?;
-        let (payload, function_error) = match out.completion {
-            Completion::Ok(b) => (b.to_vec(), String::new()),
-            Completion::FunctionError { kind, body } => (body.to_vec(), kind),
-        };
-        Ok(Response::new(pb::WorkerInvokeResponse {
-            payload,
-            function_error,
-            log_result: out.log_tail,
-            pool: Some(pool_pb(&spec.function_name, &spec.version, out.pool)),
-            cold_start: out.cold_start,
-        }))
+        Ok(Response::new(resp))
     }
 
     async fn prewarm(
@@ -361,7 +404,9 @@ pub async fn serve<F: SandboxFactory>(
                 .await
                 {
                     Ok(Ok(r)) => {
-                        let ms = r.into_inner().interval_ms;
+                        let r = r.into_inner();
+                        w.attempts.observe_term(r.leader_term);
+                        let ms = r.interval_ms;
                         if ms > 0 {
                             interval = Duration::from_millis(ms as u64);
                         }
