@@ -586,6 +586,8 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
                 "oldest_event_age_ms": s.oldest_event_age_ms,
                 "dead_letters": s.dead_letters,
                 "dead_letters_dropped": s.dead_letters_dropped,
+                "in_flight": s.in_flight,
+                "running": s.running,
             });
             if out.json() {
                 out.print_json(&v);
@@ -593,6 +595,13 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
                 out.print(&render_kv(&[
                     ("queued".into(), s.queued.to_string()),
                     ("due_now".into(), s.due_now.to_string()),
+                    (
+                        "in_flight".into(),
+                        s.in_flight.map(|n| n.to_string()).unwrap_or_else(|| {
+                            "(counted by the leader: ask it with --endpoint)".into()
+                        }),
+                    ),
+                    ("running".into(), s.running.to_string()),
                     (
                         "oldest_event_age".into(),
                         format!("{} ms", s.oldest_event_age_ms),

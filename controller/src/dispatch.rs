@@ -406,10 +406,17 @@ impl ControllerNode {
                     .lock()
                     .expect("lock poisoned")
                     .insert(ev.request_id.clone());
+                *self
+                    .async_in_flight
+                    .lock()
+                    .expect("lock poisoned")
+                    .entry(ev.function.clone())
+                    .or_default() += 1;
                 let node = self.clone();
                 let flight = in_flight.clone();
                 tokio::spawn(async move {
                     let id = ev.request_id.clone();
+                    let function = ev.function.clone();
                     match run {
                         Some(reserved) => {
                             let _slot = reserved
@@ -419,6 +426,15 @@ impl ControllerNode {
                         None => node.expire(ev).await,
                     }
                     flight.lock().expect("lock poisoned").remove(&id);
+                    {
+                        let mut g = node.async_in_flight.lock().expect("lock poisoned");
+                        if let Some(n) = g.get_mut(&function) {
+                            *n -= 1;
+                            if *n == 0 {
+                                g.remove(&function);
+                            }
+                        }
+                    }
                     drop(permit);
                     node.dispatch_wake.notify_one();
                 });
@@ -549,6 +565,15 @@ impl ControllerNode {
                 },
                 dead_letters: q.dlq.get(&r.function_name).map(|d| d.len()).unwrap_or(0) as u64,
                 dead_letters_dropped: q.dlq_dropped.get(&r.function_name).copied().unwrap_or(0),
+                in_flight: self.is_leader().then(|| {
+                    self.async_in_flight
+                        .lock()
+                        .expect("lock poisoned")
+                        .get(&r.function_name)
+                        .copied()
+                        .unwrap_or(0)
+                }),
+                running: self.workers.busy_of(&r.function_name) as u64,
             })
         })
     }

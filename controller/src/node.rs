@@ -59,6 +59,8 @@ pub struct ControllerNode {
     pub invoke_state: crate::invoke::InvokeState,
     /// Wakes the async dispatcher (an event was accepted or finished).
     pub dispatch_wake: tokio::sync::Notify,
+    /// Attempts this node's dispatcher is running, per function.
+    pub async_in_flight: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     db: Arc<rocksdb::DB>,
     batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
@@ -121,6 +123,7 @@ impl ControllerNode {
             )),
             invoke_state: Default::default(),
             dispatch_wake: tokio::sync::Notify::new(),
+            async_in_flight: Default::default(),
             config,
             db,
         }))

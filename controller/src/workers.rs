@@ -352,6 +352,18 @@ impl WorkerRegistry {
             .sum()
     }
 
+    /// Busy sandboxes of a function (any version) on the live workers.
+    pub fn busy_of(&self, function: &str) -> u32 {
+        let now = Instant::now();
+        let g = self.inner.lock().expect("lock poisoned");
+        g.values()
+            .filter(|e| self.live(e, now))
+            .flat_map(|e| e.pools.iter())
+            .filter(|((f, _), _)| f == function)
+            .map(|(_, p)| p.busy)
+            .sum()
+    }
+
     /// Clients of the live workers, for fan-out reads (logs).
     pub fn live_clients(&self) -> Vec<(String, WorkerConn)> {
         let now = Instant::now();

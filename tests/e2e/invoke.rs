@@ -1022,6 +1022,8 @@ fn async_throttled_events_wait_expire_and_keys_deduplicate() {
     let status: Value =
         serde_json::from_str(&p.ok(&["async", "status", "held", "-o", "json"])).unwrap();
     assert_eq!(status["queued"], 3, "{status}");
+    assert_eq!(status["in_flight"], 0, "{status}");
+    assert_eq!(status["running"], 0, "{status}");
     assert!(
         !p.ok(&["logs", "held"]).contains("START"),
         "nothing runs while throttled to 0"
