@@ -825,6 +825,17 @@ fn dead_letters(p: &Platform, function: &str) -> Vec<Value> {
     v["records"].as_array().unwrap().clone()
 }
 
+/// Milliseconds since midnight of an RFC 3339 time as `nubo logs` prints
+/// it (`2026-11-22T07:51:45.174Z`).
+fn ms_of_day(ts: &str) -> u64 {
+    let t = &ts[11..23];
+    let h: u64 = t[0..2].parse().unwrap();
+    let m: u64 = t[3..5].parse().unwrap();
+    let s: u64 = t[6..8].parse().unwrap();
+    let ms: u64 = t[9..12].parse().unwrap();
+    ((h * 60 + m) * 60 + s) * 1000 + ms
+}
+
 fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
@@ -875,6 +886,18 @@ fn async_events_retry_then_dead_letter_and_redrive() {
     let logs = p.ok(&["logs", "failing", "--limit", "5000"]);
     let starts = logs.matches(&format!("START RequestId: {id}")).count();
     assert_eq!(starts, 3, "exactly three attempts:\n{logs}");
+    // Spaced w, then 2w (w = 300 ms here; 1 and 2 minutes by default).
+    let at: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains(&format!("START RequestId: {id}")))
+        .map(|l| ms_of_day(l.split_whitespace().next().unwrap()))
+        .collect();
+    let gap = |a: u64, b: u64| (b + 86_400_000 - a) % 86_400_000;
+    let gaps = [gap(at[0], at[1]), gap(at[1], at[2])];
+    assert!(
+        (300..3_300).contains(&gaps[0]) && (600..3_600).contains(&gaps[1]),
+        "retries at +w then +2w (w = 300 ms): gaps {gaps:?} ms\n{logs}"
+    );
     // The on-failure destination got Lambda's record of the failure.
     let record: Value = wait_for("the destination record", 20, || {
         let logs = p.ok(&["logs", "sink", "--limit", "5000"]);
