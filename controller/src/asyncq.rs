@@ -335,8 +335,16 @@ impl Queues {
     pub fn dead_letter(&mut self, d: DeadLetter) {
         let q = self.dlq.entry(d.function.clone()).or_default();
         if q.len() >= DLQ_BOUND {
-            q.pop_front();
-            *self.dlq_dropped.entry(d.function.clone()).or_default() += 1;
+            if let Some(old) = q.pop_front() {
+                let dropped = self.dlq_dropped.entry(d.function.clone()).or_default();
+                *dropped += 1;
+                tracing::warn!(
+                    function = %d.function,
+                    dropped_request_id = %old.request_id,
+                    dropped_total = *dropped,
+                    "dead-letter queue full ({DLQ_BOUND}): dropped the oldest record; redrive or purge it with `nubo dlq`"
+                );
+            }
         }
         q.push_back(d);
     }

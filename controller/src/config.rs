@@ -208,6 +208,12 @@ impl ControllerConfig {
     /// Checks the whole configuration once, with messages that say which
     /// setting to fix.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if !(1024..=self.max_sync_payload_bytes.max(1024)).contains(&self.max_async_payload_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "max_async_payload_bytes {} is out of range: use 1024 up to max_sync_payload_bytes ({})",
+                self.max_async_payload_bytes, self.max_sync_payload_bytes
+            )));
+        }
         if !(1_000..=7 * 86_400_000).contains(&self.idempotency_window_ms) {
             return Err(ConfigError::Invalid(format!(
                 "idempotency window {} ms is out of range: use 1000 ms to 7 days (--idempotency-window-ms)",
@@ -324,6 +330,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("id must be"), "{e}");
+        let e = ControllerConfig::load(
+            None,
+            Overrides {
+                idempotency_window_ms: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("idempotency window 5 ms"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "max_async_payload_bytes = 10\n").unwrap();
+        let e = ControllerConfig::load(Some(&f), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_async_payload_bytes 10"), "{e}");
+        std::fs::write(&f, "max_async_payload_bytes = 1048576\n").unwrap();
+        let c = ControllerConfig::load(Some(&f), Overrides::default()).unwrap();
+        assert_eq!(c.max_async_payload_bytes, 1 << 20, "configurable");
     }
 
     #[test]

@@ -140,8 +140,9 @@ impl ControllerNode {
         let max = self.config.max_async_payload_bytes;
         if req.payload.len() as u64 > max {
             return Err(RegistryError::invalid(format!(
-                "payload is {} bytes; the limit for asynchronous (Event) invocations is {max} bytes (256 KB): pass large data by reference",
-                req.payload.len()
+                "payload is {} bytes; the limit for asynchronous (Event) invocations is {max} bytes ({} KB, max_async_payload_bytes): pass large data by reference (an S3 key)",
+                req.payload.len(),
+                max / 1024
             ))
             .into());
         }
