@@ -261,6 +261,16 @@ fn sandbox_containment() {
     // The sandbox survived and serves the next event.
     assert_eq!(p.result("forks", r#"{"max": 3}"#)["created"], 3);
 
+    // Our init is PID 1 and reaps orphans: a warm sandbox collects no
+    // zombies from a handler's background processes.
+    probe(&p, "orphans", "orphans", &[]);
+    for _ in 0..2 {
+        let r = p.result("orphans", "{}");
+        assert_eq!(r["pid1"], "/var/runtime/init", "{r}");
+        assert_ne!(r["me"], 1, "the runtime is not PID 1: {r}");
+        assert_eq!(r["zombies"], serde_json::json!([]), "orphans reaped: {r}");
+    }
+
     probe(
         &p,
         "hog",

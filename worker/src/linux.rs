@@ -24,6 +24,9 @@ use crate::{netns, spec};
 
 /// Our Python runtime loop, shipped inside the binary.
 pub const PYTHON_BOOTSTRAP: &str = include_str!("../runtime/python/bootstrap.py");
+/// The sandbox init (runtime/init/init.c, compiled by build.rs): PID 1,
+/// reaps orphans, forwards signals, exits with the runtime's status.
+pub const SANDBOX_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nubo-init"));
 
 /// Lambda gives init 10 s.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,8 +96,16 @@ impl LinuxFactory {
         let boot = runtime_dir.join("bootstrap.py");
         std::fs::write(&boot, PYTHON_BOOTSTRAP)
             .map_err(|e| format!("writing {}: {e}", boot.display()))?;
+        let init = runtime_dir.join("init");
+        // Replaced, not rewritten in place: a running sandbox may be
+        // executing the old file.
+        let tmp = runtime_dir.join(".init.new");
+        std::fs::write(&tmp, SANDBOX_INIT)
+            .and_then(|_| std::fs::rename(&tmp, &init))
+            .map_err(|e| format!("writing {}: {e}", init.display()))?;
         set_mode(&runtime_dir, 0o755);
         set_mode(&boot, 0o644);
+        set_mode(&init, 0o755);
         Ok(LinuxFactory {
             cfg,
             code,
@@ -312,8 +323,10 @@ impl LinuxFactory {
             runtime_api::serve(listener, ch.clone(), owner).map_err(|e| setup("Runtime API", e))?;
         guard.channel = Some(ch.clone());
 
+        // Our init is PID 1; the runtime is its child.
         let args: Vec<String> = if s.is_python() {
             vec![
+                "/var/runtime/init".into(),
                 "/usr/bin/python3".into(),
                 "-u".into(),
                 // No `site`: the sandbox has no site-packages of its own, and
@@ -322,7 +335,7 @@ impl LinuxFactory {
                 "/var/runtime/bootstrap.py".into(),
             ]
         } else {
-            vec!["/var/task/bootstrap".into()]
+            vec!["/var/runtime/init".into(), "/var/task/bootstrap".into()]
         };
         let oci_spec = spec::build(&spec::SandboxSpec {
             id: &name,

@@ -184,6 +184,33 @@ def proc_status(event, context):
     return {"status": status, "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
 
 
+def orphans(event, context):
+    """Leaves an orphaned grandchild that exits shortly after; returns the
+    zombies in the sandbox once it has, and what runs as PID 1."""
+    import time
+
+    pid = os.fork()
+    if pid == 0:
+        if os.fork() == 0:
+            time.sleep(0.05)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(0.3)
+    zombies = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    if f.read().rsplit(") ", 1)[1].startswith("Z"):
+                        zombies.append(int(p))
+            except OSError:
+                pass
+    with open("/proc/1/cmdline", "rb") as f:
+        pid1 = f.read().split(b"\0")[0].decode()
+    return {"zombies": zombies, "pid1": pid1, "me": os.getpid()}
+
+
 def fail(event, context):
     raise ValueError(event.get("message", "boom"))
 
