@@ -11,6 +11,9 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
+# The sandbox init (worker/runtime/init/init.c) is C, linked statically.
+command -v cc >/dev/null || need+=(gcc)
+dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 # Sandboxes: crun (default OCI runtime), runc (the alternative, tested too).
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
