@@ -401,11 +401,18 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
         .filter(|(_, c)| c == "crun")
         .map(|(p, _)| *p)
         .collect();
+    // The sandbox init (PID 1 inside, the runtime's parent).
+    let inits: Vec<u32> = procs
+        .iter()
+        .filter(|(_, c)| c == "init")
+        .map(|(p, _)| *p)
+        .collect();
     let py_pss: u64 = pythons.iter().map(|p| pss_kb(*p)).sum();
     let crun_pss: u64 = cruns.iter().map(|p| pss_kb(*p)).sum();
+    let init_pss: u64 = inits.iter().map(|p| pss_kb(*p)).sum();
     let after_rss = rss_kb(up_pid).unwrap_or(0);
     let sandboxes = pythons.len().max(1) as f64;
-    let per_sandbox_kb = (py_pss + crun_pss) as f64 / sandboxes
+    let per_sandbox_kb = (py_pss + crun_pss + init_pss) as f64 / sandboxes
         + (after_rss.saturating_sub(before_rss)) as f64 / sandboxes;
     drop(up);
 
@@ -451,10 +458,11 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
     );
     let _ = writeln!(
         md,
-        "| memory per idle warm sandbox ({n} sandboxes) | {:.1} MB (python PSS {:.1} MB + crun monitor PSS {:.1} MB + worker RSS growth {:.2} MB, per sandbox) | | — |",
+        "| memory per idle warm sandbox ({n} sandboxes) | {:.1} MB (python PSS {:.1} MB + crun monitor PSS {:.1} MB + init PSS {:.2} MB + worker RSS growth {:.2} MB, per sandbox) | | — |",
         per_sandbox_kb / 1024.0,
         py_pss as f64 / sandboxes / 1024.0,
         crun_pss as f64 / sandboxes / 1024.0,
+        init_pss as f64 / sandboxes / 1024.0,
         after_rss.saturating_sub(before_rss) as f64 / sandboxes / 1024.0,
     );
     let _ = writeln!(
