@@ -134,7 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--memory-mb",
         "16384",
     ])
-    .env("NUBO_CLUSTER_SECRET", SECRET)
+    .env("NUBO_WORKER_SECRET", nubo_proto::worker_secret(SECRET))
     .stdout(Stdio::null())
     .stderr(Stdio::from(std::fs::File::create(
         dir.path().join("worker.log"),

@@ -359,6 +359,14 @@ pub enum ClusterCommand {
     Promote { id: u64 },
     /// Remove a controller from the group.
     Remove { id: u64 },
+    /// Print the worker credential for NUBO_WORKER_SECRET, computed from the
+    /// cluster secret (no server call): workers hold it instead of the
+    /// cluster secret, so a worker host cannot take part in Raft.
+    WorkerSecret {
+        /// The controllers' cluster secret.
+        #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -552,6 +560,9 @@ struct ErrorContext {
 static ERROR_CONTEXT: OnceLock<ErrorContext> = OnceLock::new();
 
 pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()> {
+    if let ClientCommand::Cluster(ClusterCommand::WorkerSecret { cluster_secret }) = &cmd {
+        return print_worker_secret(cluster_secret);
+    }
     let client = Client::from_args(g)?;
     let _ = ERROR_CONTEXT.set(ErrorContext {
         endpoints: client.endpoints().join(","),
@@ -1318,6 +1329,11 @@ async fn alias_cmd(client: &Client, out: &Out, cmd: AliasCommand) -> anyhow::Res
     Ok(())
 }
 
+fn print_worker_secret(cluster_secret: &str) -> anyhow::Result<()> {
+    println!("{}", nubo_proto::worker_secret(cluster_secret));
+    Ok(())
+}
+
 async fn cluster_cmd(client: &Client, out: &Out, cmd: ClusterCommand) -> anyhow::Result<()> {
     let status = match cmd {
         ClusterCommand::Status => client
@@ -1345,6 +1361,10 @@ async fn cluster_cmd(client: &Client, out: &Out, cmd: ClusterCommand) -> anyhow:
             })
             .await?
             .into_inner(),
+        // Answered before a client is made (run_client).
+        ClusterCommand::WorkerSecret { cluster_secret } => {
+            return print_worker_secret(&cluster_secret)
+        }
         ClusterCommand::Remove { id } => client
             .call(|c| async move {
                 c.cluster()

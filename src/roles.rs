@@ -51,9 +51,15 @@ pub struct WorkerArgs {
     /// Controllers to register with, comma-separated HOST:PORT.
     #[arg(long, env = "NUBO_CONTROLLERS", value_delimiter = ',', required = true)]
     pub controllers: Vec<String>,
-    /// Shared secret of the cluster (the controllers' cluster_secret).
+    /// The worker credential: `nubo cluster worker-secret` of the
+    /// controllers' cluster secret. Lets the worker register and run
+    /// functions, not take part in Raft.
+    #[arg(long, env = "NUBO_WORKER_SECRET", hide_env_values = true)]
+    pub worker_secret: Option<String>,
+    /// The controllers' cluster secret itself (accepted, with a warning:
+    /// a host holding it could join the Raft group; prefer --worker-secret).
     #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: String,
+    pub cluster_secret: Option<String>,
     /// Address of the worker API, HOST:PORT.
     #[arg(long, env = "NUBO_WORKER_LISTEN", default_value = "127.0.0.1:7800")]
     pub listen: String,
@@ -209,7 +215,19 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from("/var/lib/nubo/worker"));
-    let mut cfg = nubo_worker::WorkerConfig::new(data_dir, args.controllers, args.cluster_secret);
+    let secret = match (args.worker_secret, args.cluster_secret) {
+        (Some(w), _) => w,
+        (None, Some(c)) => {
+            tracing::warn!(
+                "this worker holds the cluster secret, which also admits Raft calls; give it NUBO_WORKER_SECRET=$(nubo cluster worker-secret) instead"
+            );
+            nubo_proto::worker_secret(&c)
+        }
+        (None, None) => anyhow::bail!(
+            "no credential: set NUBO_WORKER_SECRET to the output of `nubo cluster worker-secret` (run where NUBO_CLUSTER_SECRET is set)"
+        ),
+    };
+    let mut cfg = nubo_worker::WorkerConfig::new(data_dir, args.controllers, secret);
     cfg.id = args.id;
     cfg.zone = args.zone;
     cfg.listen = args.listen;
@@ -276,14 +294,14 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         let mut cfg = nubo_worker::WorkerConfig::new(
             data_dir.join("worker"),
             vec![running.addr.to_string()],
-            running.node.config.cluster_secret.clone(),
+            running.node.worker_secret.clone(),
         );
         cfg.id = Some("local".into());
         cfg.zone = "local".into();
         cfg.listen = "127.0.0.1:0".into();
         cfg.memory_mb = args.worker_memory_mb;
         cfg.oci_runtime = args.oci_runtime;
-        let secret = cfg.cluster_secret.clone();
+        let secret = cfg.worker_secret.clone();
         let (w, worker) = nubo_worker::start(cfg).await.context(
             "starting the embedded worker (run as root with crun installed: scripts/setup.sh; or pass --no-worker)",
         )?;

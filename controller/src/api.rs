@@ -1111,6 +1111,24 @@ pub struct Internal {
 }
 
 impl Internal {
+    /// Workers' calls (heartbeats, code): the worker credential, or the
+    /// cluster secret (a controller forwarding an invoke to the leader).
+    fn check_worker(&self, md: &MetadataMap) -> Result<(), Status> {
+        let got = md
+            .get(SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if nubo_proto::secret_matches(got, &self.node.worker_secret)
+            || nubo_proto::secret_matches(got, &self.node.config.cluster_secret)
+        {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "wrong worker secret: give the worker NUBO_WORKER_SECRET from `nubo cluster worker-secret` (computed from the controllers' cluster secret)",
+            ))
+        }
+    }
+
     fn check(&self, md: &MetadataMap) -> Result<(), Status> {
         let got = md
             .get(SECRET_HEADER)
@@ -1282,7 +1300,7 @@ impl pb::worker_control_server::WorkerControl for Internal {
         &self,
         request: Request<pb::WorkerHeartbeat>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        self.check(request.metadata())?;
+        self.check_worker(request.metadata())?;
         self.node
             .workers
             .heartbeat(request.into_inner())
@@ -1299,7 +1317,7 @@ impl pb::worker_control_server::WorkerControl for Internal {
         &self,
         request: Request<pb::FetchCodeRequest>,
     ) -> Result<Response<FetchCodeStream>, Status> {
-        self.check(request.metadata())?;
+        self.check_worker(request.metadata())?;
         let sha = request.into_inner().code_sha256;
         let local = self
             .node
@@ -1328,7 +1346,7 @@ impl pb::worker_control_server::WorkerControl for Internal {
         &self,
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
-        self.check(request.metadata())?;
+        self.check_worker(request.metadata())?;
         self.node
             .invoke(request.into_inner(), true)
             .await

@@ -350,7 +350,7 @@ impl ControllerNode {
                 pick: Some(pick),
             };
             let r = client
-                .invoke(with_secret(call, &self.config.cluster_secret, timeout))
+                .invoke(with_secret(call, &self.worker_secret, timeout))
                 .await;
             match r {
                 Ok(resp) => {
@@ -526,7 +526,7 @@ impl ControllerNode {
                     function: Some(spec_of(&view)),
                     count,
                 };
-                let secret = self.config.cluster_secret.clone();
+                let secret = self.worker_secret.clone();
                 let workers = self.workers.clone();
                 calls.push(async move {
                     let r = pick
@@ -560,7 +560,7 @@ impl ControllerNode {
                     limit,
                     ..req.clone()
                 },
-                &self.config.cluster_secret,
+                &self.worker_secret,
                 Duration::from_secs(5),
             );
             async move { c.logs(r).await }

@@ -59,6 +59,9 @@ pub struct ControllerNode {
     pub invoke_state: crate::invoke::InvokeState,
     /// Wakes the async dispatcher (an event was accepted or finished).
     pub dispatch_wake: tokio::sync::Notify,
+    /// What workers present, and what this node presents to workers
+    /// (derived from the cluster secret, see `nubo_proto::worker_secret`).
+    pub worker_secret: String,
     /// Attempts this node's dispatcher is running, per function.
     pub async_in_flight: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     db: Arc<rocksdb::DB>,
@@ -123,6 +126,7 @@ impl ControllerNode {
             )),
             invoke_state: Default::default(),
             dispatch_wake: tokio::sync::Notify::new(),
+            worker_secret: nubo_proto::worker_secret(&config.cluster_secret),
             async_in_flight: Default::default(),
             config,
             db,

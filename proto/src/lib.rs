@@ -16,6 +16,19 @@ pub fn with_secret<T>(msg: T, secret: &str) -> tonic::Request<T> {
     r
 }
 
+/// The credential between controllers and workers, derived from the
+/// cluster secret. A worker host holds this instead of the cluster secret,
+/// which also admits Raft and blob-replication calls: a compromised worker
+/// can heartbeat, fetch code and take invocations, not join the Raft group.
+/// `nubo cluster worker-secret` prints it for a worker's configuration.
+pub fn worker_secret(cluster_secret: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"nubo worker credential v1\0");
+    h.update(cluster_secret.as_bytes());
+    format!("nubo-worker-{}", hex::encode(h.finalize()))
+}
+
 /// Constant-time comparison of a presented secret with the expected one.
 pub fn secret_matches(got: &str, want: &str) -> bool {
     got.len() == want.len()

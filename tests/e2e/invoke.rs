@@ -541,7 +541,10 @@ fn start_worker_with_metrics(dir: &Path, zone: &str, controller: &str, metrics: 
         "--metrics-listen",
         &format!("127.0.0.1:{metrics}"),
     ])
-    .env("NUBO_CLUSTER_SECRET", super::SECRET);
+    .env(
+        "NUBO_WORKER_SECRET",
+        nubo_proto::worker_secret(super::SECRET),
+    );
     spawn_ready(cmd, &format!("worker {zone}"))
 }
 
@@ -1192,7 +1195,10 @@ fn async_events_survive_the_leader_being_killed() {
         "--memory-mb",
         "8192",
     ])
-    .env("NUBO_CLUSTER_SECRET", super::SECRET);
+    .env(
+        "NUBO_WORKER_SECRET",
+        nubo_proto::worker_secret(super::SECRET),
+    );
     let mut worker = spawn_ready(cmd, "worker");
     wait_for("a live worker", 30, || {
         (!live_workers(&env, &endpoint).is_empty()).then_some(())

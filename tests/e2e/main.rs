@@ -443,3 +443,92 @@ fn a_crash_between_commit_and_reply_keeps_the_write() {
     let got = env.cli_ok(&ep, None, &["function", "get", "crashy", "-o", "json"]);
     assert!(got.contains("crashy"), "committed write lost: {got}");
 }
+
+/// Workers hold a credential derived from the cluster secret (printed by
+/// `nubo cluster worker-secret`): it admits the calls workers make
+/// (heartbeats) and not the controllers' own (Raft votes, blob fetches);
+/// the cluster secret admits both; a wrong secret is refused with a
+/// message naming the fix. A heartbeat answered by the leader carries its
+/// Raft term (the workers' fence for async dispatch).
+#[test]
+fn the_worker_credential_cannot_speak_raft() {
+    use nubo_proto::v1 as pb;
+    use nubo_proto::with_secret;
+    let env = Env::new();
+    let port = free_port();
+    let _controller = start_controller(env.dir.path(), 1, &[port]);
+    let out = Command::new(NUBO)
+        .args(["cluster", "worker-secret"])
+        .env("NUBO_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let ws = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(ws, nubo_proto::worker_secret(SECRET));
+    assert_ne!(ws, SECRET);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let hb = pb::WorkerHeartbeat {
+            id: "w-credential-test".into(),
+            zone: "a".into(),
+            address: "127.0.0.1:1".into(),
+            memory_mb: 1024,
+            max_sandboxes: 8,
+            ..Default::default()
+        };
+        // Up, elected, and admitting the worker credential.
+        let ch = loop {
+            assert!(std::time::Instant::now() < deadline, "controller not up");
+            if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut wc = pb::worker_control_client::WorkerControlClient::new(ch.clone());
+                if let Ok(r) = wc.heartbeat(with_secret(hb.clone(), &ws)).await {
+                    if r.into_inner().leader_term > 0 {
+                        break ch;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mut raft = pb::raft_internal_client::RaftInternalClient::new(ch.clone());
+        let vote = |secret: &str| {
+            with_secret(
+                pb::RaftPayload {
+                    data: b"{}".to_vec(),
+                },
+                secret,
+            )
+        };
+        let e = raft.vote(vote(&ws)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        let mut blobs = pb::blob_internal_client::BlobInternalClient::new(ch.clone());
+        let e = blobs
+            .fetch_blob(with_secret(
+                pb::BlobRequest {
+                    sha256: "0".repeat(64),
+                },
+                &ws,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        // The cluster secret passes (the empty vote then fails to decode).
+        let e = raft.vote(vote(SECRET)).await.unwrap_err();
+        assert_ne!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        let mut wc = pb::worker_control_client::WorkerControlClient::new(ch);
+        let e = wc
+            .heartbeat(with_secret(hb, "not-the-secret"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("nubo cluster worker-secret"),
+            "{}",
+            e.message()
+        );
+    });
+}

@@ -40,7 +40,9 @@ pub struct WorkerConfig {
     pub listen: String,
     pub advertise: Option<String>,
     pub controllers: Vec<String>,
-    pub cluster_secret: String,
+    /// The worker credential (`nubo_proto::worker_secret` of the cluster
+    /// secret): presented to controllers, required from them.
+    pub worker_secret: String,
     /// Memory for sandboxes (sum of their limits), MB.
     pub memory_mb: u32,
     pub max_sandboxes: u32,
@@ -59,14 +61,14 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
-    pub fn new(data_dir: PathBuf, controllers: Vec<String>, cluster_secret: String) -> Self {
+    pub fn new(data_dir: PathBuf, controllers: Vec<String>, worker_secret: String) -> Self {
         WorkerConfig {
             id: None,
             zone: "default".into(),
             listen: "127.0.0.1:7800".into(),
             advertise: None,
             controllers,
-            cluster_secret,
+            worker_secret,
             memory_mb: 8192,
             max_sandboxes: 512,
             keep_alive: Duration::from_secs(600),
@@ -119,7 +121,7 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
     h.update(canon.to_string_lossy().as_bytes());
     let tag = hex::encode(&h.finalize()[..4]);
     let run_dir = PathBuf::from("/run/nubo").join(&tag);
-    let source = server::ControllerCode::new(&cfg.controllers, &cfg.cluster_secret)
+    let source = server::ControllerCode::new(&cfg.controllers, &cfg.worker_secret)
         .map_err(|e| setup("controllers", &e))?;
     let code = Arc::new(
         code::CodeCache::new(cfg.data_dir.join("code"), Arc::new(source))
@@ -176,7 +178,7 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
         zone: cfg.zone.clone(),
         advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
         controllers: cfg.controllers.clone(),
-        cluster_secret: cfg.cluster_secret.clone(),
+        worker_secret: cfg.worker_secret.clone(),
         heartbeat: cfg.heartbeat,
     };
     let incarnation = logs::now_ms();

@@ -28,7 +28,7 @@ pub struct WorkerIdentity {
     /// Address controllers use to reach this worker, HOST:PORT.
     pub advertise: String,
     pub controllers: Vec<String>,
-    pub cluster_secret: String,
+    pub worker_secret: String,
     pub heartbeat: Duration,
 }
 
@@ -152,7 +152,7 @@ impl<F: SandboxFactory> WorkerService<F> {
             Ok(())
         } else {
             Err(Status::unauthenticated(
-                "wrong cluster secret: workers and controllers must share one cluster secret",
+                "wrong worker secret: this worker's NUBO_WORKER_SECRET must be `nubo cluster worker-secret` of the controllers' cluster secret",
             ))
         }
     }
@@ -348,7 +348,7 @@ pub async fn serve<F: SandboxFactory>(
 
     let svc = WorkerService {
         worker: worker.clone(),
-        secret: ident.cluster_secret.clone(),
+        secret: ident.worker_secret.clone(),
         worker_id: ident.id.clone(),
     };
     let stop = shutdown.clone();
@@ -399,7 +399,7 @@ pub async fn serve<F: SandboxFactory>(
                 };
                 match tokio::time::timeout(
                     Duration::from_secs(2),
-                    client.heartbeat(with_secret(hb, &id.cluster_secret)),
+                    client.heartbeat(with_secret(hb, &id.worker_secret)),
                 )
                 .await
                 {
