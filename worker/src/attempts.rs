@@ -5,7 +5,11 @@
 //!   that sent it, and the worker keeps the highest leader term it has seen
 //!   (in dispatches and in the leader's heartbeat replies). A dispatch from
 //!   an older term, a deposed leader that has not noticed yet, is refused
-//!   without running.
+//!   without running. The fence lapses when no leader of its term has been
+//!   heard from for `FENCE_TTL`: a controller group recreated from scratch
+//!   (terms start again at 1) is not locked out by a worker that outlived
+//!   it; a deposed leader still reaching the worker after that long is
+//!   admitted again (at-least-once, never lost).
 //! - **One run per attempt.** An attempt is named by a key derived from the
 //!   event's replicated state (request id, acceptance time, attempt and
 //!   throttle counts), so the next leader re-dispatching an attempt whose
@@ -15,7 +19,6 @@
 //!   state and therefore the key.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,13 @@ use tokio::sync::watch;
 pub const RESULT_TTL: Duration = Duration::from_secs(300);
 /// Bytes of kept results (payloads and log tails).
 pub const RESULT_BYTES: usize = 64 << 20;
+/// How long the fence holds without word from a leader of its term.
+pub const FENCE_TTL: Duration = Duration::from_secs(10);
 
 pub struct Attempts<T> {
-    fence: AtomicU64,
+    /// The newest leader term seen, and when a leader of it was last heard.
+    fence: Mutex<(u64, Instant)>,
+    fence_ttl: Duration,
     inner: Mutex<Inner<T>>,
     ttl: Duration,
     max_bytes: usize,
@@ -53,14 +60,15 @@ pub enum Claim<T> {
 
 impl<T: Clone> Default for Attempts<T> {
     fn default() -> Self {
-        Attempts::new(RESULT_TTL, RESULT_BYTES)
+        Attempts::new(RESULT_TTL, RESULT_BYTES, FENCE_TTL)
     }
 }
 
 impl<T: Clone> Attempts<T> {
-    pub fn new(ttl: Duration, max_bytes: usize) -> Attempts<T> {
+    pub fn new(ttl: Duration, max_bytes: usize, fence_ttl: Duration) -> Attempts<T> {
         Attempts {
-            fence: AtomicU64::new(0),
+            fence: Mutex::new((0, Instant::now())),
+            fence_ttl,
             inner: Mutex::new(Inner {
                 running: HashMap::new(),
                 done: HashMap::new(),
@@ -72,24 +80,29 @@ impl<T: Clone> Attempts<T> {
         }
     }
 
-    /// Raises the fence to a leader term seen in a heartbeat reply.
+    /// Records a leader of `term`, heard in a heartbeat reply.
     pub fn observe_term(&self, term: u64) {
-        self.fence.fetch_max(term, Ordering::SeqCst);
+        if term > 0 {
+            let _ = self.admits(term);
+        }
     }
 
     /// Whether a dispatch from the leader of `term` may run: not when a
-    /// newer leader has been seen (the error is that newer term).
+    /// newer leader has been heard from within the fence's lifetime (the
+    /// error is that newer term).
     pub fn admits(&self, term: u64) -> Result<(), u64> {
-        let fence = self.fence.fetch_max(term, Ordering::SeqCst);
-        if term < fence {
-            Err(fence)
-        } else {
+        let mut f = self.fence.lock().expect("lock poisoned");
+        let now = Instant::now();
+        if term >= f.0 || now.duration_since(f.1) > self.fence_ttl {
+            *f = (term, now);
             Ok(())
+        } else {
+            Err(f.0)
         }
     }
 
     pub fn fence(&self) -> u64 {
-        self.fence.load(Ordering::SeqCst)
+        self.fence.lock().expect("lock poisoned").0
     }
 
     /// Claims the attempt `key`.
@@ -177,7 +190,24 @@ mod tests {
         assert!(a.admits(6).is_ok(), "a dispatch raises the fence too");
         assert_eq!(a.admits(5), Err(6));
         a.observe_term(2);
-        assert_eq!(a.fence(), 6, "the fence never goes down");
+        assert_eq!(a.fence(), 6, "a lower term does not lower a live fence");
+    }
+
+    /// A fence whose leader has gone silent lapses: a recreated controller
+    /// group, whose terms start again, is not locked out.
+    #[test]
+    fn a_fence_without_its_leader_lapses() {
+        let a: Attempts<u32> = Attempts::new(RESULT_TTL, RESULT_BYTES, Duration::from_millis(50));
+        a.observe_term(9);
+        assert_eq!(a.admits(1), Err(9));
+        std::thread::sleep(Duration::from_millis(30));
+        a.observe_term(9);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(a.admits(1), Err(9), "heard again: still fenced");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(a.admits(1).is_ok(), "term 9 silent past the TTL");
+        assert_eq!(a.fence(), 1);
+        assert_eq!(a.admits(0), Err(1));
     }
 
     #[tokio::test]
@@ -215,7 +245,7 @@ mod tests {
 
     #[test]
     fn results_are_kept_for_a_while_within_a_byte_bound() {
-        let a: Attempts<String> = Attempts::new(Duration::from_millis(50), 10);
+        let a: Attempts<String> = Attempts::new(Duration::from_millis(50), 10, FENCE_TTL);
         for k in ["a", "b", "c"] {
             let Claim::Run(tx) = a.claim(k) else { panic!() };
             a.finish(k, tx, k.into(), 4);
