@@ -254,6 +254,14 @@ fn nubo_up_deploys_and_keeps_data_across_restarts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED"));
 
+    // One invocation, whose log must outlive the restart below.
+    let out = env.cli_ok(
+        &ep,
+        None,
+        &["invoke", "hello:prod", "--payload", r#"{"name":"Ada"}"#],
+    );
+    assert!(out.contains("Ada"), "{out}");
+
     let m = http_get(&format!("127.0.0.1:{metrics}"), "/metrics");
     assert!(m.contains("nubo_raft_term"), "{m}");
     assert!(
@@ -271,6 +279,19 @@ fn nubo_up_deploys_and_keeps_data_across_restarts() {
     let _up = start_up(&env, port, metrics);
     let got = env.cli_ok(&ep, None, &["function", "get", "hello:prod", "-o", "json"]);
     assert!(got.contains("256"), "data lost across restart: {got}");
+    // Function logs are kept on disk by the worker and come back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = env.cli_ok(&ep, None, &["logs", "hello"]);
+        if logs.contains("START RequestId") && logs.contains("REPORT RequestId") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logs lost across restart:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn start_controller(dir: &Path, id: u64, ports: &[u16]) -> Proc {

@@ -13,6 +13,9 @@ use crate::sandbox::{Completion, CreateError, FunctionSpec, Invocation, Sandbox,
 
 /// The log tail returned with `--log-tail` (Lambda: the last 4 KB).
 pub const TAIL_BYTES: usize = 4096;
+/// Log lines kept per function (in memory, and on disk twice over).
+pub const LOG_LINES: usize = 10_000;
+pub const LOG_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct Worker<F: SandboxFactory> {
     pub pool: Arc<Pool<F>>,
@@ -70,7 +73,7 @@ impl<F: SandboxFactory> Worker<F> {
     pub fn new(pool: Arc<Pool<F>>) -> Worker<F> {
         Worker {
             pool,
-            logs: Arc::new(LogStore::new(10_000, 4 * 1024 * 1024)),
+            logs: Arc::new(LogStore::new(LOG_LINES, LOG_BYTES)),
             metrics: Arc::new(Metrics::default()),
             attempts: Arc::default(),
         }

@@ -155,7 +155,14 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
             keep_alive: cfg.keep_alive,
         },
     );
-    let worker = Arc::new(core::Worker::new(pool));
+    let mut worker = core::Worker::new(pool);
+    // Function logs survive a restart of the worker.
+    let logs_dir = cfg.data_dir.join("logs");
+    worker.logs = Arc::new(
+        logs::LogStore::open(&logs_dir, core::LOG_LINES, core::LOG_BYTES)
+            .map_err(|e| setup("opening the function log directory", &e))?,
+    );
+    let worker = Arc::new(worker);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| {
