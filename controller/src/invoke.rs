@@ -32,7 +32,14 @@ pub struct InvokeState {
     /// the leader (every controller forwards those calls to it).
     running: Mutex<HashMap<String, u32>>,
     leader_clients: Mutex<HashMap<String, ControlClient>>,
+    /// When each provisioned (function, version) last had its workers'
+    /// leases renewed.
+    renewed: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
+
+/// How often the leader renews provisioned sandboxes' leases on workers
+/// (which last `PROVISION_LEASE`, 90 s, there).
+const PROVISION_RENEW: Duration = Duration::from_secs(30);
 
 /// Balances a placement's in-flight counter however the call ends, also
 /// when the caller goes away and this future is dropped mid-call.
@@ -504,6 +511,43 @@ impl ControllerNode {
             let (f, v) = (view.function_name.clone(), view.version.clone());
             let have = self.workers.sandboxes_of(&f, &v, None);
             let want = view.config.min_warm;
+            let renew = {
+                let mut g = self.invoke_state.renewed.lock().expect("lock poisoned");
+                let due = g
+                    .get(&(f.clone(), v.clone()))
+                    .is_none_or(|t| t.elapsed() >= PROVISION_RENEW);
+                if due {
+                    g.insert((f.clone(), v.clone()), std::time::Instant::now());
+                }
+                due
+            };
+            if renew {
+                // Workers holding sandboxes of this version keep up to
+                // `min_warm` of them (in all) past their keep-alive for
+                // another lease.
+                let mut left = want;
+                for (id, client) in self.workers.live_clients() {
+                    let count = self.workers.sandboxes_of(&f, &v, Some(&id)).min(left);
+                    if count == 0 {
+                        continue;
+                    }
+                    left -= count;
+                    let req = pb::PrewarmRequest {
+                        function: Some(spec_of(&view)),
+                        count,
+                    };
+                    let secret = self.worker_secret.clone();
+                    calls.push(Box::pin(async move {
+                        if let Err(s) = client
+                            .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
+                            .await
+                        {
+                            tracing::warn!(worker = %id, "renewing provisioned sandboxes: {}", s.message());
+                        }
+                    })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+                }
+            }
             if have >= want {
                 continue;
             }
@@ -528,7 +572,7 @@ impl ControllerNode {
                 };
                 let secret = self.worker_secret.clone();
                 let workers = self.workers.clone();
-                calls.push(async move {
+                calls.push(Box::pin(async move {
                     let r = pick
                         .client
                         .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
@@ -539,7 +583,7 @@ impl ControllerNode {
                             tracing::warn!(worker = %pick.id, "prewarming: {}", s.message())
                         }
                     }
-                });
+                }));
             }
         }
         futures::future::join_all(calls).await;

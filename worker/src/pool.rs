@@ -60,6 +60,10 @@ struct Idle<S> {
 struct KeyPool<S> {
     idle: Vec<Idle<S>>,
     busy: u32,
+    /// Provisioned concurrency: this many sandboxes (idle + busy) are kept
+    /// past the keep-alive while the controllers' lease lasts.
+    provisioned: u32,
+    provisioned_until: Option<Instant>,
 }
 
 impl<S> Default for KeyPool<S> {
@@ -67,9 +71,15 @@ impl<S> Default for KeyPool<S> {
         KeyPool {
             idle: Vec::new(),
             busy: 0,
+            provisioned: 0,
+            provisioned_until: None,
         }
     }
 }
+
+/// How long a provisioning (a `prewarm` call) protects its sandboxes from
+/// the keep-alive reaper; the leader renews it every 30 s.
+pub const PROVISION_LEASE: Duration = Duration::from_secs(90);
 
 struct State<S> {
     keys: HashMap<Key, KeyPool<S>>,
@@ -273,18 +283,19 @@ impl<F: SandboxFactory> Pool<F> {
         self.destroy_all(vec![(lease.sandbox, 0)]);
     }
 
-    /// Creates idle sandboxes of `spec` until `count` exist (idle + busy).
-    /// Returns how many were created.
+    /// Creates idle sandboxes of `spec` until `count` exist (idle + busy),
+    /// and keeps that many past the keep-alive for `PROVISION_LEASE`
+    /// (provisioned concurrency; renewed by calling again). Returns how
+    /// many were created.
     pub async fn prewarm(&self, spec: &FunctionSpec, count: u32) -> Result<u32, PoolError> {
         let mut created = 0;
         loop {
             {
-                let st = self.state.lock().expect("lock poisoned");
-                let have = st
-                    .keys
-                    .get(&Key::of(spec))
-                    .map(|k| k.idle.len() as u32 + k.busy)
-                    .unwrap_or(0);
+                let mut st = self.state.lock().expect("lock poisoned");
+                let kp = st.keys.entry(Key::of(spec)).or_default();
+                kp.provisioned = count;
+                kp.provisioned_until = Some(Instant::now() + PROVISION_LEASE);
+                let have = kp.idle.len() as u32 + kp.busy;
                 if have >= count {
                     return Ok(created);
                 }
@@ -321,22 +332,34 @@ impl<F: SandboxFactory> Pool<F> {
             let keep = self.cfg.keep_alive;
             let mut freed = (0u32, 0u32);
             for (k, kp) in st.keys.iter_mut() {
-                let mut i = 0;
-                while i < kp.idle.len() {
+                // Provisioned sandboxes outlive the keep-alive while their
+                // lease lasts (the newest idle ones are kept).
+                let mut protect = match kp.provisioned_until {
+                    Some(t) if t > now => kp.provisioned.saturating_sub(kp.busy),
+                    _ => 0,
+                };
+                let mut i = kp.idle.len();
+                while i > 0 {
+                    i -= 1;
                     let dead = !kp.idle[i].sandbox.alive();
-                    if dead || now.duration_since(kp.idle[i].since) > keep {
+                    let expired = now.duration_since(kp.idle[i].since) > keep;
+                    if !dead && protect > 0 {
+                        protect -= 1;
+                        continue;
+                    }
+                    if dead || expired {
                         let idle = kp.idle.remove(i);
                         freed.0 += k.spec.memory_mb;
                         freed.1 += 1;
                         gone.push((idle.sandbox, k.spec.memory_mb));
-                    } else {
-                        i += 1;
                     }
                 }
             }
             st.used_mb -= freed.0;
             st.sandboxes -= freed.1;
-            st.keys.retain(|_, kp| !kp.idle.is_empty() || kp.busy > 0);
+            st.keys.retain(|_, kp| {
+                !kp.idle.is_empty() || kp.busy > 0 || kp.provisioned_until.is_some_and(|t| t > now)
+            });
         }
         let n = gone.len();
         self.destroy_all(gone);
@@ -547,6 +570,33 @@ mod tests {
         assert_eq!(p.reap_idle(), 1);
         assert_eq!(p.snapshot().sandboxes, 0);
         assert_eq!(p.snapshot().used_mb, 0);
+    }
+
+    /// Provisioned (prewarmed) sandboxes outlive the keep-alive while the
+    /// lease lasts; sandboxes beyond the provisioned count do not; when the
+    /// lease lapses (the leader stopped renewing it) they go too.
+    #[tokio::test]
+    async fn provisioned_sandboxes_outlive_the_keep_alive_while_leased() {
+        let f = FakeFactory::echo();
+        let p = pool(&f, 4096, 100, Duration::from_millis(50));
+        assert_eq!(p.prewarm(&spec("pc", 128), 2).await.unwrap(), 2);
+        // A third, on-demand sandbox next to the two provisioned ones.
+        let a = p.acquire(&spec("pc", 128)).await.unwrap();
+        let b = p.acquire(&spec("pc", 128)).await.unwrap();
+        let c = p.acquire(&spec("pc", 128)).await.unwrap();
+        assert!(c.cold.is_some());
+        for l in [a, b, c] {
+            p.release(l, true);
+        }
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(p.reap_idle(), 1, "only the one beyond the provisioned 2");
+        assert_eq!(p.counts("pc", "1").idle, 2);
+        // The lease lapses.
+        for kp in p.state.lock().unwrap().keys.values_mut() {
+            kp.provisioned_until = Some(Instant::now() - Duration::from_secs(1));
+        }
+        assert_eq!(p.reap_idle(), 2);
+        assert_eq!(p.snapshot().sandboxes, 0);
     }
 
     /// A failed init releases its reservation and reaches the caller.
