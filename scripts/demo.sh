@@ -36,5 +36,10 @@ set -x
 "$NUBO" invoke hello:prod --payload '{"name":"Ada"}' --log-tail
 "$NUBO" invoke hello:prod --payload '{"name":"Grace"}'
 "$NUBO" logs hello
+# Asynchronous: answered once the event is durable, run by the dispatcher.
+id=$("$NUBO" invoke hello:prod --async --payload '{"name":"Lin"}')
+for _ in $(seq 1 100); do "$NUBO" logs hello | grep -q "END RequestId: $id" && break; sleep 0.1; done
+"$NUBO" async status hello
+"$NUBO" logs hello | grep "$id"
 set +x
 echo "demo: done." >&2
