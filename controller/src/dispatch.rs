@@ -202,7 +202,7 @@ impl ControllerNode {
 
     /// Runs one attempt of a queued event and commits its next step;
     /// `slot_held` when the dispatcher took a reserved-concurrency slot.
-    async fn attempt(&self, ev: AsyncEvent, slot_held: bool) {
+    async fn attempt(&self, ev: AsyncEvent, slot_held: bool, pin: Option<String>) {
         let Some(term) = self.leader_term() else {
             // Deposed since the plan: the next leader runs it.
             return;
@@ -211,6 +211,7 @@ impl ControllerNode {
             key: attempt_key(&ev),
             term,
             slot_held,
+            pin,
         };
         // Alias weights hold per attempt, as for direct calls.
         let view = match self.resolve_routed(&ev.function, &ev.qualifier) {
@@ -354,12 +355,70 @@ impl ControllerNode {
         }
     }
 
+    /// Asks every live worker which due events' attempts it is running or
+    /// has a kept result for (key -> worker).
+    async fn find_held_attempts(&self) -> std::collections::HashMap<String, String> {
+        const CHUNK: usize = 10_000;
+        let keys: Vec<String> = self.with_registry(|r| {
+            r.queues
+                .due_now(now_ms(), 100_000)
+                .into_iter()
+                .map(attempt_key)
+                .collect()
+        });
+        let mut pins = std::collections::HashMap::new();
+        if keys.is_empty() {
+            return pins;
+        }
+        let calls = self.workers.live_clients().into_iter().map(|(id, c)| {
+            let keys = keys.clone();
+            let secret = self.worker_secret.clone();
+            async move {
+                let mut held = Vec::new();
+                for chunk in keys.chunks(CHUNK) {
+                    let req = pb::FindAttemptsRequest {
+                        keys: chunk.to_vec(),
+                    };
+                    match c
+                        .find_attempts(crate::invoke::with_secret(
+                            req,
+                            &secret,
+                            Duration::from_secs(5),
+                        ))
+                        .await
+                    {
+                        Ok(r) => held.extend(r.held),
+                        Err(s) => {
+                            tracing::warn!(worker = %id, "finding a previous leader's attempts: {}", s.message());
+                            break;
+                        }
+                    }
+                }
+                (id, held)
+            }
+        });
+        for (id, held) in futures::future::join_all(calls).await {
+            for k in held {
+                pins.insert(k, id.clone());
+            }
+        }
+        if !pins.is_empty() {
+            tracing::info!(
+                "{} attempts of a previous leader found on workers: sent back there",
+                pins.len()
+            );
+        }
+        pins
+    }
+
     /// The dispatcher: on the leader, runs due events (at most
     /// `dispatch_concurrency` at once) until `stop`.
     pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         /// Due events one pass may look at.
         const MAX_SCAN: usize = 10_000;
         let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let mut recovered_term = 0;
+        let mut pins: std::collections::HashMap<String, String> = Default::default();
         let limit = Arc::new(tokio::sync::Semaphore::new(
             self.config.dispatch_concurrency.max(1),
         ));
@@ -369,8 +428,15 @@ impl ControllerNode {
                 _ = self.dispatch_wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            if !self.is_leader() {
+            let Some(term) = self.leader_term() else {
                 continue;
+            };
+            if term != recovered_term {
+                // New leadership: attempts a previous leader sent may still
+                // be running (or have results) on workers; send those back
+                // there instead of running them again elsewhere.
+                pins = self.find_held_attempts().await;
+                recovered_term = term;
             }
             let free = limit.available_permits();
             if free == 0 {
@@ -413,6 +479,7 @@ impl ControllerNode {
                     .expect("lock poisoned")
                     .entry(ev.function.clone())
                     .or_default() += 1;
+                let pin = pins.remove(&attempt_key(&ev));
                 let node = self.clone();
                 let flight = in_flight.clone();
                 tokio::spawn(async move {
@@ -422,7 +489,7 @@ impl ControllerNode {
                         Some(reserved) => {
                             let _slot = reserved
                                 .then(|| Slot::adopt(&node.invoke_state, ev.function.clone()));
-                            node.attempt(ev, reserved).await;
+                            node.attempt(ev, reserved, pin).await;
                         }
                         None => node.expire(ev).await,
                     }

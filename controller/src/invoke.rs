@@ -120,6 +120,9 @@ pub(crate) struct AsyncAttempt {
     pub term: u64,
     /// The dispatcher already took a reserved-concurrency slot.
     pub slot_held: bool,
+    /// The worker that holds this attempt (found when this node became
+    /// leader): the attempt goes there to join or reuse it.
+    pub pin: Option<String>,
 }
 
 pub fn new_request_id() -> String {
@@ -170,7 +173,7 @@ fn spec_of(v: &ConfigView) -> pb::FunctionSpec {
     }
 }
 
-fn with_secret<T>(msg: T, secret: &str, timeout: Duration) -> Request<T> {
+pub(crate) fn with_secret<T>(msg: T, secret: &str, timeout: Duration) -> Request<T> {
     let mut r = nubo_proto::with_secret(msg, secret);
     r.set_timeout(timeout);
     r
@@ -333,13 +336,20 @@ impl ControllerNode {
         let mut exclude = Vec::new();
         let mut last_error = String::new();
         let mut saw_full = false;
+        let mut pin = attempt.and_then(|a| a.pin.as_deref());
         for _ in 0..PLACEMENT_TRIES {
-            let Some(pick) = self.workers.pick(
-                &view.function_name,
-                &view.version,
-                view.config.memory_mb,
-                &exclude,
-            ) else {
+            let pinned = pin.take().and_then(|id| {
+                self.workers
+                    .pick_pinned(id, &view.function_name, &view.version)
+            });
+            let Some(pick) = pinned.or_else(|| {
+                self.workers.pick(
+                    &view.function_name,
+                    &view.version,
+                    view.config.memory_mb,
+                    &exclude,
+                )
+            }) else {
                 break;
             };
             let call = pb::WorkerInvokeRequest {

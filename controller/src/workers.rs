@@ -43,6 +43,16 @@ impl WorkerConn {
         }
     }
 
+    pub async fn find_attempts(
+        &self,
+        req: tonic::Request<pb::FindAttemptsRequest>,
+    ) -> Result<pb::FindAttemptsResponse, tonic::Status> {
+        match self {
+            WorkerConn::Remote(c) => c.clone().find_attempts(req).await.map(|r| r.into_inner()),
+            WorkerConn::Local(w) => w.find_attempts(req).await.map(|r| r.into_inner()),
+        }
+    }
+
     pub async fn logs(
         &self,
         req: tonic::Request<pb::GetLogsRequest>,
@@ -298,6 +308,29 @@ impl WorkerRegistry {
             address: e.hb.address.clone(),
             client: e.client.clone(),
             warm,
+        })
+    }
+
+    /// Places a call on worker `id` itself when it is live (an async
+    /// attempt it is already running or has the result of).
+    pub fn pick_pinned(&self, id: &str, function: &str, version: &str) -> Option<Pick> {
+        let now = Instant::now();
+        let mut g = self.inner.lock().expect("lock poisoned");
+        let e = g.get_mut(id)?;
+        if !self.live(e, now) {
+            return None;
+        }
+        e.inflight += 1;
+        e.pools
+            .entry((function.to_string(), version.to_string()))
+            .or_default()
+            .since_report += 1;
+        Some(Pick {
+            id: id.to_string(),
+            zone: e.hb.zone.clone(),
+            address: e.hb.address.clone(),
+            client: e.client.clone(),
+            warm: true,
         })
     }
 

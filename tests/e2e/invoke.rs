@@ -1160,14 +1160,14 @@ fn async_throttled_events_wait_expire_and_keys_deduplicate() {
     }
 }
 
-/// Three `nubo controller` processes and a worker: 2,000 async events are
+/// Three `nubo controller` processes and two workers: 2,000 async events are
 /// accepted (each only once durable), then the leader is SIGKILLed while
 /// they are being dispatched. Every accepted event runs at least once
 /// (seen in the function's log by request id) and none is lost. The
-/// attempts the dead leader had in flight are re-dispatched by the new one
-/// under the same attempt key, so the surviving worker joins the running
-/// attempt or returns its result: duplicates are counted, printed, and
-/// with one surviving worker there are none.
+/// attempts the dead leader had in flight are found on the two workers by
+/// the new leader and sent back there under the same attempt key, so the
+/// worker joins the running attempt or returns its result: duplicates are
+/// counted, printed, and there are none.
 #[test]
 fn async_events_survive_the_leader_being_killed() {
     let env = Env::new();
@@ -1181,27 +1181,38 @@ fn async_events_survive_the_leader_being_killed() {
         .map(|id| super::start_controller(env.dir.path(), id, &ports))
         .collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut cmd = std::process::Command::new(NUBO);
-    cmd.args([
-        "worker",
-        "--zone",
-        "a",
-        "--controllers",
-        &addrs.join(","),
-        "--listen",
-        &format!("127.0.0.1:{}", free_port()),
-        "--data-dir",
-        env.dir.path().join("worker").to_str().unwrap(),
-        "--memory-mb",
-        "8192",
-    ])
-    .env(
-        "NUBO_WORKER_SECRET",
-        nubo_proto::worker_secret(super::SECRET),
-    );
-    let mut worker = spawn_ready(cmd, "worker");
-    wait_for("a live worker", 30, || {
-        (!live_workers(&env, &endpoint).is_empty()).then_some(())
+    // Two workers: the new leader must send the dead leader's attempts back
+    // to the worker running them, not place them afresh.
+    let mut workers: Vec<Proc> = ["a", "b"]
+        .iter()
+        .map(|zone| {
+            let mut cmd = std::process::Command::new(NUBO);
+            cmd.args([
+                "worker",
+                "--zone",
+                zone,
+                "--controllers",
+                &addrs.join(","),
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--data-dir",
+                env.dir
+                    .path()
+                    .join(format!("worker-{zone}"))
+                    .to_str()
+                    .unwrap(),
+                "--memory-mb",
+                "8192",
+            ])
+            .env(
+                "NUBO_WORKER_SECRET",
+                nubo_proto::worker_secret(super::SECRET),
+            );
+            spawn_ready(cmd, &format!("worker {zone}"))
+        })
+        .collect();
+    wait_for("two live workers", 30, || {
+        (live_workers(&env, &endpoint).len() == 2).then_some(())
     });
     let t = Some(super::TOKEN);
     let probe_dir = functions_dir("probe");
@@ -1311,7 +1322,7 @@ fn async_events_survive_the_leader_being_killed() {
     );
     assert_eq!(
         duplicates, 0,
-        "re-dispatched attempts must join or reuse the worker's run"
+        "re-dispatched attempts must go back to the worker running them"
     );
     let dl: Value =
         serde_json::from_str(&env.cli_ok(&endpoint, t, &["dlq", "list", "ev", "-o", "json"]))
@@ -1320,7 +1331,9 @@ fn async_events_survive_the_leader_being_killed() {
         dl["records"].as_array().unwrap().is_empty(),
         "no event dead-lettered: {dl}"
     );
-    worker.terminate(Duration::from_secs(20));
+    for w in &mut workers {
+        w.terminate(Duration::from_secs(20));
+    }
 }
 
 /// An async event whose worker is SIGKILLed mid-run is not lost: the

@@ -160,6 +160,13 @@ impl<T: Clone> Attempts<T> {
         }
     }
 
+    /// Whether the attempt `key` is running here or has a kept result.
+    pub fn holds(&self, key: &str) -> bool {
+        let mut g = self.inner.lock().expect("lock poisoned");
+        self.expire(&mut g, Instant::now());
+        g.running.contains_key(key) || g.done.contains_key(key)
+    }
+
     /// Attempts running and results kept (for metrics and tests).
     pub fn counts(&self) -> (usize, usize) {
         let g = self.inner.lock().expect("lock poisoned");
@@ -227,6 +234,7 @@ mod tests {
             panic!("finished: its result")
         };
         assert_eq!(r, "result");
+        assert!(a.holds("ev:1:0:0") && a.holds("ev:1:1:0") && !a.holds("ev:9:0:0"));
     }
 
     #[tokio::test]

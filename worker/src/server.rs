@@ -254,6 +254,20 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
         Ok(Response::new(resp))
     }
 
+    async fn find_attempts(
+        &self,
+        request: Request<pb::FindAttemptsRequest>,
+    ) -> Result<Response<pb::FindAttemptsResponse>, Status> {
+        self.check(&request)?;
+        let held = request
+            .into_inner()
+            .keys
+            .into_iter()
+            .filter(|k| self.worker.attempts.holds(k))
+            .collect();
+        Ok(Response::new(pb::FindAttemptsResponse { held }))
+    }
+
     async fn prewarm(
         &self,
         request: Request<pb::PrewarmRequest>,
