@@ -465,6 +465,114 @@ fn a_crash_between_commit_and_reply_keeps_the_write() {
     assert!(got.contains("crashy"), "committed write lost: {got}");
 }
 
+/// The async accept path ends at the same place: a controller that crashes
+/// right after committing an Event invocation never answers, yet after the
+/// restart the event runs; the client, retrying with the same request id
+/// (`x-nubo-request-id`), gets the same event back, and it runs once.
+#[test]
+fn an_async_event_committed_before_a_crash_runs_once() {
+    use nubo_proto::v1 as pb;
+    let env = Env::new();
+    let (port, metrics) = (free_port(), free_port());
+    let ep = format!("http://127.0.0.1:{port}");
+    let mut up = start_up(&env, port, metrics);
+    env.cli_ok(
+        &ep,
+        None,
+        &[
+            "function",
+            "create",
+            "ev",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            example("hello").to_str().unwrap(),
+        ],
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait(Duration::from_secs(20)), Some(0));
+    let token = std::fs::read_to_string(env.config_dir().join("token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let event = || {
+        let mut r = tonic::Request::new(pb::InvokeRequest {
+            function_name: "ev".into(),
+            payload: br#"{"name":"once"}"#.to_vec(),
+            invocation_type: pb::InvocationType::Event as i32,
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r.metadata_mut()
+            .insert("x-nubo-request-id", "e2e-crash-retry-1".parse().unwrap());
+        r
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let connect = || {
+        let url = ep.clone();
+        async move {
+            for _ in 0..100 {
+                if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                {
+                    return pb::invocations_client::InvocationsClient::new(ch);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("nubo up not reachable");
+        }
+    };
+
+    let mut up = start_up_with(
+        &env,
+        port,
+        metrics,
+        &[("NUBO_FAILPOINTS", "after-commit=exit")],
+    );
+    let first = rt.block_on(async { connect().await.invoke(event()).await });
+    assert!(first.is_err(), "the crashed controller cannot have replied");
+    assert_eq!(up.wait(Duration::from_secs(10)), Some(86));
+
+    let _up = start_up(&env, port, metrics);
+    let starts = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("START RequestId"))
+            .map(|l| l.split("START RequestId: ").nth(1).unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ran = loop {
+        let s = starts(&env.cli_ok(&ep, None, &["logs", "ev"]));
+        if !s.is_empty() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed event never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    let again = rt
+        .block_on(async { connect().await.invoke(event()).await })
+        .expect("the retry is answered")
+        .into_inner();
+    assert_eq!(again.status_code, 202);
+    assert!(
+        ran[0].starts_with(&again.request_id),
+        "the retry names the same event: {} vs {ran:?}",
+        again.request_id
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let s = starts(&env.cli_ok(&ep, None, &["logs", "ev"]));
+    assert_eq!(s.len(), 1, "the retry must not run it again: {s:?}");
+}
+
 /// Workers hold a credential derived from the cluster secret (printed by
 /// `nubo cluster worker-secret`): it admits the calls workers make
 /// (heartbeats) and not the controllers' own (Raft votes, blob fetches);
