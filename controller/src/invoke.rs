@@ -3,7 +3,7 @@
 //! place on a worker, relay the result. No Raft write on this path.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
@@ -92,22 +92,55 @@ impl InvokeState {
     }
 }
 
-/// Releases a reserved-concurrency slot when the call ends, however it ends.
-pub(crate) struct Slot<'a> {
-    state: &'a InvokeState,
+/// Releases a reserved-concurrency slot when the call ends, however it
+/// ends. A caller that goes away while its call is on a worker does not
+/// stop the function there: the slot is then held until the call could
+/// last (its timeout), so the limit is not exceeded behind its back.
+pub(crate) struct Slot {
+    state: Arc<InvokeState>,
     function: String,
+    /// Set while a call is on a worker: how long it may still run.
+    on_worker: Option<Duration>,
 }
 
-impl<'a> Slot<'a> {
+impl Slot {
     /// Owns a slot already taken with `try_take`.
-    pub(crate) fn adopt(state: &'a InvokeState, function: String) -> Slot<'a> {
-        Slot { state, function }
+    pub(crate) fn adopt(state: &Arc<InvokeState>, function: String) -> Slot {
+        Slot {
+            state: state.clone(),
+            function,
+            on_worker: None,
+        }
+    }
+
+    /// A call is on a worker and may run for up to `limit`.
+    fn sent(&mut self, limit: Duration) {
+        self.on_worker = Some(limit);
+    }
+
+    /// The worker answered.
+    fn answered(&mut self) {
+        self.on_worker = None;
     }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.state.release(&self.function);
+        let Some(limit) = self.on_worker else {
+            self.state.release(&self.function);
+            return;
+        };
+        // Dropped mid-call (the caller went away): the function still runs.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let (state, function) = (self.state.clone(), std::mem::take(&mut self.function));
+                rt.spawn(async move {
+                    tokio::time::sleep(limit).await;
+                    state.release(&function);
+                });
+            }
+            Err(_) => self.state.release(&self.function),
+        }
     }
 }
 
@@ -311,7 +344,7 @@ impl ControllerNode {
         request_id: String,
         attempt: Option<&AsyncAttempt>,
     ) -> Result<pb::InvokeResponse, ApiError> {
-        let _slot = match view.config.reserved_concurrency {
+        let mut slot = match view.config.reserved_concurrency {
             // The async dispatcher took the slot when it planned the attempt.
             Some(_) if attempt.is_some_and(|a| a.slot_held) => None,
             Some(limit) => {
@@ -366,9 +399,15 @@ impl ControllerNode {
                 workers: &self.workers,
                 pick: Some(pick),
             };
+            if let Some(s) = slot.as_mut() {
+                s.sent(timeout);
+            }
             let r = client
                 .invoke(with_secret(call, &self.worker_secret, timeout))
                 .await;
+            if let Some(s) = slot.as_mut() {
+                s.answered();
+            }
             match r {
                 Ok(resp) => {
                     placed.finish(resp.pool.as_ref(), false);
@@ -632,5 +671,34 @@ impl ControllerNode {
         Ok(pb::GetLogsResponse {
             lines: lines.split_off(skip),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slot comes back when its call ends; a slot whose caller went away
+    /// while the call was on a worker stays taken for as long as the call
+    /// may run, so the reservation is not exceeded.
+    #[tokio::test]
+    async fn an_abandoned_call_keeps_its_reserved_slot_until_it_may_have_ended() {
+        let st: Arc<InvokeState> = Arc::default();
+        st.try_take("f", 1).unwrap();
+        let mut s = Slot::adopt(&st, "f".into());
+        s.sent(Duration::from_millis(100));
+        s.answered();
+        drop(s);
+        assert!(st.try_take("f", 1).is_ok(), "answered: released at once");
+
+        let mut s = Slot::adopt(&st, "f".into());
+        s.sent(Duration::from_millis(100));
+        drop(s);
+        assert_eq!(st.try_take("f", 1), Err(1), "still running on the worker");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(
+            st.try_take("f", 1).is_ok(),
+            "released after the call's limit"
+        );
     }
 }

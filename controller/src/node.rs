@@ -56,7 +56,7 @@ pub struct ControllerNode {
     pub metrics: Arc<Metrics>,
     /// Workers as seen by this controller (heartbeats; not replicated).
     pub workers: Arc<crate::workers::WorkerRegistry>,
-    pub invoke_state: crate::invoke::InvokeState,
+    pub invoke_state: Arc<crate::invoke::InvokeState>,
     /// Wakes the async dispatcher (an event was accepted or finished).
     pub dispatch_wake: tokio::sync::Notify,
     /// What workers present, and what this node presents to workers
