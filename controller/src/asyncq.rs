@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// Bound of each function's dead-letter queue: the oldest record goes
 /// (counted) when a new one arrives at the bound.
 pub const DLQ_BOUND: usize = 10_000;
+/// Payload bytes of each function's dead-letter queue (the records live in
+/// every controller's memory and snapshots); the oldest go beyond it.
+pub const DLQ_BYTES: usize = 64 << 20;
 /// Longest error message kept in a dead-letter record.
 pub const ERROR_MESSAGE_BOUND: usize = 1024;
 /// Backoff of throttled / system-error attempts: 1 s doubling to 5 min.
@@ -239,6 +242,10 @@ pub struct Queues {
     /// (expiry, "function/key"): the order in which keys leave the window.
     #[serde(default)]
     pub key_expiry: BTreeSet<(u64, String)>,
+    /// Payload bytes of the pending events (the API refuses new events
+    /// past `max_async_queue_bytes`).
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// An idempotency key's first event.
@@ -248,8 +255,9 @@ pub struct KeyRecord {
     pub expires_ms: u64,
 }
 
-/// Most idempotency keys kept; past it the soonest-expiring go early.
-pub const MAX_KEYS: usize = 1_000_000;
+/// Most idempotency keys kept (each up to ~400 bytes in every controller's
+/// state); past it the soonest-expiring go early.
+pub const MAX_KEYS: usize = 100_000;
 
 impl Queues {
     /// Adds an event; an event with the same request id is kept as is
@@ -262,6 +270,7 @@ impl Queues {
             .entry(ev.function.clone())
             .or_default()
             .insert((ev.due_ms, ev.request_id.clone()));
+        self.bytes += ev.payload.len() as u64;
         self.events.insert(ev.request_id.clone(), ev);
         true
     }
@@ -300,6 +309,7 @@ impl Queues {
 
     fn remove(&mut self, request_id: &str) -> Option<AsyncEvent> {
         let ev = self.events.remove(request_id)?;
+        self.bytes = self.bytes.saturating_sub(ev.payload.len() as u64);
         if let Some(set) = self.due.get_mut(&ev.function) {
             set.remove(&(ev.due_ms, ev.request_id.clone()));
             if set.is_empty() {
@@ -333,20 +343,23 @@ impl Queues {
 
     /// Appends a dead letter, dropping (and counting) the oldest at the bound.
     pub fn dead_letter(&mut self, d: DeadLetter) {
-        let q = self.dlq.entry(d.function.clone()).or_default();
-        if q.len() >= DLQ_BOUND {
-            if let Some(old) = q.pop_front() {
-                let dropped = self.dlq_dropped.entry(d.function.clone()).or_default();
-                *dropped += 1;
-                tracing::warn!(
-                    function = %d.function,
-                    dropped_request_id = %old.request_id,
-                    dropped_total = *dropped,
-                    "dead-letter queue full ({DLQ_BOUND}): dropped the oldest record; redrive or purge it with `nubo dlq`"
-                );
-            }
-        }
+        let function = d.function.clone();
+        let q = self.dlq.entry(function.clone()).or_default();
         q.push_back(d);
+        let mut bytes: usize = q.iter().map(|d| d.payload.len()).sum();
+        while q.len() > DLQ_BOUND || (bytes > DLQ_BYTES && q.len() > 1) {
+            let Some(old) = q.pop_front() else { break };
+            bytes -= old.payload.len();
+            let dropped = self.dlq_dropped.entry(function.clone()).or_default();
+            *dropped += 1;
+            tracing::warn!(
+                function = %function,
+                dropped_request_id = %old.request_id,
+                dropped_total = *dropped,
+                "dead-letter queue full ({DLQ_BOUND} records or {} MB): dropped the oldest record; redrive or purge with `nubo dlq`",
+                DLQ_BYTES >> 20
+            );
+        }
     }
 
     /// Puts dead letters of `function` back on the queue with a fresh
@@ -774,6 +787,39 @@ mod tests {
         );
         assert_eq!(q.keys.len(), 2);
         assert_eq!(q.key_expiry.len(), 2);
+    }
+
+    /// The pending payload bytes follow enqueue, retry and removal; a
+    /// dead-letter queue is bounded by payload bytes too.
+    #[test]
+    fn queue_bytes_and_dead_letter_bytes_are_bounded() {
+        let mut q = Queues::default();
+        let mut a = event("a", 0);
+        a.payload = "x".repeat(100);
+        q.enqueue(a.clone());
+        q.enqueue(event("b", 0));
+        assert_eq!(q.bytes, 100 + 7);
+        let Step::Retry(next) = next_step(a.clone(), fail(), policy(2), 0) else {
+            panic!()
+        };
+        q.apply_step("a", Step::Retry(next));
+        assert_eq!(q.bytes, 107, "a retry keeps its bytes once");
+        q.apply_step("a", Step::Done);
+        q.apply_step("b", Step::Done);
+        assert_eq!(q.bytes, 0);
+
+        let big = "y".repeat(DLQ_BYTES / 3 + 1);
+        for i in 0..4 {
+            let mut e = event(&format!("d{i}"), 0);
+            e.payload = big.clone();
+            let Step::DeadLetter(d) = next_step(e, fail(), policy(0), 0) else {
+                panic!()
+            };
+            q.dead_letter(d);
+        }
+        assert_eq!(q.dlq["f"].len(), 2, "two records fit in the byte bound");
+        assert_eq!(q.dlq["f"][0].request_id, "d2", "the oldest went first");
+        assert_eq!(q.dlq_dropped["f"], 2);
     }
 
     /// Error messages are cut to 1 KB on a character boundary.

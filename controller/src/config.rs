@@ -78,6 +78,10 @@ pub struct ControllerConfig {
     pub dispatch_concurrency: usize,
     /// How long an async idempotency key keeps deduplicating.
     pub idempotency_window_ms: u64,
+    /// Payload bytes of pending async events beyond which new events are
+    /// refused (RESOURCE_EXHAUSTED): the queue lives in every controller's
+    /// memory.
+    pub max_async_queue_bytes: u64,
 }
 
 impl Default for ControllerConfig {
@@ -106,6 +110,7 @@ impl Default for ControllerConfig {
             max_async_payload_bytes: 256 * 1024,
             async_base_wait_ms: 60_000,
             idempotency_window_ms: 3_600_000,
+            max_async_queue_bytes: 512 << 20,
             dispatch_concurrency: 64,
             max_zipped_bytes: 50 * 1024 * 1024,
             max_unzipped_bytes: 250 * 1024 * 1024,
@@ -208,6 +213,12 @@ impl ControllerConfig {
     /// Checks the whole configuration once, with messages that say which
     /// setting to fix.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.max_async_queue_bytes < self.max_async_payload_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "max_async_queue_bytes {} is below max_async_payload_bytes {}: the queue could not hold one event",
+                self.max_async_queue_bytes, self.max_async_payload_bytes
+            )));
+        }
         if !(1024..=self.max_sync_payload_bytes.max(1024)).contains(&self.max_async_payload_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "max_async_payload_bytes {} is out of range: use 1024 up to max_sync_payload_bytes ({})",
@@ -344,6 +355,9 @@ mod tests {
         std::fs::write(&f, "max_async_payload_bytes = 10\n").unwrap();
         let e = ControllerConfig::load(Some(&f), Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("max_async_payload_bytes 10"), "{e}");
+        std::fs::write(&f, "max_async_queue_bytes = 1000\n").unwrap();
+        let e = ControllerConfig::load(Some(&f), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("max_async_queue_bytes 1000"), "{e}");
         std::fs::write(&f, "max_async_payload_bytes = 1048576\n").unwrap();
         let c = ControllerConfig::load(Some(&f), Overrides::default()).unwrap();
         assert_eq!(c.max_async_payload_bytes, 1 << 20, "configurable");

@@ -146,6 +146,16 @@ impl ControllerNode {
             ))
             .into());
         }
+        let pending = self.with_registry(|r| r.queues.bytes);
+        let limit = self.config.max_async_queue_bytes;
+        if pending + req.payload.len() as u64 > limit {
+            self.metrics.async_event("refused_queue_full");
+            return Err(ApiError::Throttled(format!(
+                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later, or clear a backlog (`nubo async status`)",
+                pending >> 20,
+                limit >> 20
+            )));
+        }
         let payload = if req.payload.is_empty() {
             "{}".to_string()
         } else {
