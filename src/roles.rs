@@ -10,6 +10,11 @@ use nubo_controller::server;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
+    /// TOML configuration of the embedded controller (the `nubo controller`
+    /// keys: limits, async settings, ...); flags and NUBO_* variables
+    /// override it; the id, peers and listen address are nubo up's own.
+    #[arg(long, env = "NUBO_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Where the embedded controller keeps its data (kept across restarts).
     /// Default: $HOME/.local/share/nubo.
     #[arg(long, env = "NUBO_DATA_DIR")]
@@ -257,7 +262,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         .data_dir
         .unwrap_or_else(|| home().join(".local").join("share").join("nubo"));
     let config = ControllerConfig::load(
-        None,
+        args.config.as_deref(),
         Overrides {
             id: Some(1),
             listen: Some(args.listen),

@@ -1014,14 +1014,23 @@ fn async_events_retry_then_dead_letter_and_redrive() {
 /// Reserved concurrency 0 (Lambda's "throttle"): async events wait in the
 /// queue without running; clearing the reservation runs them all; one held
 /// past its maximum age (60 s) becomes an `EventAgeExceeded` dead letter
-/// with 0 attempts, and its on-failure destination gets the record. An
-/// idempotency key enqueues once within the window (4 s here) and anew
-/// after it; a bad key is refused.
+/// with 0 attempts, and its on-failure destination gets the record. The
+/// queue's byte bound (`max_async_queue_bytes`, from `nubo up --config`)
+/// refuses an event that would pass it. An idempotency key enqueues once
+/// within the window (4 s here) and anew after it; a bad key is refused.
 #[test]
 fn async_throttled_events_wait_expire_and_keys_deduplicate() {
+    // A small queue bound, to see it refuse (nubo up --config).
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        conf.path(),
+        "max_async_payload_bytes = 65536\nmax_async_queue_bytes = 100000\n",
+    )
+    .unwrap();
     let p = Platform::start_with(&[
         ("NUBO_ASYNC_BASE_WAIT_MS", "300"),
         ("NUBO_IDEMPOTENCY_WINDOW_MS", "4000"),
+        ("NUBO_CONFIG", conf.path().to_str().unwrap()),
     ]);
     probe(&p, "sink", "record", &[]);
     probe(
@@ -1063,6 +1072,25 @@ fn async_throttled_events_wait_expire_and_keys_deduplicate() {
     assert!(
         !p.ok(&["logs", "held"]).contains("START"),
         "nothing runs while throttled to 0"
+    );
+    // The queue's byte bound: 60 KB waits, a second 60 KB is refused.
+    let big = p.env.dir.path().join("big.json");
+    std::fs::write(&big, format!("\"{}\"", "b".repeat(60_000))).unwrap();
+    let big_arg = [
+        "invoke",
+        "held",
+        "--async",
+        "--payload-file",
+        big.to_str().unwrap(),
+    ];
+    p.ok(&big_arg);
+    let out = p.cli(&big_arg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("RESOURCE_EXHAUSTED")
+            && err.contains("queue is full"),
+        "{err}"
     );
     p.ok(&[
         "function",
