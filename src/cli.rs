@@ -608,9 +608,9 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
                     ("due_now".into(), s.due_now.to_string()),
                     (
                         "in_flight".into(),
-                        s.in_flight.map(|n| n.to_string()).unwrap_or_else(|| {
-                            "(counted by the leader: ask it with --endpoint)".into()
-                        }),
+                        s.in_flight
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "unknown (no leader answered)".into()),
                     ),
                     ("running".into(), s.running.to_string()),
                     (

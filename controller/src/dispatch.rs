@@ -622,6 +622,21 @@ impl ControllerNode {
         if !r.stale_ok {
             self.linearizable_read().await?;
         }
+        // Counted by the leader's dispatcher: asked there (None if no
+        // leader answers, or from a follower when a stale read will do).
+        let in_flight = if r.stale_ok && !self.is_leader() {
+            None
+        } else {
+            match self
+                .submit(crate::node::ForwardRequest::AsyncInFlight {
+                    function: r.function_name.clone(),
+                })
+                .await
+            {
+                Ok(Ok(crate::model::Outcome::Count(n))) => Some(n),
+                _ => None,
+            }
+        };
         let now = now_ms();
         self.with_registry(|reg| {
             reg.function(&r.function_name)?;
@@ -643,14 +658,7 @@ impl ControllerNode {
                 },
                 dead_letters: q.dlq.get(&r.function_name).map(|d| d.len()).unwrap_or(0) as u64,
                 dead_letters_dropped: q.dlq_dropped.get(&r.function_name).copied().unwrap_or(0),
-                in_flight: self.is_leader().then(|| {
-                    self.async_in_flight
-                        .lock()
-                        .expect("lock poisoned")
-                        .get(&r.function_name)
-                        .copied()
-                        .unwrap_or(0)
-                }),
+                in_flight,
                 running: self.workers.busy_of(&r.function_name) as u64,
             })
         })

@@ -25,9 +25,21 @@ use crate::types::{NodeId, Raft};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
     Write(Command),
-    AddLearner { id: NodeId, addr: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
+    /// A read only the leader can answer: the async attempts its
+    /// dispatcher is running for a function.
+    AsyncInFlight {
+        function: String,
+    },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -288,6 +300,19 @@ impl ControllerNode {
     /// Executes a request on this node as leader.
     pub async fn apply_on_leader(&self, req: ForwardRequest) -> ForwardReply {
         let res = match req {
+            ForwardRequest::AsyncInFlight { function } => {
+                if !self.is_leader() {
+                    return ForwardReply::NotLeader(None);
+                }
+                let n = self
+                    .async_in_flight
+                    .lock()
+                    .expect("lock poisoned")
+                    .get(&function)
+                    .copied()
+                    .unwrap_or(0);
+                return ForwardReply::Applied(Ok(Outcome::Count(n)));
+            }
             ForwardRequest::Write(cmd) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if self.batcher.send((cmd, tx)).is_err() {

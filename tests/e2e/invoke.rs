@@ -1325,6 +1325,20 @@ fn async_events_survive_the_leader_being_killed() {
         let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         (v["queued"] == 0).then_some(())
     });
+    // A follower answers `async status` with the new leader's in-flight
+    // count (asked there).
+    let s: Value =
+        serde_json::from_str(&env.cli_ok(&endpoint, t, &["cluster", "status", "-o", "json"]))
+            .unwrap();
+    let new_leader = s["leader_id"].as_u64().unwrap() as usize;
+    let follower = (1..=3).find(|i| *i != leader && *i != new_leader).unwrap();
+    let v: Value = serde_json::from_str(&env.cli_ok(
+        &endpoints[follower - 1],
+        t,
+        &["async", "status", "ev", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(v["in_flight"], 0, "asked from follower {follower}: {v}");
     let logs = env.cli_ok(&endpoint, t, &["logs", "ev", "--limit", "10000"]);
     let mut runs: std::collections::HashMap<&str, usize> = Default::default();
     for line in logs.lines() {
