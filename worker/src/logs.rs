@@ -33,8 +33,13 @@ pub struct LogStore {
     disk: Option<std::sync::mpsc::Sender<DiskBatch>>,
 }
 
-/// One invocation's lines for the writer thread: (function, lines).
-type DiskBatch = (String, Vec<Line>);
+/// Work for the writer thread.
+enum DiskBatch {
+    /// One invocation's lines.
+    Lines(String, Vec<Line>),
+    /// Answer once everything sent before is written.
+    Flush(std::sync::mpsc::Sender<()>),
+}
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -109,9 +114,19 @@ impl LogStore {
                 .collect()
         };
         if let Some(disk) = &self.disk {
-            let _ = disk.send((function.to_string(), new.clone()));
+            let _ = disk.send(DiskBatch::Lines(function.to_string(), new.clone()));
         }
         self.insert(function, new);
+    }
+
+    /// Waits (up to `wait`) until every line appended so far is on disk:
+    /// a worker shutting down calls it last.
+    pub fn flush(&self, wait: std::time::Duration) -> bool {
+        let Some(disk) = &self.disk else {
+            return true;
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        disk.send(DiskBatch::Flush(tx)).is_ok() && rx.recv_timeout(wait).is_ok()
     }
 
     fn insert(&self, function: &str, lines: Vec<Line>) {
@@ -155,7 +170,14 @@ impl LogStore {
 /// effort across a power loss, kept across a process restart.
 fn write_loop(dir: &Path, max_bytes: usize, rx: std::sync::mpsc::Receiver<DiskBatch>) {
     let mut warned = false;
-    while let Ok((function, lines)) = rx.recv() {
+    while let Ok(work) = rx.recv() {
+        let (function, lines) = match work {
+            DiskBatch::Lines(f, l) => (f, l),
+            DiskBatch::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let path = dir.join(format!("{function}.jsonl"));
         let mut buf = Vec::new();
         for l in &lines {
@@ -230,7 +252,15 @@ mod tests {
             let s = LogStore::open(dir.path(), 100, 200).unwrap();
             s.append("f", "1", "r1", &["START".into(), "hello".into()]);
             s.append("g", "2", "r2", &["other".into()]);
-            wait_for_file(&dir.path().join("f.jsonl"), 2);
+            assert!(s.flush(std::time::Duration::from_secs(5)));
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("f.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .count(),
+                2,
+                "flushed: on disk"
+            );
             wait_for_file(&dir.path().join("g.jsonl"), 1);
         }
         let s = LogStore::open(dir.path(), 100, 200).unwrap();

@@ -485,7 +485,13 @@ pub async fn serve<F: SandboxFactory>(
         shutdown,
         tasks,
         drain: vec![Box::new(move || {
-            Box::pin(async move { w.pool.drain(Duration::from_secs(60)).await })
+            Box::pin(async move {
+                w.pool.drain(Duration::from_secs(60)).await;
+                // The last invocations' log lines reach the disk.
+                let logs = w.logs.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || logs.flush(Duration::from_secs(5))).await;
+            })
         })],
     })
 }
