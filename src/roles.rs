@@ -46,6 +46,10 @@ pub struct UpArgs {
     /// OCI runtime of the embedded worker: crun or runc.
     #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = "crun")]
     pub oci_runtime: String,
+    /// Idle sandboxes of the embedded worker are destroyed after this many
+    /// seconds (provisioned ones, `--min-warm`, are kept).
+    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = 600)]
+    pub keep_alive_secs: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +309,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         cfg.zone = "local".into();
         cfg.listen = "127.0.0.1:0".into();
         cfg.memory_mb = args.worker_memory_mb;
+        cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
         cfg.oci_runtime = args.oci_runtime;
         let secret = cfg.worker_secret.clone();
         let (w, worker) = nubo_worker::start(cfg).await.context(

@@ -458,16 +458,14 @@ fn runc_is_selectable() {
 
 /// Provisioned concurrency: with `--min-warm 2` the leader has two
 /// sandboxes created before any call, so the first invoke is warm (no Init
-/// Duration in its REPORT line); `function get` shows the setting.
+/// Duration in its REPORT line); they outlive the idle keep-alive (1 s
+/// here): the same sandbox answers after it; `function get` shows the
+/// setting.
 #[test]
 fn min_warm_keeps_sandboxes_ready() {
-    let p = Platform::start();
-    p.deploy(
-        "warm",
-        &super::example("noop"),
-        "app.handler",
-        &["--min-warm", "2"],
-    );
+    // A 1 s idle keep-alive: provisioned sandboxes must outlive it.
+    let p = Platform::start_with(&[("NUBO_KEEP_ALIVE_SECS", "1")]);
+    probe(&p, "warm", "identity", &["--min-warm", "2"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s: Value = serde_json::from_str(&p.ok(&["cluster", "status", "-o", "json"])).unwrap();
@@ -484,6 +482,17 @@ fn min_warm_keeps_sandboxes_ready() {
     assert!(
         !tail.contains("Init Duration"),
         "first call was warm: {tail}"
+    );
+    // Past the keep-alive, the same provisioned sandbox answers (it was
+    // not reaped and re-created).
+    let first = p.result("warm", "{}")["boot_id"].clone();
+    std::thread::sleep(Duration::from_secs(3));
+    let s: Value = serde_json::from_str(&p.ok(&["cluster", "status", "-o", "json"])).unwrap();
+    assert_eq!(s["workers"][0]["warm_idle"], 2, "{s}");
+    assert_eq!(
+        p.result("warm", "{}")["boot_id"],
+        first,
+        "the provisioned sandbox outlived the 1 s keep-alive"
     );
     assert!(p.ok(&["function", "get", "warm"]).contains("min_warm"));
     let bad = p.cli(&["function", "update-config", "warm", "--min-warm", "1000"]);
