@@ -19,7 +19,6 @@ use crate::error::{ApiError, RegistryError};
 use crate::model::{
     Alias, Command, ConfigPatch, ConfigView, FunctionConfig, Outcome, Scope, Token,
 };
-use crate::network::SECRET_HEADER;
 use crate::node::{ControllerNode, ForwardRequest, ReadIndexReply};
 use crate::validate;
 
@@ -1114,10 +1113,7 @@ impl Internal {
     /// Workers' calls (heartbeats, code): the worker credential, or the
     /// cluster secret (a controller forwarding an invoke to the leader).
     fn check_worker(&self, md: &MetadataMap) -> Result<(), Status> {
-        let got = md
-            .get(SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let got = nubo_proto::presented_secret(md);
         if nubo_proto::secret_matches(got, &self.node.worker_secret)
             || nubo_proto::secret_matches(got, &self.node.config.cluster_secret)
         {
@@ -1130,10 +1126,7 @@ impl Internal {
     }
 
     fn check(&self, md: &MetadataMap) -> Result<(), Status> {
-        let got = md
-            .get(SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let got = nubo_proto::presented_secret(md);
         let want = self.node.config.cluster_secret.as_str();
         // Constant-time comparison: the secret guards cluster membership.
         if nubo_proto::secret_matches(got, want) {

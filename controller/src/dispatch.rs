@@ -5,8 +5,7 @@
 //! dispatcher that loses leadership mid-attempt leaves the event queued and
 //! the next leader runs it again.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
@@ -426,7 +425,6 @@ impl ControllerNode {
     pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         /// Due events one pass may look at.
         const MAX_SCAN: usize = 10_000;
-        let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
         let mut recovered_term = 0;
         let mut pins: std::collections::HashMap<String, String> = Default::default();
         let limit = Arc::new(tokio::sync::Semaphore::new(
@@ -454,13 +452,13 @@ impl ControllerNode {
             }
             let now = now_ms();
             let plan = {
-                let busy = in_flight.lock().expect("lock poisoned");
+                let busy = self.async_in_flight.lock().expect("lock poisoned");
                 self.with_registry(|r| {
                     r.queues.plan(
                         now,
                         free,
                         MAX_SCAN,
-                        |id| busy.contains(id),
+                        |id| busy.contains_key(id),
                         |ev| self.admit(r, ev),
                     )
                 })
@@ -479,22 +477,14 @@ impl ControllerNode {
                     }
                     continue;
                 };
-                in_flight
+                self.async_in_flight
                     .lock()
                     .expect("lock poisoned")
-                    .insert(ev.request_id.clone());
-                *self
-                    .async_in_flight
-                    .lock()
-                    .expect("lock poisoned")
-                    .entry(ev.function.clone())
-                    .or_default() += 1;
+                    .insert(ev.request_id.clone(), ev.function.clone());
                 let pin = pins.remove(&attempt_key(&ev));
                 let node = self.clone();
-                let flight = in_flight.clone();
                 tokio::spawn(async move {
                     let id = ev.request_id.clone();
-                    let function = ev.function.clone();
                     match run {
                         Some(reserved) => {
                             let _slot = reserved
@@ -503,16 +493,10 @@ impl ControllerNode {
                         }
                         None => node.expire(ev).await,
                     }
-                    flight.lock().expect("lock poisoned").remove(&id);
-                    {
-                        let mut g = node.async_in_flight.lock().expect("lock poisoned");
-                        if let Some(n) = g.get_mut(&function) {
-                            *n -= 1;
-                            if *n == 0 {
-                                g.remove(&function);
-                            }
-                        }
-                    }
+                    node.async_in_flight
+                        .lock()
+                        .expect("lock poisoned")
+                        .remove(&id);
                     drop(permit);
                     node.dispatch_wake.notify_one();
                 });

@@ -245,7 +245,7 @@ impl ControllerNode {
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
+        self.leader_term().is_some()
     }
 
     /// The Raft term while this node leads it.
@@ -555,11 +555,17 @@ impl ControllerNode {
     /// placements, until the workers report that many.
     pub async fn ensure_min_warm(&self) {
         let targets = self.with_registry(|r| r.min_warm_targets());
-        let mut calls = Vec::new();
+        // (worker, client, request): renewals and new sandboxes alike; a
+        // prewarm both creates up to `count` and (re)leases that many.
+        let mut sends: Vec<(String, crate::workers::WorkerConn, pb::PrewarmRequest)> = Vec::new();
         for view in targets {
             let (f, v) = (view.function_name.clone(), view.version.clone());
             let have = self.workers.sandboxes_of(&f, &v, None);
             let want = view.config.min_warm;
+            let request = |count| pb::PrewarmRequest {
+                function: Some(spec_of(&view)),
+                count,
+            };
             let renew = {
                 let mut g = self.invoke_state.renewed.lock().expect("lock poisoned");
                 let due = g
@@ -570,36 +576,6 @@ impl ControllerNode {
                 }
                 due
             };
-            if renew {
-                // Workers holding sandboxes of this version keep up to
-                // `min_warm` of them (in all) past their keep-alive for
-                // another lease.
-                let mut left = want;
-                for (id, client) in self.workers.live_clients() {
-                    let count = self.workers.sandboxes_of(&f, &v, Some(&id)).min(left);
-                    if count == 0 {
-                        continue;
-                    }
-                    left -= count;
-                    let req = pb::PrewarmRequest {
-                        function: Some(spec_of(&view)),
-                        count,
-                    };
-                    let secret = self.worker_secret.clone();
-                    calls.push(Box::pin(async move {
-                        if let Err(s) = client
-                            .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
-                            .await
-                        {
-                            tracing::warn!(worker = %id, "renewing provisioned sandboxes: {}", s.message());
-                        }
-                    })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
-                }
-            }
-            if have >= want {
-                continue;
-            }
             // Plan the missing ones worker by worker.
             let mut plan: HashMap<String, (crate::workers::Pick, u32)> = HashMap::new();
             for _ in have..want {
@@ -614,27 +590,37 @@ impl ControllerNode {
                 });
                 e.1 += 1;
             }
-            for (_, (pick, count)) in plan {
-                let req = pb::PrewarmRequest {
-                    function: Some(spec_of(&view)),
-                    count,
-                };
-                let secret = self.worker_secret.clone();
-                let workers = self.workers.clone();
-                calls.push(Box::pin(async move {
-                    let r = pick
-                        .client
-                        .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
-                        .await;
-                    match r {
-                        Ok(resp) => workers.report(&pick.id, resp.pool.as_ref()),
-                        Err(s) => {
-                            tracing::warn!(worker = %pick.id, "prewarming: {}", s.message())
-                        }
+            if renew {
+                // Workers holding sandboxes of this version keep up to
+                // `min_warm` of them (in all) past their keep-alive for
+                // another lease.
+                let mut left = want;
+                for (id, client) in self.workers.live_clients() {
+                    let count = self.workers.sandboxes_of(&f, &v, Some(&id)).min(left);
+                    left -= count;
+                    // A planned worker's prewarm below leases its sandboxes.
+                    if count > 0 && !plan.contains_key(&id) {
+                        sends.push((id, client, request(count)));
                     }
-                }));
+                }
+            }
+            for (id, (pick, count)) in plan {
+                sends.push((id, pick.client, request(count)));
             }
         }
+        let calls = sends.into_iter().map(|(id, client, req)| {
+            let secret = self.worker_secret.clone();
+            let workers = self.workers.clone();
+            async move {
+                match client
+                    .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
+                    .await
+                {
+                    Ok(resp) => workers.report(&id, resp.pool.as_ref()),
+                    Err(s) => tracing::warn!(worker = %id, "prewarming: {}", s.message()),
+                }
+            }
+        });
         futures::future::join_all(calls).await;
     }
 

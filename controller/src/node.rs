@@ -74,8 +74,8 @@ pub struct ControllerNode {
     /// What workers present, and what this node presents to workers
     /// (derived from the cluster secret, see `nubo_proto::worker_secret`).
     pub worker_secret: String,
-    /// Attempts this node's dispatcher is running, per function.
-    pub async_in_flight: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Attempts this node's dispatcher is running: request id -> function.
+    pub async_in_flight: std::sync::Mutex<std::collections::HashMap<String, String>>,
     db: Arc<rocksdb::DB>,
     batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
 }
@@ -308,10 +308,10 @@ impl ControllerNode {
                     .async_in_flight
                     .lock()
                     .expect("lock poisoned")
-                    .get(&function)
-                    .copied()
-                    .unwrap_or(0);
-                return ForwardReply::Applied(Ok(Outcome::Count(n)));
+                    .values()
+                    .filter(|f| **f == function)
+                    .count();
+                return ForwardReply::Applied(Ok(Outcome::Count(n as u64)));
             }
             ForwardRequest::Write(cmd) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();

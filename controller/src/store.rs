@@ -657,26 +657,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::testing::{StoreBuilder, Suite};
-
-    struct Builder;
-
-    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), SErr> {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let db = open_db(dir.path()).expect("open db");
-            let d = Durability { sync: true };
-            let sm = StateMachineStore::new(db.clone(), d).expect("state machine");
-            Ok((dir, LogStore::new(db, d), sm))
-        }
-    }
-
-    /// openraft's storage suite (append, truncate, purge, reads of any
-    /// range, votes, snapshots) over the RocksDB store with its tail cache.
-    #[test]
-    fn store_passes_openraft_suite() {
-        Suite::test_all(Builder).expect("openraft storage suite");
-    }
 
     /// The tail cache serves only ranges it holds, and truncation and
     /// purging keep it the log's contiguous tail.

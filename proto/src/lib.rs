@@ -29,6 +29,13 @@ pub fn worker_secret(cluster_secret: &str) -> String {
     format!("nubo-worker-{}", hex::encode(h.finalize()))
 }
 
+/// The secret a request presents ("" without one).
+pub fn presented_secret(md: &tonic::metadata::MetadataMap) -> &str {
+    md.get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 /// Constant-time comparison of a presented secret with the expected one.
 pub fn secret_matches(got: &str, want: &str) -> bool {
     got.len() == want.len()

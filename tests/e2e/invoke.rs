@@ -534,19 +534,30 @@ fn start_worker(dir: &Path, zone: &str, controller: &str) -> Proc {
 }
 
 fn start_worker_with_metrics(dir: &Path, zone: &str, controller: &str, metrics: u16) -> Proc {
+    start_worker_sized(dir, zone, controller, metrics, 2048)
+}
+
+/// A `nubo worker` in `zone`, registering with `controllers` (comma-separated).
+fn start_worker_sized(
+    dir: &Path,
+    zone: &str,
+    controllers: &str,
+    metrics: u16,
+    memory_mb: u32,
+) -> Proc {
     let mut cmd = std::process::Command::new(NUBO);
     cmd.args([
         "worker",
         "--zone",
         zone,
         "--controllers",
-        controller,
+        controllers,
         "--listen",
         &format!("127.0.0.1:{}", free_port()),
         "--data-dir",
         dir.join(format!("worker-{zone}")).to_str().unwrap(),
         "--memory-mb",
-        "2048",
+        &memory_mb.to_string(),
         "--metrics-listen",
         &format!("127.0.0.1:{metrics}"),
     ])
@@ -1222,31 +1233,7 @@ fn async_events_survive_the_leader_being_killed() {
     // to the worker running them, not place them afresh.
     let mut workers: Vec<Proc> = ["a", "b"]
         .iter()
-        .map(|zone| {
-            let mut cmd = std::process::Command::new(NUBO);
-            cmd.args([
-                "worker",
-                "--zone",
-                zone,
-                "--controllers",
-                &addrs.join(","),
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-                "--data-dir",
-                env.dir
-                    .path()
-                    .join(format!("worker-{zone}"))
-                    .to_str()
-                    .unwrap(),
-                "--memory-mb",
-                "8192",
-            ])
-            .env(
-                "NUBO_WORKER_SECRET",
-                nubo_proto::worker_secret(super::SECRET),
-            );
-            spawn_ready(cmd, &format!("worker {zone}"))
-        })
+        .map(|zone| start_worker_sized(env.dir.path(), zone, &addrs.join(","), free_port(), 8192))
         .collect();
     wait_for("two live workers", 30, || {
         (live_workers(&env, &endpoint).len() == 2).then_some(())

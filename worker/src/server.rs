@@ -143,11 +143,7 @@ pub struct WorkerService<F: SandboxFactory> {
 
 impl<F: SandboxFactory> WorkerService<F> {
     fn check<T>(&self, r: &Request<T>) -> Result<(), Status> {
-        let got = r
-            .metadata()
-            .get(nubo_proto::SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let got = nubo_proto::presented_secret(r.metadata());
         if nubo_proto::secret_matches(got, &self.secret) {
             Ok(())
         } else {
