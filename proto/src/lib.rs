@@ -3,9 +3,114 @@ pub mod v1 {
     tonic::include_proto!("nubo.v1");
 }
 
-/// Metadata key carrying the cluster secret on controller-to-controller and
-/// controller-to-worker calls.
-pub const SECRET_HEADER: &str = "x-nubo-cluster-secret";
+/// Every `x-nubo-*` gRPC metadata key, defined once.
+pub mod headers {
+    /// The cluster secret (controller to controller) or the worker
+    /// credential (controller <-> worker).
+    pub const CLUSTER_SECRET: &str = "x-nubo-cluster-secret";
+    /// On UNAVAILABLE: the leader's address (`http://host:port`), when known.
+    pub const LEADER: &str = "x-nubo-leader";
+    /// A client-chosen request id: a retried call with the same id is
+    /// applied once.
+    pub const REQUEST_ID: &str = "x-nubo-request-id";
+    /// On a worker's error: the call did not run (safe to place elsewhere).
+    pub const NOT_RUN: &str = "x-nubo-not-run";
+    /// On an error: a [`Reason`](crate::Reason), machine-readable, so a
+    /// client can say what to do next without parsing the message.
+    pub const REASON: &str = "x-nubo-reason";
+}
+
+/// Metadata key carrying the cluster secret (see [`headers::CLUSTER_SECRET`]).
+pub const SECRET_HEADER: &str = headers::CLUSTER_SECRET;
+
+/// Why a call failed, beside the gRPC code and the human message. Servers
+/// say *what* is wrong; each client (the CLI's hint layer, the console, the
+/// gateway) decides what to tell its user to do about it. Sent as the
+/// `x-nubo-reason` metadata value ([`Reason::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    FunctionNotFound,
+    FunctionExists,
+    VersionNotFound,
+    /// A version an alias points to cannot be deleted.
+    VersionInUse,
+    AliasNotFound,
+    AliasExists,
+    TokenNotFound,
+    /// An alias (or its routing) names `$LATEST` instead of a version.
+    AliasNeedsVersion,
+    /// The function has no code package yet.
+    NoCode,
+    /// At the function's reserved concurrency.
+    ReservedConcurrency,
+    /// No live worker can run the function.
+    NoWorker,
+    /// The write was not committed by a majority in time.
+    NoQuorum,
+    /// A code package did not reach a majority of controllers.
+    CodeNotReplicated,
+    /// The async queue is at its byte bound.
+    AsyncQueueFull,
+}
+
+impl Reason {
+    pub const ALL: &'static [Reason] = &[
+        Reason::FunctionNotFound,
+        Reason::FunctionExists,
+        Reason::VersionNotFound,
+        Reason::VersionInUse,
+        Reason::AliasNotFound,
+        Reason::AliasExists,
+        Reason::TokenNotFound,
+        Reason::AliasNeedsVersion,
+        Reason::NoCode,
+        Reason::ReservedConcurrency,
+        Reason::NoWorker,
+        Reason::NoQuorum,
+        Reason::CodeNotReplicated,
+        Reason::AsyncQueueFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::FunctionNotFound => "function-not-found",
+            Reason::FunctionExists => "function-exists",
+            Reason::VersionNotFound => "version-not-found",
+            Reason::VersionInUse => "version-in-use",
+            Reason::AliasNotFound => "alias-not-found",
+            Reason::AliasExists => "alias-exists",
+            Reason::TokenNotFound => "token-not-found",
+            Reason::AliasNeedsVersion => "alias-needs-version",
+            Reason::NoCode => "no-code",
+            Reason::ReservedConcurrency => "reserved-concurrency",
+            Reason::NoWorker => "no-worker",
+            Reason::NoQuorum => "no-quorum",
+            Reason::CodeNotReplicated => "code-not-replicated",
+            Reason::AsyncQueueFull => "async-queue-full",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.as_str() == s)
+    }
+
+    /// The reason a status carries, if any.
+    pub fn of(status: &tonic::Status) -> Option<Reason> {
+        status
+            .metadata()
+            .get(headers::REASON)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Reason::parse)
+    }
+
+    /// Marks a status with this reason.
+    pub fn attach(self, status: &mut tonic::Status) {
+        status.metadata_mut().insert(
+            headers::REASON,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+    }
+}
 
 /// A request carrying the cluster secret.
 pub fn with_secret<T>(msg: T, secret: &str) -> tonic::Request<T> {
@@ -44,4 +149,20 @@ pub fn secret_matches(got: &str, want: &str) -> bool {
             .zip(want.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason survives the trip through a status's metadata.
+    #[test]
+    fn reasons_round_trip() {
+        for r in Reason::ALL {
+            let mut s = tonic::Status::not_found("x");
+            r.attach(&mut s);
+            assert_eq!(Reason::of(&s), Some(*r));
+        }
+        assert_eq!(Reason::parse("no-such-reason"), None);
+    }
 }
