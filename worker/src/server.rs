@@ -154,14 +154,12 @@ impl<F: SandboxFactory> WorkerService<F> {
     }
 }
 
-/// Metadata on a worker error meaning the function did not run, so the
-/// controller may place the call elsewhere.
-pub const NOT_RUN_HEADER: &str = "x-nubo-not-run";
-
-/// Marks an error as "the function did not run".
+/// Marks an error as "the function did not run" (the metadata
+/// `nubo_proto::headers::NOT_RUN`), so the controller may place the call
+/// elsewhere.
 fn not_run(mut s: Status) -> Status {
     s.metadata_mut().insert(
-        NOT_RUN_HEADER,
+        nubo_proto::headers::NOT_RUN,
         tonic::metadata::MetadataValue::from_static("1"),
     );
     s
