@@ -105,12 +105,12 @@ async fn invoke(
 /// same shape as a sandbox without our Runtime API.
 fn bare_bundle(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let rootfs = dir.join("rootfs");
-    nubo_worker::spec::prepare_rootfs(&rootfs)?;
+    nubo_worker::sandbox::container::spec::prepare_rootfs(&rootfs)?;
     let etc = dir.join("etc");
-    nubo_worker::spec::write_etc(&etc, 65534, 65534, false)?;
+    nubo_worker::sandbox::container::spec::write_etc(&etc, 65534, 65534, false)?;
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty)?;
-    let spec = nubo_worker::spec::build(&nubo_worker::spec::SandboxSpec {
+    let spec = nubo_worker::sandbox::container::spec::build(&nubo_worker::sandbox::container::spec::SandboxSpec {
         id: "bench",
         rootfs: &rootfs,
         code_dir: &empty,
@@ -127,7 +127,7 @@ fn bare_bundle(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
         gid: 65534,
         hostname: "bench",
     })?;
-    nubo_worker::spec::write_bundle(dir, &spec)?;
+    nubo_worker::sandbox::container::spec::write_bundle(dir, &spec)?;
     Ok(())
 }
 

@@ -1,35 +1,29 @@
 //! nubo worker: runs functions in container sandboxes. See ARCHITECTURE.md.
 //!
-//! - [`sandbox`]: the sandbox trait; [`linux`] (OCI containers via crun or
-//!   runc) and [`fake`] (in-process, for tests) implement it.
+//! - [`sandbox`]: the sandbox traits, the Runtime API, and two
+//!   implementations: [`sandbox::container`] (OCI containers via crun or
+//!   runc, with the host, namespace, spec and seccomp pieces they need) and
+//!   [`sandbox::fake`] (in-process, for tests).
 //! - [`pool`]: warm reuse, admission, LRU eviction, keep-alive.
 //! - [`core`]: one invocation with Lambda's log lines; [`server`]: the gRPC
 //!   API, heartbeats, code fetching, metrics.
-//! - [`runtime_api`]: the Lambda Runtime API each sandbox talks to.
-//! - [`spec`], [`seccomp`], [`netns`], [`host`]: the container itself and
-//!   the host it needs.
 
 pub mod attempts;
 pub mod code;
 pub mod core;
-pub mod fake;
-pub mod host;
-pub mod linux;
 pub mod logs;
 pub mod metrics;
-pub mod netns;
 pub mod pool;
-pub mod runtime_api;
 pub mod sandbox;
-pub mod seccomp;
 pub mod server;
-pub mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+use sandbox::container::{self as linux, host};
 
 /// Settings of `nubo worker` (and of the worker inside `nubo up`).
 #[derive(Debug, Clone)]

@@ -448,7 +448,7 @@ impl<F: SandboxFactory> Pool<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::FakeFactory;
+    use crate::sandbox::fake::FakeFactory;
     use crate::sandbox::Completion;
     use std::sync::atomic::Ordering;
 

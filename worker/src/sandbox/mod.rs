@@ -1,7 +1,12 @@
 //! The sandbox abstraction: a place where one version of a function runs,
-//! one event at a time. [`crate::linux`] implements it with OCI containers;
-//! [`crate::fake`] implements it in-process so pooling and placement logic
-//! test without root.
+//! one event at a time. [`container`] implements it with OCI containers;
+//! [`fake`] implements it in-process so pooling and placement logic test
+//! without root. [`runtime_api`] is the Lambda Runtime API a container's
+//! runtime talks to.
+
+pub mod container;
+pub mod fake;
+pub mod runtime_api;
 
 use std::collections::BTreeMap;
 use std::future::Future;

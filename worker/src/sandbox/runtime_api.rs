@@ -301,7 +301,11 @@ impl axum::serve::Listener for OwnerOnly {
                     let (port, procs) = (self.port, self.procs.clone());
                     let ok = a.ip().is_loopback()
                         && tokio::task::spawn_blocking(move || {
-                            crate::host::local_peer_in_cgroup(a.port(), port, &procs)
+                            crate::sandbox::container::host::local_peer_in_cgroup(
+                                a.port(),
+                                port,
+                                &procs,
+                            )
                         })
                         .await
                         .unwrap_or(false);

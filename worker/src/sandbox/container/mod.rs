@@ -14,16 +14,20 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 
 use crate::code::CodeCache;
-use crate::host::{self, CgroupLayout};
-use crate::runtime_api::{self, Channel, Event, Phase, Reply};
+use crate::sandbox::runtime_api::{self, Channel, Event, Phase, Reply};
 use crate::sandbox::{
     Completion, CreateError, Created, FunctionSpec, Invocation, InvokeResult, Sandbox,
     SandboxFactory,
 };
-use crate::{netns, spec};
+use host::CgroupLayout;
+
+pub mod host;
+pub mod netns;
+pub mod seccomp;
+pub mod spec;
 
 /// Our Python runtime loop, shipped inside the binary.
-pub const PYTHON_BOOTSTRAP: &str = include_str!("../runtime/python/bootstrap.py");
+pub const PYTHON_BOOTSTRAP: &str = include_str!("../../../runtime/python/bootstrap.py");
 /// The sandbox init (runtime/init/init.c, compiled by build.rs): PID 1,
 /// reaps orphans, forwards signals, exits with the runtime's status.
 pub const SANDBOX_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nubo-init"));

@@ -351,7 +351,7 @@ pub fn build(s: &SandboxSpec) -> Result<Spec, SpecError> {
         .cgroups_path(PathBuf::from(&s.cgroups_path))
         .masked_paths(opts(MASKED_PATHS))
         .readonly_paths(opts(READONLY_PATHS))
-        .seccomp(crate::seccomp::profile())
+        .seccomp(super::seccomp::profile())
         .build()
         .map_err(err)?;
 

@@ -381,7 +381,7 @@ mod tests {
         ));
         drop(c);
     }
-    use crate::{netns, spec};
+    use crate::sandbox::container::{netns, spec};
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicU32, Ordering};
