@@ -26,7 +26,7 @@ pub struct UpArgs {
     #[arg(long, env = "NUBO_METRICS_LISTEN", default_value = "127.0.0.1:7780")]
     pub metrics_listen: String,
     /// Memory for the embedded worker's sandboxes, MB.
-    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = 4096)]
+    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = nubo_worker::config::UP_MEMORY_MB)]
     pub worker_memory_mb: u32,
     /// Admin token to create on the first start (default: random, stored
     /// for the CLI in ~/.config/nubo/token).
@@ -44,11 +44,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_worker: bool,
     /// OCI runtime of the embedded worker: crun or runc.
-    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = "crun")]
+    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = nubo_worker::config::OCI_RUNTIME)]
     pub oci_runtime: String,
     /// Idle sandboxes of the embedded worker are destroyed after this many
     /// seconds (provisioned ones, `--min-warm`, are kept).
-    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = 600)]
+    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = nubo_worker::config::KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
 }
 
@@ -70,7 +70,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Address of the worker API, HOST:PORT.
-    #[arg(long, env = "NUBO_WORKER_LISTEN", default_value = "127.0.0.1:7800")]
+    #[arg(long, env = "NUBO_WORKER_LISTEN", default_value = nubo_worker::config::LISTEN)]
     pub listen: String,
     /// Address controllers use to reach this worker (default: --listen).
     #[arg(long, env = "NUBO_WORKER_ADVERTISE")]
@@ -79,18 +79,18 @@ pub struct WorkerArgs {
     #[arg(long, env = "NUBO_WORKER_ID")]
     pub id: Option<String>,
     /// Memory for sandboxes (the sum of their limits), MB.
-    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = 8192)]
+    #[arg(long, env = "NUBO_WORKER_MEMORY_MB", default_value_t = nubo_worker::config::MEMORY_MB)]
     pub memory_mb: u32,
-    #[arg(long, env = "NUBO_WORKER_MAX_SANDBOXES", default_value_t = 512)]
+    #[arg(long, env = "NUBO_WORKER_MAX_SANDBOXES", default_value_t = nubo_worker::config::MAX_SANDBOXES)]
     pub max_sandboxes: u32,
     /// Idle sandboxes are destroyed after this many seconds.
-    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = 600)]
+    #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = nubo_worker::config::KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
     /// Code cache and worker id. Default: /var/lib/nubo/worker.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// crun (default) or runc.
-    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = "crun")]
+    #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = nubo_worker::config::OCI_RUNTIME)]
     pub oci_runtime: String,
     /// Prometheus /metrics address, HOST:PORT.
     #[arg(long, env = "NUBO_METRICS_LISTEN")]
@@ -223,7 +223,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let data_dir = args
         .data_dir
-        .unwrap_or_else(|| PathBuf::from("/var/lib/nubo/worker"));
+        .unwrap_or_else(|| PathBuf::from(nubo_worker::config::DATA_DIR));
     let secret = match (args.worker_secret, args.cluster_secret) {
         (Some(w), _) => w,
         (None, Some(c)) => {

@@ -30,15 +30,23 @@ pub struct LogStore {
     max_bytes: usize,
     inner: Mutex<(u64, HashMap<String, FunctionLog>)>,
     /// Lines on their way to disk, when persisted.
-    disk: Option<std::sync::mpsc::Sender<DiskBatch>>,
+    disk: Option<std::sync::mpsc::SyncSender<DiskBatch>>,
+    /// Invocations whose lines did not go to disk (the writer was behind by
+    /// `DISK_QUEUE` of them); they are still kept in memory.
+    disk_dropped: std::sync::atomic::AtomicU64,
 }
+
+/// Invocations' lines waiting for the writer thread, at most: what
+/// functions print must not grow the worker's memory without bound when
+/// the disk is slower than they are.
+pub const DISK_QUEUE: usize = 4096;
 
 /// Work for the writer thread.
 enum DiskBatch {
     /// One invocation's lines.
     Lines(String, Vec<Line>),
     /// Answer once everything sent before is written.
-    Flush(std::sync::mpsc::Sender<()>),
+    Flush(std::sync::mpsc::SyncSender<()>),
 }
 
 pub fn now_ms() -> u64 {
@@ -55,6 +63,7 @@ impl LogStore {
             max_bytes,
             inner: Mutex::new((0, HashMap::new())),
             disk: None,
+            disk_dropped: Default::default(),
         }
     }
 
@@ -84,8 +93,10 @@ impl LogStore {
             }
         }
         store.inner.lock().expect("lock poisoned").0 = top;
-        let (tx, rx) = std::sync::mpsc::channel::<DiskBatch>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<DiskBatch>(DISK_QUEUE);
         let dir = dir.to_path_buf();
+        // A named thread, not a task: file writes block. It ends when the
+        // store (the only sender) goes; shutdown waits for it with `flush`.
         std::thread::Builder::new()
             .name("nubo-log-writer".into())
             .spawn(move || write_loop(&dir, max_bytes, rx))?;
@@ -114,7 +125,20 @@ impl LogStore {
                 .collect()
         };
         if let Some(disk) = &self.disk {
-            let _ = disk.send(DiskBatch::Lines(function.to_string(), new.clone()));
+            // Never blocks the invoke path: a full queue drops this
+            // invocation's lines from the disk copy only.
+            let batch = DiskBatch::Lines(function.to_string(), new.clone());
+            if let Err(std::sync::mpsc::TrySendError::Full(_)) = disk.try_send(batch) {
+                let n = self
+                    .disk_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_power_of_two() || n == 0 {
+                    tracing::warn!(
+                        invocations = n + 1,
+                        "function log writer is behind: lines kept in memory only"
+                    );
+                }
+            }
         }
         self.insert(function, new);
     }
@@ -125,7 +149,7 @@ impl LogStore {
         let Some(disk) = &self.disk else {
             return true;
         };
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         disk.send(DiskBatch::Flush(tx)).is_ok() && rx.recv_timeout(wait).is_ok()
     }
 

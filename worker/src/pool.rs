@@ -405,6 +405,8 @@ impl<F: SandboxFactory> Pool<F> {
     }
 
     fn destroy_all(&self, v: Vec<(F::Sandbox, u32)>) {
+        // Each destroy is short (bounded by the sandbox's kill timeout) and
+        // must not hold up the call that evicted it: plain spawns.
         for (s, _) in v {
             tokio::spawn(s.destroy());
         }

@@ -1,13 +1,13 @@
 //! A running worker: the `WorkerApi` gRPC service the controllers call, the
 //! heartbeat that registers it with every controller, code fetching, the
-//! idle reaper and `/metrics`.
+//! idle reaper and `/metrics`. Each long-lived task is a named task of the
+//! worker's [`Tasks`], stopped by its shutdown token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -17,6 +17,7 @@ use crate::core::Worker;
 use crate::logs::Line;
 use crate::pool::{PoolCounts, PoolError};
 use crate::sandbox::{Completion, FunctionSpec, SandboxFactory};
+use crate::tasks::Tasks;
 
 /// The largest message on the worker API: a 6 MB payload plus framing.
 pub const MAX_MESSAGE: usize = 8 * 1024 * 1024;
@@ -213,6 +214,7 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
         // Its own task: a caller that goes away (deadline, disconnect) must
         // not drop a leased sandbox half-way; the call finishes, the
         // sandbox goes back to the pool and an attempt's result is kept.
+        // A plain spawn: one call, awaited here, bounded by its timeout.
         let w = self.worker.clone();
         let resp = tokio::spawn(async move {
             let out = w
@@ -271,6 +273,7 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
         let spec = spec_from_pb(r.function.unwrap_or_default())?;
         let w = self.worker.clone();
         let s2 = spec.clone();
+        // As for invoke: finishes even if the caller goes; awaited here.
         let created = tokio::spawn(async move { w.pool.prewarm(&s2, r.count).await })
             .await
             .map_err(|e| Status::internal(format!("prewarm task failed: {e}")))?
@@ -315,8 +318,7 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Arc<Tasks>,
     drain: Vec<ShutdownHook>,
 }
 
@@ -327,10 +329,7 @@ impl Running {
     /// Stops taking calls, lets in-flight ones finish (bounded), destroys
     /// every sandbox.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        self.tasks.shutdown(Duration::from_secs(10)).await;
         for d in self.drain {
             d().await;
         }
@@ -350,9 +349,30 @@ pub async fn serve<F: SandboxFactory>(
     metrics_listener: Option<tokio::net::TcpListener>,
     incarnation: u64,
 ) -> Result<Running, String> {
+    let tasks = Arc::new(Tasks::default());
+    serve_with(
+        worker,
+        ident,
+        listener,
+        metrics_listener,
+        incarnation,
+        tasks,
+    )
+    .await
+}
+
+/// [`serve`], its tasks joining `tasks` (where the sandbox factory put
+/// its own), all stopped by [`Running::shutdown`].
+pub async fn serve_with<F: SandboxFactory>(
+    worker: Arc<Worker<F>>,
+    ident: WorkerIdentity,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    incarnation: u64,
+    tasks: Arc<Tasks>,
+) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let shutdown = tasks.token().clone();
 
     let svc = WorkerService {
         worker: worker.clone(),
@@ -361,7 +381,7 @@ pub async fn serve<F: SandboxFactory>(
     };
     let stop = shutdown.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("worker-api", async move {
         let r = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
@@ -374,7 +394,7 @@ pub async fn serve<F: SandboxFactory>(
         if let Err(e) = r {
             tracing::error!("worker API server: {e}");
         }
-    }));
+    });
 
     // Heartbeats go to every controller: each routes on its own view.
     for c in &ident.controllers {
@@ -383,7 +403,7 @@ pub async fn serve<F: SandboxFactory>(
         let id = ident.clone();
         let stop = shutdown.clone();
         let controller = c.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(format!("heartbeat {c}"), async move {
             let mut client = pb::worker_control_client::WorkerControlClient::new(ch);
             let mut interval = id.heartbeat;
             let mut warned = false;
@@ -438,20 +458,20 @@ pub async fn serve<F: SandboxFactory>(
                     _ = stop.cancelled() => return,
                 }
             }
-        }));
+        });
     }
 
     // Keep-alive reaper.
     let w = worker.clone();
     let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("keep-alive-reaper", async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => { w.pool.reap_idle(); }
                 _ = stop.cancelled() => return,
             }
         }
-    }));
+    });
 
     let mut metrics_addr = None;
     if let Some(ml) = metrics_listener {
@@ -465,18 +485,17 @@ pub async fn serve<F: SandboxFactory>(
                 async move { w.metrics.render(&w.pool.snapshot()) }
             }),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("metrics", async move {
             let _ = axum::serve(ml, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
-        }));
+        });
     }
 
     let w = worker.clone();
     Ok(Running {
         addr,
         metrics_addr,
-        shutdown,
         tasks,
         drain: vec![Box::new(move || {
             Box::pin(async move {

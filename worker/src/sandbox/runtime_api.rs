@@ -325,13 +325,15 @@ impl axum::serve::Listener for OwnerOnly {
     }
 }
 
-/// Serves the Runtime API on `listener` until the channel is stopped. With
-/// `owner` (a cgroup.procs file), only that cgroup's processes may connect.
+/// The Runtime API server on `listener`, ending when the channel is
+/// stopped; the caller runs it as one of its sandbox's tasks. With `owner`
+/// (a cgroup.procs file), only that cgroup's processes may connect.
 pub fn serve(
     listener: std::net::TcpListener,
     ch: Arc<Channel>,
     owner: Option<std::path::PathBuf>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
     let stop = ch.stop.clone();
     use axum::serve::ListenerExt;
     listener.set_nonblocking(true)?;
@@ -345,21 +347,23 @@ pub fn serve(
                 port,
                 procs,
             };
-            tokio::spawn(async move {
+            async move {
                 let _ = axum::serve(l, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;
-            })
+            }
+            .boxed()
         }
         None => {
             let l = listener.tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            tokio::spawn(async move {
+            async move {
                 let _ = axum::serve(l, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await;
-            })
+            }
+            .boxed()
         }
     })
 }

@@ -13,6 +13,7 @@ use super::logpipe::{make_pipe, LogPipe};
 use super::{err_body, exit_error, host, netns, setup, spec, LinuxFactory, LinuxSandbox};
 use crate::sandbox::runtime_api::{self, Channel, Phase};
 use crate::sandbox::{CreateError, Created, FunctionSpec, Sandbox};
+use crate::tasks::Tasks;
 
 /// Lambda gives init 10 s.
 pub(super) const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,6 +156,9 @@ impl LinuxFactory {
             .then(|| host::procs_file(self.cfg.cgroup, &cgroups_path));
         let server =
             runtime_api::serve(listener, ch.clone(), owner).map_err(|e| setup("Runtime API", e))?;
+        // The sandbox's own tasks stop with its channel.
+        let tasks = Tasks::new(ch.stop.clone());
+        tasks.spawn(format!("{name}/runtime-api"), server);
         guard.channel = Some(ch.clone());
 
         // Our init is PID 1; the runtime is its child.
@@ -207,9 +211,9 @@ impl LinuxFactory {
             .run(&bundle, &name, wr, wr2)
             .map_err(|e| setup(&format!("starting {}", self.oci.runtime().display()), e))?;
         let logs = Arc::new(LogPipe::new(rd).map_err(|e| setup("log pipe", e))?);
-        let reader = tokio::spawn(logs.clone().run());
+        tasks.spawn(format!("{name}/log-pipe"), logs.clone().run());
         let (exit_tx, exit_rx) = watch::channel(None::<ExitStatus>);
-        let waiter = tokio::spawn(async move {
+        tasks.spawn(format!("{name}/exit"), async move {
             let st = child.wait().await.ok();
             let _ = exit_tx.send(
                 st.or_else(|| Some(std::os::unix::process::ExitStatusExt::from_raw(255 << 8))),
@@ -237,7 +241,7 @@ impl LinuxFactory {
             netns: netns_path,
             bundle,
             stage,
-            tasks: vec![server, reader, waiter],
+            tasks,
             spec: s.clone(),
             pending_specialize: Mutex::new(None),
             destroyed: Default::default(),
@@ -354,6 +358,7 @@ impl Drop for Cleanup {
         }
         let f = self.factory.clone();
         let name = self.name.clone();
+        // Short (one runtime command), and a drop cannot wait for it.
         tokio::spawn(async move { f.oci.delete(&name).await });
     }
 }

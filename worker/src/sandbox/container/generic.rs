@@ -88,14 +88,12 @@ impl LinuxFactory {
                     .get(&class)
                     .map(|v| v.len())
                     .unwrap_or(0);
-                if have >= self.cfg.generic_per_class
-                    || self.closed.load(std::sync::atomic::Ordering::Relaxed)
-                {
+                if have >= self.cfg.generic_per_class || self.closing() {
                     break;
                 }
                 match self.boot_generic(class).await {
                     // Shut down meanwhile: this one must not outlive the worker.
-                    Ok(g) if self.closed.load(std::sync::atomic::Ordering::Relaxed) => {
+                    Ok(g) if self.closing() => {
                         g.sb.destroy().await;
                         return;
                     }
@@ -115,6 +113,12 @@ impl LinuxFactory {
         }
     }
 
+    /// Shutting down: no generic sandbox is started or kept any more
+    /// (from the worker's token on, or `drain_generic`).
+    fn closing(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed) || self.tasks.token().is_cancelled()
+    }
+
     pub(super) fn take_generic(&self, s: &FunctionSpec) -> Option<Generic> {
         if !s.is_python() || s.egress {
             return None;
@@ -125,6 +129,7 @@ impl LinuxFactory {
             if gen.sb.alive() {
                 return Some(gen);
             }
+            // Short, bounded by the kill timeout: not a named task.
             tokio::spawn(gen.sb.destroy());
         }
         None

@@ -24,6 +24,7 @@ use crate::sandbox::{
     Completion, CreateError, Created, FunctionSpec, Invocation, InvokeResult, Sandbox,
     SandboxFactory,
 };
+use crate::tasks::Tasks;
 use boot::Boot;
 use generic::{ClassKey, Generic};
 use host::CgroupLayout;
@@ -78,12 +79,18 @@ pub struct LinuxFactory {
     generic_seq: std::sync::atomic::AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     fill_lock: tokio::sync::Mutex<()>,
+    /// The worker's long-lived tasks: the generic pool's refills go there.
+    tasks: Arc<Tasks>,
 }
 
 impl LinuxFactory {
     /// Prepares the shared pieces: the read-only root, the two /etc
     /// variants and the runtime directory.
-    pub fn new(cfg: LinuxConfig, code: Arc<CodeCache>) -> Result<LinuxFactory, String> {
+    pub fn new(
+        cfg: LinuxConfig,
+        code: Arc<CodeCache>,
+        tasks: Arc<Tasks>,
+    ) -> Result<LinuxFactory, String> {
         let d = &cfg.run_dir;
         let rootfs = d.join("rootfs");
         let etc = d.join("etc");
@@ -127,6 +134,7 @@ impl LinuxFactory {
             generic_seq: Default::default(),
             closed: Default::default(),
             fill_lock: Default::default(),
+            tasks,
         })
     }
 
@@ -198,7 +206,8 @@ impl SandboxFactory for Arc<LinuxFactory> {
             .map_err(|e| CreateError::Setup(e.to_string()))?;
         if let Some(g) = self.take_generic(s) {
             // Replace what was taken while this one specialises.
-            tokio::spawn(self.clone().fill_generic());
+            self.tasks
+                .spawn("generic-refill", self.clone().fill_generic());
             return self.specialize(g, s, &code_dir, started).await;
         }
         let name = format!("nubo-{}-{id}", self.cfg.tag);
@@ -254,7 +263,11 @@ pub struct LinuxSandbox {
     bundle: PathBuf,
     /// The staging directory of a sandbox that started generic.
     stage: Option<PathBuf>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Its Runtime API server, log reader and exit waiter: they live as
+    /// long as the sandbox and are stopped by its destroy (which the
+    /// worker's shutdown reaches through the pool's drain), not by the
+    /// worker's token, so calls running at shutdown still finish.
+    tasks: Tasks,
     spec: FunctionSpec,
     pending_specialize: Mutex<Option<tokio::sync::oneshot::Sender<Bytes>>>,
     destroyed: std::sync::atomic::AtomicBool,
@@ -290,9 +303,7 @@ impl Drop for LinuxSandbox {
         }
         tracing::warn!(sandbox = %self.name, "sandbox dropped without destroy: cleaning up");
         self.ch.stop.cancel();
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.abort();
         if let Some(p) = &self.netns {
             let _ = netns::remove(p);
         }
@@ -300,6 +311,7 @@ impl Drop for LinuxSandbox {
         if let Some(s) = &self.stage {
             let _ = std::fs::remove_dir_all(s);
         }
+        // Short (two runtime commands), and a drop cannot wait for them.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let f = self.factory.clone();
             let name = self.name.clone();
@@ -414,9 +426,7 @@ impl Sandbox for LinuxSandbox {
             self.kill().await;
         }
         self.factory.oci.delete(&self.name).await;
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.abort();
         if let Some(p) = &self.netns {
             let _ = netns::remove(p);
         }

@@ -1,0 +1,87 @@
+//! The worker's settings and their defaults, defined once: `nubo worker`'s
+//! and `nubo up`'s flags (src/roles.rs) take their default values from the
+//! constants here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Zone of a worker that does not name one.
+pub const ZONE: &str = "default";
+/// Address of the worker API.
+pub const LISTEN: &str = "127.0.0.1:7800";
+/// Data directory of `nubo worker` (code cache, worker id, function logs).
+pub const DATA_DIR: &str = "/var/lib/nubo/worker";
+/// Memory for sandboxes (the sum of their limits), MB.
+pub const MEMORY_MB: u32 = 8192;
+/// Memory for the sandboxes of `nubo up`'s embedded worker, MB: a laptop
+/// shares it with everything else.
+pub const UP_MEMORY_MB: u32 = 4096;
+pub const MAX_SANDBOXES: u32 = 512;
+/// Idle sandboxes are destroyed after this long.
+pub const KEEP_ALIVE_SECS: u64 = 600;
+/// The OCI runtime: `crun` (Debian's) or `runc`.
+pub const OCI_RUNTIME: &str = "crun";
+/// Heartbeat period until a controller asks for another.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// The sandbox user and group (`nobody`).
+pub const SANDBOX_UID: u32 = 65534;
+pub const SANDBOX_GID: u32 = 65534;
+/// Generic Python sandboxes kept ready per class.
+pub const GENERIC_PER_CLASS: usize = 2;
+/// (memory MB, /tmp MB) classes of generic sandboxes: Lambda's defaults.
+pub const GENERIC_CLASSES: &[(u32, u32)] = &[(128, 512)];
+
+/// Settings of `nubo worker` (and of the worker inside `nubo up`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Stable id; default: generated once and kept in DATA_DIR/worker.id.
+    pub id: Option<String>,
+    pub zone: String,
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub controllers: Vec<String>,
+    /// The worker credential (`nubo_proto::worker_secret` of the cluster
+    /// secret): presented to controllers, required from them.
+    pub worker_secret: String,
+    /// Memory for sandboxes (sum of their limits), MB.
+    pub memory_mb: u32,
+    pub max_sandboxes: u32,
+    pub keep_alive: Duration,
+    pub data_dir: PathBuf,
+    /// `crun` (default) or `runc`.
+    pub oci_runtime: String,
+    pub metrics_listen: Option<String>,
+    pub heartbeat: Duration,
+    pub uid: u32,
+    pub gid: u32,
+    /// Generic Python sandboxes kept ready per (memory MB, /tmp MB) class,
+    /// specialised when a cold call arrives. 0 disables prewarming.
+    pub generic_per_class: usize,
+    pub generic_classes: Vec<(u32, u32)>,
+}
+
+impl WorkerConfig {
+    /// The defaults above, with what has none: where data goes, the
+    /// controllers and the credential.
+    pub fn new(data_dir: PathBuf, controllers: Vec<String>, worker_secret: String) -> Self {
+        WorkerConfig {
+            id: None,
+            zone: ZONE.into(),
+            listen: LISTEN.into(),
+            advertise: None,
+            controllers,
+            worker_secret,
+            memory_mb: MEMORY_MB,
+            max_sandboxes: MAX_SANDBOXES,
+            keep_alive: Duration::from_secs(KEEP_ALIVE_SECS),
+            data_dir,
+            oci_runtime: OCI_RUNTIME.into(),
+            metrics_listen: None,
+            heartbeat: HEARTBEAT,
+            uid: SANDBOX_UID,
+            gid: SANDBOX_GID,
+            generic_per_class: GENERIC_PER_CLASS,
+            generic_classes: GENERIC_CLASSES.to_vec(),
+        }
+    }
+}
