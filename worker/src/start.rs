@@ -8,7 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::config::WorkerConfig;
-use crate::sandbox::container::{self as linux, host};
+use crate::sandbox::container::{host, LinuxConfig, LinuxFactory};
 use crate::tasks::Tasks;
 use crate::{code, core, logs, pool, server};
 
@@ -20,7 +20,7 @@ pub enum WorkerError {
     Setup(String),
 }
 
-pub type LinuxWorker = core::Worker<Arc<linux::LinuxFactory>>;
+pub type LinuxWorker = core::Worker<Arc<LinuxFactory>>;
 
 /// Starts a worker with container sandboxes.
 pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorker>), WorkerError> {
@@ -58,8 +58,8 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
     // The worker's long-lived tasks, stopped by its shutdown.
     let tasks = Arc::new(Tasks::default());
     let factory = Arc::new(
-        linux::LinuxFactory::new(
-            linux::LinuxConfig {
+        LinuxFactory::new(
+            LinuxConfig {
                 oci_runtime: info.runtime_path.clone(),
                 run_dir,
                 uid: cfg.uid,
