@@ -15,7 +15,7 @@ use crate::sandbox::runtime_api::Phase;
 use crate::sandbox::{CreateError, Created, FunctionSpec, Sandbox};
 
 /// A prewarmed generic Python sandbox, waiting for a function.
-pub struct Generic {
+pub(super) struct Generic {
     sb: LinuxSandbox,
     specialize: tokio::sync::oneshot::Sender<Bytes>,
 }
