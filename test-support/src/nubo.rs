@@ -1,5 +1,6 @@
 //! Starting nubo's roles as real processes, on loopback, with the settings
-//! the tests use, and running its CLI.
+//! the tests use, and running its CLI. The roles' logs are collected by
+//! [`Proc`] (plain text: `NO_COLOR`) and shown when a test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -50,6 +51,7 @@ impl Nubo {
             &format!("127.0.0.1:{metrics}"),
         ])
         .env("NUBO_CONFIG_DIR", config_dir)
+        .env("NO_COLOR", "1")
         .env_remove("NUBO_FAILPOINTS")
         .envs(vars.iter().copied());
         Proc::spawn_ready(cmd, "nubo up", READY_WITHIN)
@@ -76,6 +78,7 @@ impl Nubo {
             "--data-dir",
             dir.join(format!("c{id}")).to_str().unwrap(),
         ])
+        .env("NO_COLOR", "1")
         .env("NUBO_CLUSTER_SECRET", &self.cluster_secret)
         .env("NUBO_BOOTSTRAP_TOKEN", &self.admin_token);
         Proc::spawn(cmd, &format!("controller {id}"))
@@ -109,6 +112,7 @@ impl Nubo {
             "--metrics-listen",
             &format!("127.0.0.1:{metrics}"),
         ])
+        .env("NO_COLOR", "1")
         .env("NUBO_WORKER_SECRET", &self.worker_secret);
         Proc::spawn_ready(cmd, &format!("worker {zone}"), READY_WITHIN)
     }
