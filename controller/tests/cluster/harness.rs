@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nubo_controller::config::ControllerConfig;
 use nubo_controller::error::ApiError;
@@ -12,16 +12,15 @@ use nubo_controller::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::network::Faults;
 use nubo_controller::node::ControllerNode;
 use nubo_controller::server::{self, Running};
+use nubo_test_support::poll_async;
 
 pub const SECRET: &str = "test-cluster-secret-0123456789";
 
 /// Picks free loopback ports (bind :0, read, release).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
+pub use nubo_test_support::free_ports;
+
+/// How often the waits below look at the nodes' Raft metrics.
+const POLL: Duration = Duration::from_millis(20);
 
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
@@ -190,38 +189,27 @@ impl TestCluster {
 
     /// Waits until some running node is leader as seen by itself.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
-        let start = Instant::now();
-        loop {
-            for id in self.up_ids() {
+        poll_async("a leader", timeout, POLL, || {
+            self.up_ids().into_iter().find(|&id| {
                 let m = self.node(id).raft.metrics().borrow().clone();
-                if m.current_leader == Some(id) && m.state == openraft::ServerState::Leader {
-                    return id;
-                }
-            }
-            assert!(start.elapsed() < timeout, "no leader within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                m.current_leader == Some(id) && m.state == openraft::ServerState::Leader
+            })
+        })
+        .await
     }
 
     /// Waits until a leader other than `not` is elected among `among`.
     pub async fn wait_new_leader(&self, not: u64, among: &[u64], timeout: Duration) -> u64 {
-        let start = Instant::now();
-        loop {
-            for &id in among {
-                if !self.is_up(id) {
-                    continue;
+        let what = format!("a new leader (not {not}) among {among:?}");
+        poll_async(&what, timeout, POLL, || {
+            among.iter().copied().find(|&id| {
+                self.is_up(id) && {
+                    let m = self.node(id).raft.metrics().borrow().clone();
+                    m.current_leader == Some(id) && id != not
                 }
-                let m = self.node(id).raft.metrics().borrow().clone();
-                if m.current_leader == Some(id) && id != not {
-                    return id;
-                }
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "no new leader within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            })
+        })
+        .await
     }
 
     /// Waits until every running node has applied at least `index`.

@@ -1,0 +1,129 @@
+//! What a sandbox contains: limits, filesystem, network, privileges, under
+//! crun and under runc.
+
+use crate::support::{self, probe, Platform};
+
+/// The sandbox contains what runs in it: a fork bomb stops at the pids
+/// limit; a memory hog gets an out-of-memory error and the worker lives
+/// on; a handler past its timeout gets "Task timed out"; nothing outside
+/// /tmp is writable; host files outside the runtime bind mounts are
+/// invisible; there is no network (not even the host's loopback) unless
+/// the function has egress; the process has no capabilities,
+/// no_new_privs and seccomp, and runs as a non-root uid.
+#[test]
+fn sandbox_containment() {
+    let p = Platform::start();
+
+    probe(
+        &p,
+        "forks",
+        "fork_bomb",
+        &["--memory", "1024", "--timeout", "60"],
+    );
+    let r = p.result("forks", "{}");
+    let created = r["created"].as_u64().unwrap();
+    assert!(r["error"].is_string(), "fork stopped by an error: {r}");
+    assert!(
+        (900..1024).contains(&created),
+        "the pids limit (1024) stopped the fork bomb: {r}"
+    );
+    // The sandbox survived and serves the next event.
+    assert_eq!(p.result("forks", r#"{"max": 3}"#)["created"], 3);
+
+    // Our init is PID 1 and reaps orphans: a warm sandbox collects no
+    // zombies from a handler's background processes.
+    probe(&p, "orphans", "orphans", &[]);
+    for _ in 0..2 {
+        let r = p.result("orphans", "{}");
+        assert_eq!(r["pid1"], "/var/runtime/init", "{r}");
+        assert_ne!(r["me"], 1, "the runtime is not PID 1: {r}");
+        assert_eq!(r["zombies"], serde_json::json!([]), "orphans reaped: {r}");
+    }
+
+    probe(
+        &p,
+        "hog",
+        "mem_hog",
+        &["--memory", "128", "--timeout", "30"],
+    );
+    let e = p.function_error("hog", r#"{"mb": 512}"#);
+    assert_eq!(e["errorType"], "Runtime.OutOfMemory", "{e}");
+    assert!(
+        e["errorMessage"].as_str().unwrap().contains("128 MB"),
+        "{e}"
+    );
+    // The worker lives: the same function's small call and others work.
+    assert_eq!(p.result("hog", r#"{"mb": 16}"#)["allocated_mb"], 16);
+
+    probe(&p, "sleepy", "sleep", &["--timeout", "1"]);
+    let e = p.function_error("sleepy", r#"{"seconds": 5}"#);
+    assert!(
+        e["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("Task timed out after 1.00 seconds"),
+        "{e}"
+    );
+    assert_eq!(p.result("sleepy", r#"{"seconds": 0.01}"#)["slept"], 0.01);
+
+    probe(&p, "writer", "write_outside_tmp", &[]);
+    let r = p.result("writer", "{}");
+    assert_eq!(r["succeeded"], serde_json::json!(["/tmp/x"]), "{r}");
+
+    // A host file outside the runtime's bind mounts.
+    let secret = p.env.dir.path().join("host-secret.txt");
+    std::fs::write(&secret, "do not show").unwrap();
+    probe(&p, "reader", "read_path", &[]);
+    let r = p.result("reader", &serde_json::json!({"path": secret}).to_string());
+    assert_eq!(r["exists"], false, "{r}");
+    let r = p.result("reader", r#"{"path": "/root"}"#);
+    assert_eq!(r["exists"], false, "{r}");
+    let r = p.result("reader", r#"{"path": "/etc/shadow"}"#);
+    assert_eq!(r["exists"], false, "{r}");
+    let root: Vec<String> = serde_json::from_value(r["root"].clone()).unwrap();
+    for d in ["home", "root", "work", "srv", "mnt", "boot"] {
+        assert!(!root.contains(&d.to_string()), "/{d} visible: {root:?}");
+    }
+
+    // A listener on the host's loopback: unreachable without egress.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let ev = serde_json::json!({"host": "127.0.0.1", "port": port}).to_string();
+    probe(&p, "net", "network", &[]);
+    let r = p.result("net", &ev);
+    assert_eq!(r["connect"]["ok"], false, "{r}");
+    assert_eq!(r["dns"]["ok"], false, "{r}");
+    probe(&p, "net-egress", "network", &["--network", "egress"]);
+    let r = p.result("net-egress", &ev);
+    assert_eq!(r["connect"]["ok"], true, "egress reaches the host: {r}");
+
+    probe(&p, "status", "proc_status", &[]);
+    let r = p.result("status", "{}");
+    assert_eq!(r["status"]["NoNewPrivs"], "1", "{r}");
+    assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["CapBnd"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["Seccomp"], "2", "{r}");
+    assert_ne!(r["uid"], 0, "{r}");
+}
+
+/// runc is selectable instead of crun: the same function runs, cold
+/// (prewarmed generic and fully cold) and warm, with the same containment.
+#[test]
+fn runc_is_selectable() {
+    let p = Platform::start_with(&[("NUBO_OCI_RUNTIME", "runc")]);
+    p.deploy(
+        "hello",
+        &support::example("hello"),
+        "app.lambda_handler",
+        &[],
+    );
+    for _ in 0..2 {
+        let r = p.result("hello", r#"{"name":"runc"}"#);
+        assert_eq!(r["message"], "Hello, runc!");
+    }
+    probe(&p, "status", "proc_status", &["--memory", "256"]);
+    let r = p.result("status", "{}");
+    assert_eq!(r["status"]["NoNewPrivs"], "1", "{r}");
+    assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
+    assert_eq!(r["status"]["Seccomp"], "2", "{r}");
+}
