@@ -83,7 +83,7 @@ async fn placement_spreads_zones_prefers_warm_and_skips_a_stopped_worker() {
             .map(|i| {
                 let c = fleet.invocations(1);
                 async move {
-                    let payload = format!(r#"{{"sleep_ms":800,"i":{i}}}"#);
+                    let payload = format!(r#"{{"sleep_ms":1500,"i":{i}}}"#);
                     let mut c = c;
                     c.invoke(bearer(
                         pb::InvokeRequest {
@@ -457,6 +457,102 @@ async fn async_events_of_a_throttled_function_wait_then_run_once_released() {
             assert_eq!(fake.runs_of(id), 1, "{id} ran once");
         }
         assert!(fleet.dead_letters(1, "held").await.is_empty());
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Lambda's sync error semantics, through a controller to a worker: a
+/// function error comes back as the response (function_error "Unhandled",
+/// the error document with errorType and errorMessage), not as a failed
+/// call; the log tail carries the invocation's START and REPORT lines;
+/// an unknown function, version or alias is NOT_FOUND; a payload that is
+/// not JSON or is over 6 MB is INVALID_ARGUMENT, and none of those runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_calls_relay_function_errors_and_refuse_bad_requests() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "failing", pb::FunctionConfig::default())
+            .await;
+        let r = fleet
+            .invoke(
+                1,
+                "failing",
+                r#"{"error":"no such order"}"#,
+                RequestResponse,
+            )
+            .await
+            .expect("a function error is a response");
+        assert_eq!(r.function_error, "Unhandled", "{r:?}");
+        let e = json_of(&r.payload);
+        assert_eq!(e["errorType"], "FakeError", "{e}");
+        assert_eq!(e["errorMessage"], "no such order", "{e}");
+
+        let r = fleet
+            .invocations(1)
+            .invoke(bearer(
+                pb::InvokeRequest {
+                    function_name: "failing".into(),
+                    payload: b"{}".to_vec(),
+                    log_type: pb::LogType::LogTail as i32,
+                    ..Default::default()
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for want in [
+            format!("START RequestId: {}", r.request_id),
+            format!("REPORT RequestId: {}", r.request_id),
+        ] {
+            assert!(r.log_result.contains(&want), "{want}: {}", r.log_result);
+        }
+
+        let runs_before = fleet.workers[0].fake.ran.lock().unwrap().len();
+        let qualified = |q: &str| {
+            let mut c = fleet.invocations(1);
+            let q = q.to_string();
+            async move {
+                c.invoke(bearer(
+                    pb::InvokeRequest {
+                        function_name: "failing".into(),
+                        qualifier: q,
+                        ..Default::default()
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+            }
+        };
+        for q in ["9", "live"] {
+            let s = qualified(q).await.expect_err("an unknown qualifier");
+            assert_eq!(s.code(), Code::NotFound, "failing:{q}: {s:?}");
+        }
+        let s = fleet
+            .invoke(1, "nope", "{}", RequestResponse)
+            .await
+            .expect_err("an unknown function");
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+        let s = fleet
+            .invoke(1, "failing", "{not json", RequestResponse)
+            .await
+            .expect_err("a payload that is not JSON");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("not valid JSON"), "{s:?}");
+        let big = format!("\"{}\"", "a".repeat(7 * 1024 * 1024));
+        let s = fleet
+            .invoke(1, "failing", &big, RequestResponse)
+            .await
+            .expect_err("a 7 MB payload");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("6 MB"), "{s:?}");
+        assert_eq!(
+            fleet.workers[0].fake.ran.lock().unwrap().len(),
+            runs_before,
+            "refused calls do not run"
+        );
         fleet.shutdown().await;
     })
     .await
