@@ -399,8 +399,9 @@ impl FakeWorker {
         self.running.is_some()
     }
 
-    /// Stops the worker: its port closes and its heartbeats stop, as when
-    /// its process dies (the controllers notice by themselves).
+    /// Stops the worker (gracefully: calls in flight finish): its port
+    /// closes and its heartbeats stop, so to the controllers it is gone as
+    /// a dead one is; they notice by themselves.
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
