@@ -110,23 +110,25 @@ fn bare_bundle(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     nubo_worker::sandbox::container::spec::write_etc(&etc, 65534, 65534, false)?;
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty)?;
-    let spec = nubo_worker::sandbox::container::spec::build(&nubo_worker::sandbox::container::spec::SandboxSpec {
-        id: "bench",
-        rootfs: &rootfs,
-        code_dir: &empty,
-        runtime_dir: &empty,
-        etc_dir: &etc,
-        args: args.iter().map(|s| s.to_string()).collect(),
-        env: vec!["PATH=/usr/bin:/bin".into()],
-        cwd: "/",
-        memory_mb: 128,
-        tmp_mb: 64,
-        netns: None,
-        cgroups_path: "/nubo/bench-bare".into(),
-        uid: 65534,
-        gid: 65534,
-        hostname: "bench",
-    })?;
+    let spec = nubo_worker::sandbox::container::spec::build(
+        &nubo_worker::sandbox::container::spec::SandboxSpec {
+            id: "bench",
+            rootfs: &rootfs,
+            code_dir: &empty,
+            runtime_dir: &empty,
+            etc_dir: &etc,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cwd: "/",
+            memory_mb: 128,
+            tmp_mb: 64,
+            netns: None,
+            cgroups_path: "/nubo/bench-bare".into(),
+            uid: 65534,
+            gid: 65534,
+            hostname: "bench",
+        },
+    )?;
     nubo_worker::sandbox::container::spec::write_bundle(dir, &spec)?;
     Ok(())
 }

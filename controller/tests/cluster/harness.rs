@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nubo_controller::config::ControllerConfig;
 use nubo_controller::error::ApiError;
@@ -12,7 +12,10 @@ use nubo_controller::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::network::Faults;
 use nubo_controller::node::ControllerNode;
 use nubo_controller::server::{self, Running};
+use nubo_proto::v1 as pb;
 use nubo_test_support::poll_async;
+use nubo_worker::core::Worker;
+use nubo_worker::sandbox::fake::FakeFactory;
 
 pub const SECRET: &str = "test-cluster-secret-0123456789";
 
@@ -284,4 +287,374 @@ pub async fn create_with_code(
     let (sha, data) = code(name);
     node.store_code(&sha, data).await?;
     node.write(create_cmd(name, memory)).await
+}
+
+// In-process workers for the cluster tests: nubo_worker's `Worker` over
+// the fake sandbox (`FakeFactory::programmable`), served on loopback by
+// `nubo_worker::server::serve` and registered with the controllers by its
+// own heartbeats, as `nubo worker` does. Controllers are driven through
+// their gRPC API with an admin token, the way a user's call goes.
+
+/// The admin token of a `Fleet`'s cluster.
+pub const FLEET_ADMIN: &str = "nubo_fleet_admin_token";
+
+/// Starts `n` controllers like `TestCluster::start`, each with `tweak`
+/// applied to its configuration (short async waits, a smaller dispatcher).
+/// A later `TestCluster::restart` would start a node without the tweak.
+pub async fn start_tweaked(n: u64, tweak: &dyn Fn(&mut ControllerConfig)) -> TestCluster {
+    let ports = free_ports(n as usize);
+    let members: BTreeMap<u64, String> = (1..=n)
+        .map(|i| (i, format!("127.0.0.1:{}", ports[i as usize - 1])))
+        .collect();
+    let mut c = TestCluster {
+        dir: tempfile::tempdir().unwrap(),
+        faults: Faults::new(),
+        members,
+        nodes: BTreeMap::new(),
+        snapshot_logs: 10_000,
+        fsync: false,
+        joiners: BTreeMap::new(),
+        leaders_seen: Default::default(),
+    };
+    for id in 1..=n {
+        let mut cfg = c.config(id);
+        tweak(&mut cfg);
+        cfg.validate().unwrap();
+        let running = server::start(cfg, c.faults.clone())
+            .await
+            .unwrap_or_else(|e| panic!("starting node {id}: {e}"));
+        c.nodes.insert(id, Some(running));
+    }
+    c.wait_leader(Duration::from_secs(10)).await;
+    c
+}
+
+/// A worker in this process whose sandboxes are fakes.
+pub struct FakeWorker {
+    pub id: String,
+    pub zone: String,
+    pub addr: std::net::SocketAddr,
+    /// Shares its counters and run record with the worker's sandboxes.
+    pub fake: FakeFactory,
+    pub worker: Arc<Worker<FakeFactory>>,
+    running: Option<nubo_worker::server::Running>,
+}
+
+impl FakeWorker {
+    /// Serves a fake worker on a free loopback port, heartbeating to
+    /// `controllers` with the worker credential of `SECRET`.
+    pub async fn start(id: &str, zone: &str, controllers: Vec<String>) -> FakeWorker {
+        let fake = FakeFactory::programmable();
+        let pool = nubo_worker::pool::Pool::new(
+            fake.clone(),
+            nubo_worker::pool::PoolConfig {
+                memory_mb: 8192,
+                max_sandboxes: 64,
+                keep_alive: Duration::from_secs(600),
+            },
+        );
+        let worker = Arc::new(Worker::new(pool));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ident = nubo_worker::server::WorkerIdentity {
+            id: id.into(),
+            zone: zone.into(),
+            advertise: addr.to_string(),
+            controllers,
+            worker_secret: nubo_proto::worker_secret(SECRET),
+            heartbeat: Duration::from_millis(100),
+        };
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let running =
+            nubo_worker::server::serve(worker.clone(), ident, listener, None, incarnation)
+                .await
+                .unwrap_or_else(|e| panic!("serving worker {id}: {e}"));
+        FakeWorker {
+            id: id.into(),
+            zone: zone.into(),
+            addr,
+            fake,
+            worker,
+            running: Some(running),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Stops the worker (gracefully: calls in flight finish): its port
+    /// closes and its heartbeats stop, so to the controllers it is gone as
+    /// a dead one is; they notice by themselves.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    /// The worker's own gRPC API, called with the worker credential (as a
+    /// controller calls it).
+    pub fn client(&self) -> pb::worker_api_client::WorkerApiClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy();
+        pb::worker_api_client::WorkerApiClient::new(ch)
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to a request.
+pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Controllers plus fake workers, driven through the controllers' API.
+pub struct Fleet {
+    pub cluster: TestCluster,
+    pub workers: Vec<FakeWorker>,
+}
+
+impl Fleet {
+    /// `controllers` nodes (with `tweak` on their configuration) and one
+    /// fake worker per zone (ids `w-<zone>`), registered and live on every
+    /// controller.
+    pub async fn start(
+        controllers: u64,
+        zones: &[&str],
+        tweak: &dyn Fn(&mut ControllerConfig),
+    ) -> Fleet {
+        let cluster = start_tweaked(controllers, &|c: &mut ControllerConfig| {
+            c.bootstrap_token = Some(FLEET_ADMIN.into());
+            tweak(c);
+        })
+        .await;
+        server::ensure_admin_token(&cluster.node(1)).await.unwrap();
+        let addrs: Vec<String> = cluster.members.values().cloned().collect();
+        let mut workers = Vec::new();
+        for z in zones {
+            workers.push(FakeWorker::start(&format!("w-{z}"), z, addrs.clone()).await);
+        }
+        let fleet = Fleet { cluster, workers };
+        fleet.wait_workers_live(Duration::from_secs(10)).await;
+        fleet
+    }
+
+    /// Waits until every running controller sees every running worker live.
+    pub async fn wait_workers_live(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let want: Vec<&str> = self
+                .workers
+                .iter()
+                .filter(|w| w.is_up())
+                .map(|w| w.id.as_str())
+                .collect();
+            let all = self.cluster.up_ids().into_iter().all(|id| {
+                let live: Vec<String> = self
+                    .cluster
+                    .node(id)
+                    .workers
+                    .live_clients()
+                    .into_iter()
+                    .map(|(w, _)| w)
+                    .collect();
+                want.iter().all(|w| live.iter().any(|l| l == w))
+            });
+            if all {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "workers {want:?} not live on every controller within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn channel(&self, node: u64) -> tonic::transport::Channel {
+        let addr = self
+            .cluster
+            .members
+            .get(&node)
+            .unwrap_or_else(|| panic!("no controller {node}"));
+        tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    pub fn functions(
+        &self,
+        node: u64,
+    ) -> pb::functions_client::FunctionsClient<tonic::transport::Channel> {
+        pb::functions_client::FunctionsClient::new(self.channel(node))
+    }
+
+    pub fn invocations(
+        &self,
+        node: u64,
+    ) -> pb::invocations_client::InvocationsClient<tonic::transport::Channel> {
+        pb::invocations_client::InvocationsClient::new(self.channel(node))
+    }
+
+    pub fn cluster_api(
+        &self,
+        node: u64,
+    ) -> pb::cluster_client::ClusterClient<tonic::transport::Channel> {
+        pb::cluster_client::ClusterClient::new(self.channel(node))
+    }
+
+    /// Creates a function through node `node`'s API (a small python
+    /// package; the fake sandboxes do not read it).
+    pub async fn create_function(&self, node: u64, name: &str, config: pb::FunctionConfig) {
+        let (_, data) = code(name);
+        let msgs = vec![
+            pb::CreateFunctionChunk {
+                part: Some(pb::create_function_chunk::Part::Header(
+                    pb::CreateFunctionHeader {
+                        function_name: name.into(),
+                        config: Some(pb::FunctionConfig {
+                            runtime: "python3.11".into(),
+                            handler: "app.handler".into(),
+                            ..config
+                        }),
+                        publish: false,
+                        code_size: data.len() as u64,
+                    },
+                )),
+            },
+            pb::CreateFunctionChunk {
+                part: Some(pb::create_function_chunk::Part::Code(data)),
+            },
+        ];
+        self.functions(node)
+            .create_function(bearer(tokio_stream::iter(msgs), FLEET_ADMIN))
+            .await
+            .unwrap_or_else(|s| panic!("creating {name}: {s:?}"));
+        // Every controller places calls on its own registry: wait until
+        // each has applied the create.
+        let index = self
+            .cluster
+            .node(self.cluster.wait_leader(Duration::from_secs(10)).await)
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.cluster
+            .wait_applied(index, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Changes a function's configuration through node `node`'s API and
+    /// waits until every running controller applied it.
+    pub async fn update_config(&self, node: u64, name: &str, config: pb::FunctionConfig) {
+        self.functions(node)
+            .update_function_configuration(bearer(
+                pb::UpdateFunctionConfigurationRequest {
+                    function_name: name.into(),
+                    config: Some(config),
+                    revision_id: String::new(),
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("updating {name}: {s:?}"));
+        let index = self
+            .cluster
+            .node(self.cluster.wait_leader(Duration::from_secs(10)).await)
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0);
+        self.cluster
+            .wait_applied(index, Duration::from_secs(10))
+            .await;
+    }
+
+    /// Invokes `function` through node `node`'s API.
+    pub async fn invoke(
+        &self,
+        node: u64,
+        function: &str,
+        payload: &str,
+        kind: pb::InvocationType,
+    ) -> Result<pb::InvokeResponse, tonic::Status> {
+        self.invocations(node)
+            .invoke(bearer(
+                pb::InvokeRequest {
+                    function_name: function.into(),
+                    qualifier: String::new(),
+                    payload: payload.as_bytes().to_vec(),
+                    invocation_type: kind as i32,
+                    log_type: 0,
+                    idempotency_key: String::new(),
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn dead_letters(&self, node: u64, function: &str) -> Vec<pb::DeadLetterRecord> {
+        self.invocations(node)
+            .list_dead_letters(bearer(
+                pb::DeadLettersRequest {
+                    function_name: function.into(),
+                    stale_ok: false,
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("dead letters of {function}: {s:?}"))
+            .into_inner()
+            .records
+    }
+
+    pub async fn async_status(&self, node: u64, function: &str) -> pb::AsyncStatusResponse {
+        self.invocations(node)
+            .async_status(bearer(
+                pb::DeadLettersRequest {
+                    function_name: function.into(),
+                    stale_ok: false,
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap_or_else(|s| panic!("async status of {function}: {s:?}"))
+            .into_inner()
+    }
+
+    /// Workers as node `node` reports them (`nubo cluster status`).
+    pub async fn worker_status(&self, node: u64) -> Vec<pb::WorkerStatus> {
+        self.cluster_api(node)
+            .status(bearer(pb::ClusterStatusRequest::default(), FLEET_ADMIN))
+            .await
+            .unwrap_or_else(|s| panic!("cluster status: {s:?}"))
+            .into_inner()
+            .workers
+    }
+
+    /// How many times `request_id` ran on each worker (in `workers` order).
+    pub fn runs_of(&self, request_id: &str) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.fake.runs_of(request_id))
+            .collect()
+    }
+
+    /// Stops every worker, then every controller.
+    pub async fn shutdown(mut self) {
+        for w in &mut self.workers {
+            w.stop().await;
+        }
+        self.cluster.shutdown().await;
+    }
 }

@@ -7,3 +7,4 @@ mod faults;
 mod harness;
 mod linearizability;
 mod storage_suite;
+mod workers;

@@ -1,9 +1,14 @@
 //! An in-process sandbox: runs a Rust closure instead of a container, so
 //! the pool, the worker and placement test without root or crun.
+//!
+//! [`FakeFactory::programmable`] also obeys the payload (`{"sleep_ms": N,
+//! "error": "message"}`) and every fake records what ran ([`FakeFactory::ran`]),
+//! so the controllers' dispatcher, placement and fencing test against
+//! in-process workers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -22,6 +27,30 @@ pub struct FakeFactory {
     pub create_delay: Duration,
     /// Handlers named `init_error` fail their init.
     pub fail_init_handler: String,
+    /// Obey the payload: `sleep_ms` (an async sleep before answering) and
+    /// `error` (an `Unhandled` function error with that message instead of
+    /// the handler's result). Off in `echo()`.
+    pub obey_payload: bool,
+    /// Every invocation that started on this factory's sandboxes, in order.
+    pub ran: Arc<Mutex<Vec<Ran>>>,
+}
+
+/// One invocation as a fake sandbox saw it.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub request_id: String,
+    pub function: String,
+    pub payload: Bytes,
+    pub at: Instant,
+}
+
+/// What a programmable fake reads from a JSON payload.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Program {
+    #[serde(default)]
+    sleep_ms: u64,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl FakeFactory {
@@ -33,7 +62,39 @@ impl FakeFactory {
             destroyed: Arc::default(),
             create_delay: Duration::ZERO,
             fail_init_handler: "init_error".into(),
+            obey_payload: false,
+            ran: Arc::default(),
         }
+    }
+
+    /// Like `echo()`, obeying `{"sleep_ms": N, "error": "message"}` in the
+    /// payload (see [`FakeFactory::obey_payload`]).
+    pub fn programmable() -> FakeFactory {
+        FakeFactory {
+            obey_payload: true,
+            ..FakeFactory::echo()
+        }
+    }
+
+    /// How many times an invocation with `request_id` started here.
+    pub fn runs_of(&self, request_id: &str) -> usize {
+        self.ran
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .filter(|r| r.request_id == request_id)
+            .count()
+    }
+
+    /// Invocations of `function` that started here, in order.
+    pub fn runs_of_function(&self, function: &str) -> Vec<Ran> {
+        self.ran
+            .lock()
+            .expect("lock poisoned")
+            .iter()
+            .filter(|r| r.function == function)
+            .cloned()
+            .collect()
     }
 }
 
@@ -42,6 +103,8 @@ pub struct FakeSandbox {
     handler: Arc<Handler>,
     alive: AtomicBool,
     destroyed: Arc<AtomicU64>,
+    obey_payload: bool,
+    ran: Arc<Mutex<Vec<Ran>>>,
 }
 
 impl SandboxFactory for FakeFactory {
@@ -70,6 +133,8 @@ impl SandboxFactory for FakeFactory {
                 handler: self.handler.clone(),
                 alive: AtomicBool::new(true),
                 destroyed: self.destroyed.clone(),
+                obey_payload: self.obey_payload,
+                ran: self.ran.clone(),
             },
             init_duration: self.create_delay,
             init_lines: vec![],
@@ -79,7 +144,24 @@ impl SandboxFactory for FakeFactory {
 
 impl Sandbox for FakeSandbox {
     async fn invoke(&self, inv: Invocation) -> InvokeResult {
-        let c = (self.handler)(&self.spec, &inv.payload);
+        self.ran.lock().expect("lock poisoned").push(Ran {
+            request_id: inv.request_id.clone(),
+            function: self.spec.function_name.clone(),
+            payload: inv.payload.clone(),
+            at: Instant::now(),
+        });
+        let program = if self.obey_payload {
+            serde_json::from_slice::<Program>(&inv.payload).unwrap_or_default()
+        } else {
+            Program::default()
+        };
+        if program.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(program.sleep_ms)).await;
+        }
+        let c = match program.error {
+            Some(message) => Completion::unhandled("FakeError", &message),
+            None => (self.handler)(&self.spec, &inv.payload),
+        };
         InvokeResult {
             completion: c,
             reusable: true,

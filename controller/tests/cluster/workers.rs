@@ -1,0 +1,769 @@
+//! The controllers' invocation logic against real workers whose sandboxes
+//! are in-process fakes (`FakeFactory::programmable`): placement, reserved
+//! concurrency, the async dispatcher and the workers' term fence, without
+//! root, crun or Python. Calls go through the controllers' gRPC API as a
+//! user's do; the fakes record every run, so "ran N times" is counted, not
+//! read from logs. tests/e2e checks the same with real containers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use nubo_proto::v1 as pb;
+use pb::InvocationType::{Event, RequestResponse};
+use serde_json::Value;
+use tonic::Code;
+
+use crate::harness::{bearer, Fleet, FLEET_ADMIN};
+
+/// Runs a test body within `secs` seconds (a hang fails instead of
+/// blocking the suite; dropping the body stops its nodes and workers).
+async fn bounded<T>(secs: u64, body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
+}
+
+/// Polls `f` every 20 ms until it gives a value, for at most `secs`.
+async fn wait_for<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn expect_throttled(r: Result<pb::InvokeResponse, tonic::Status>, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected RESOURCE_EXHAUSTED, got {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{what}: {s:?}");
+            assert!(s.message().contains("throttled"), "{what}: {s:?}");
+        }
+    }
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {:?}",
+            String::from_utf8_lossy(b).into_owned()
+        )
+    })
+}
+
+/// Short retry waits (w = 200 ms, so w then 2w) instead of Lambda's minutes.
+const WAIT_MS: u64 = 200;
+
+fn short_waits(c: &mut nubo_controller::config::ControllerConfig) {
+    c.async_base_wait_ms = WAIT_MS;
+}
+
+/// Placement with workers in zones a, b and c: three concurrent cold calls
+/// get one sandbox in each zone; a call of a function with one idle warm
+/// sandbox goes to that worker, though zone spreading alone would pick
+/// another; once that worker stops, every call still succeeds, once, on
+/// the others, and the controller reports it dead (the others live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_spreads_zones_prefers_warm_and_skips_a_stopped_worker() {
+    bounded(60, async {
+        let mut fleet = Fleet::start(1, &["a", "b", "c"], &|_| {}).await;
+        fleet
+            .create_function(1, "spread", pb::FunctionConfig::default())
+            .await;
+        let calls: Vec<_> = (0..3)
+            .map(|i| {
+                let mut c = fleet.invocations(1);
+                async move {
+                    let payload = format!(r#"{{"sleep_ms":1500,"i":{i}}}"#);
+                    c.invoke(bearer(
+                        pb::InvokeRequest {
+                            function_name: "spread".into(),
+                            payload: payload.clone().into_bytes(),
+                            invocation_type: RequestResponse as i32,
+                            ..Default::default()
+                        },
+                        FLEET_ADMIN,
+                    ))
+                    .await
+                    .map(|r| (payload, r.into_inner()))
+                }
+            })
+            .collect();
+        for r in futures::future::join_all(calls).await {
+            let (payload, resp) = r.expect("a concurrent call");
+            assert!(resp.function_error.is_empty(), "{resp:?}");
+            assert_eq!(resp.payload, payload.as_bytes(), "the fake echoes");
+        }
+        let created: Vec<(&str, u64)> = fleet
+            .workers
+            .iter()
+            .map(|w| {
+                let n = w.fake.created.load(std::sync::atomic::Ordering::SeqCst);
+                (w.zone.as_str(), n)
+            })
+            .collect();
+        assert_eq!(
+            created,
+            [("a", 1), ("b", 1), ("c", 1)],
+            "one sandbox per zone"
+        );
+
+        // Warm first: one cold call leaves one idle sandbox on worker x...
+        fleet
+            .create_function(1, "warm", pb::FunctionConfig::default())
+            .await;
+        let first = fleet
+            .invoke(1, "warm", "{}", RequestResponse)
+            .await
+            .unwrap();
+        let on: Vec<usize> = fleet.runs_of(&first.request_id);
+        let x = on.iter().position(|n| *n == 1).expect("ran somewhere");
+        // ...and the next call goes there, not to a zone without "warm".
+        for _ in 0..3 {
+            let again = fleet
+                .invoke(1, "warm", "{}", RequestResponse)
+                .await
+                .unwrap();
+            assert_eq!(
+                fleet.runs_of(&again.request_id)[x],
+                1,
+                "the warm worker {} took the call",
+                fleet.workers[x].id
+            );
+        }
+        let total: usize = fleet
+            .workers
+            .iter()
+            .map(|w| w.fake.runs_of_function("warm").len())
+            .sum();
+        assert_eq!(total, fleet.workers[x].fake.runs_of_function("warm").len());
+
+        // The warm worker stops: calls keep succeeding on the others.
+        let dead_id = fleet.workers[x].id.clone();
+        fleet.workers[x].stop().await;
+        for i in 0..20 {
+            let r = fleet.invoke(1, "warm", "{}", RequestResponse).await;
+            let r = r.unwrap_or_else(|s| panic!("call {i} after {dead_id} stopped: {s:?}"));
+            let on = fleet.runs_of(&r.request_id);
+            assert_eq!(on[x], 0);
+            assert_eq!(on.iter().sum::<usize>(), 1, "ran once: {on:?}");
+        }
+        let status = wait_for("the stopped worker reported dead", 10, || async {
+            let st = fleet.worker_status(1).await;
+            st.iter()
+                .any(|w| w.id == dead_id && w.health == "dead")
+                .then_some(st)
+        })
+        .await;
+        for w in &status {
+            if w.id != dead_id {
+                assert_eq!(w.health, "live", "{w:?}");
+            }
+        }
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Reserved concurrency of sync calls, counted on the leader: with
+/// reservation 1, a call while a slow one runs is throttled
+/// (RESOURCE_EXHAUSTED), on the leader and on a follower alike, and a call
+/// after it runs; a slow call made on a follower holds the slot on the
+/// leader too. Reservation 0 throttles every call, and nothing runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_concurrency_throttles_sync_calls_counted_on_the_leader() {
+    bounded(60, async {
+        let fleet = Fleet::start(3, &["a"], &|_| {}).await;
+        let leader = fleet.cluster.wait_leader(Duration::from_secs(10)).await;
+        let follower = *fleet
+            .cluster
+            .up_ids()
+            .iter()
+            .find(|id| **id != leader)
+            .unwrap();
+        fleet
+            .create_function(
+                leader,
+                "single",
+                pb::FunctionConfig {
+                    reserved_concurrency: Some(1),
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let worker = fleet.workers[0].worker.clone();
+        for (slow_on, other) in [(leader, follower), (follower, leader)] {
+            let mut c = fleet.invocations(slow_on);
+            let slow = tokio::spawn(async move {
+                c.invoke(bearer(
+                    pb::InvokeRequest {
+                        function_name: "single".into(),
+                        payload: br#"{"sleep_ms":1500}"#.to_vec(),
+                        ..Default::default()
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+            });
+            wait_for("the slow call to run", 10, || async {
+                (worker.pool.snapshot().busy == 1).then_some(())
+            })
+            .await;
+            for node in [other, slow_on] {
+                expect_throttled(
+                    fleet.invoke(node, "single", "{}", RequestResponse).await,
+                    &format!("second call on node {node} while node {slow_on}'s runs"),
+                );
+            }
+            let r = slow.await.unwrap().expect("the slow call");
+            assert!(r.get_ref().function_error.is_empty());
+            // The slot is back.
+            fleet
+                .invoke(other, "single", "{}", RequestResponse)
+                .await
+                .expect("a call after the slow one ended");
+        }
+
+        fleet
+            .create_function(
+                leader,
+                "zero",
+                pb::FunctionConfig {
+                    reserved_concurrency: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+        for node in fleet.cluster.up_ids() {
+            expect_throttled(
+                fleet.invoke(node, "zero", "{}", RequestResponse).await,
+                &format!("reserved 0 on node {node}"),
+            );
+        }
+        assert!(fleet.workers[0].fake.runs_of_function("zero").is_empty());
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// The async dispatcher, with w = 200 ms: an Event whose function always
+/// fails runs exactly 3 times (maximum retry attempts 2) under its one
+/// request id, spaced at least w then 2w, then leaves one dead letter
+/// (RetriesExhausted, 3 attempts, the error, the original payload) and
+/// Lambda's failure record at the on-failure destination; a redrive runs
+/// it 3 times more and dead-letters it again. An Event that succeeds runs
+/// once, leaves no dead letter, and its result reaches the on-success
+/// destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_failures_retry_twice_then_dead_letter_and_successes_run_once() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        fleet
+            .create_function(1, "sink", pb::FunctionConfig::default())
+            .await;
+        fleet
+            .create_function(
+                1,
+                "failing",
+                pb::FunctionConfig {
+                    async_config: Some(pb::AsyncConfig {
+                        maximum_retry_attempts: Some(2),
+                        dead_letter_target: "sink".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let payload = r#"{"error":"nope","order":7}"#;
+        let accepted = fleet.invoke(1, "failing", payload, Event).await.unwrap();
+        assert_eq!(accepted.status_code, 202);
+        let id = accepted.request_id.clone();
+        assert_eq!(id.len(), 36, "a request id: {id}");
+
+        let dl = wait_for("the dead letter", 15, || async {
+            fleet.dead_letters(1, "failing").await.into_iter().next()
+        })
+        .await;
+        assert_eq!(dl.request_id, id);
+        assert_eq!(dl.condition, "RetriesExhausted");
+        assert_eq!(dl.attempts, 3);
+        assert_eq!(dl.error_type, "FakeError");
+        assert_eq!(dl.error_message, "nope");
+        assert_eq!(json_of(&dl.payload), json_of(payload.as_bytes()));
+        let runs: Vec<Instant> = fake
+            .runs_of_function("failing")
+            .into_iter()
+            .filter(|r| r.request_id == id)
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(runs.len(), 3, "exactly three attempts");
+        let w = Duration::from_millis(WAIT_MS);
+        let gaps = [runs[1] - runs[0], runs[2] - runs[1]];
+        assert!(
+            gaps[0] >= w && gaps[1] >= 2 * w,
+            "retries after w then 2w (w = {w:?}): gaps {gaps:?}"
+        );
+
+        let record = wait_for("the on-failure record", 10, || async {
+            fake.runs_of_function("sink")
+                .first()
+                .map(|r| json_of(&r.payload))
+        })
+        .await;
+        let ctx = &record["requestContext"];
+        assert_eq!(ctx["requestId"], id.as_str(), "{record}");
+        assert_eq!(ctx["condition"], "RetriesExhausted");
+        assert_eq!(ctx["approximateInvokeCount"], 3);
+        assert_eq!(record["requestPayload"]["order"], 7);
+        assert_eq!(record["responseContext"]["functionError"], "Unhandled");
+        assert_eq!(record["responsePayload"]["errorType"], "FakeError");
+        let st = fleet.async_status(1, "failing").await;
+        assert_eq!((st.dead_letters, st.queued), (1, 0), "{st:?}");
+
+        let n = fleet
+            .invocations(1)
+            .redrive_dead_letters(bearer(
+                pb::RedriveDeadLettersRequest {
+                    function_name: "failing".into(),
+                    request_ids: vec![id.clone()],
+                    all: false,
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        assert_eq!(n, 1);
+        wait_for("the redriven event to fail 3 times again", 15, || async {
+            let dls = fleet.dead_letters(1, "failing").await;
+            (fake.runs_of(&id) == 6 && dls.len() == 1 && dls[0].attempts == 3).then_some(())
+        })
+        .await;
+
+        // A success runs once and reaches the on-success destination.
+        fleet
+            .create_function(1, "okays", pb::FunctionConfig::default())
+            .await;
+        fleet
+            .create_function(
+                1,
+                "echoing",
+                pb::FunctionConfig {
+                    async_config: Some(pb::AsyncConfig {
+                        on_success_target: "okays".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let ok = fleet
+            .invoke(1, "echoing", r#"{"k":1}"#, Event)
+            .await
+            .unwrap();
+        let record = wait_for("the on-success record", 10, || async {
+            fake.runs_of_function("okays")
+                .first()
+                .map(|r| json_of(&r.payload))
+        })
+        .await;
+        assert_eq!(
+            record["requestContext"]["requestId"],
+            ok.request_id.as_str()
+        );
+        assert_eq!(record["requestContext"]["condition"], "Success");
+        assert_eq!(record["requestPayload"]["k"], 1);
+        assert_eq!(record["responsePayload"]["k"], 1, "the function's result");
+        // Long enough for a retry, had there been one.
+        tokio::time::sleep(3 * w).await;
+        assert_eq!(fake.runs_of(&ok.request_id), 1, "a success runs once");
+        assert!(fleet.dead_letters(1, "echoing").await.is_empty());
+        assert_eq!(fleet.async_status(1, "echoing").await.queued, 0);
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Reserved concurrency 0 holds async events: they stay queued without an
+/// attempt (queued 3, in flight 0, nothing ran); once the reservation is
+/// cleared every one runs, once, and none is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_of_a_throttled_function_wait_then_run_once_released() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        fleet
+            .create_function(
+                1,
+                "held",
+                pb::FunctionConfig {
+                    reserved_concurrency: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let r = fleet
+                .invoke(1, "held", &format!(r#"{{"i":{i}}}"#), Event)
+                .await
+                .unwrap();
+            ids.push(r.request_id);
+        }
+        // Several dispatcher passes (every 100 ms) and retry waits.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let st = fleet.async_status(1, "held").await;
+        assert_eq!(st.queued, 3, "{st:?}");
+        assert_eq!(st.in_flight, Some(0), "{st:?}");
+        assert_eq!(st.running, 0, "{st:?}");
+        assert!(
+            fake.runs_of_function("held").is_empty(),
+            "nothing runs while throttled to 0"
+        );
+
+        fleet
+            .update_config(
+                1,
+                "held",
+                pb::FunctionConfig {
+                    clear_reserved_concurrency: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        wait_for("the held events to run once released", 10, || async {
+            ids.iter().all(|id| fake.runs_of(id) == 1).then_some(())
+        })
+        .await;
+        wait_for("the queue to empty", 10, || async {
+            (fleet.async_status(1, "held").await.queued == 0).then_some(())
+        })
+        .await;
+        for id in &ids {
+            assert_eq!(fake.runs_of(id), 1, "{id} ran once");
+        }
+        assert!(fleet.dead_letters(1, "held").await.is_empty());
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Lambda's sync error semantics, through a controller to a worker: a
+/// function error comes back as the response (function_error "Unhandled",
+/// the error document with errorType and errorMessage), not as a failed
+/// call; the log tail carries the invocation's START and REPORT lines;
+/// an unknown function, version or alias is NOT_FOUND; a payload that is
+/// not JSON or is over 6 MB is INVALID_ARGUMENT, and none of those runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_calls_relay_function_errors_and_refuse_bad_requests() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "failing", pb::FunctionConfig::default())
+            .await;
+        let r = fleet
+            .invoke(
+                1,
+                "failing",
+                r#"{"error":"no such order"}"#,
+                RequestResponse,
+            )
+            .await
+            .expect("a function error is a response");
+        assert_eq!(r.function_error, "Unhandled", "{r:?}");
+        let e = json_of(&r.payload);
+        assert_eq!(e["errorType"], "FakeError", "{e}");
+        assert_eq!(e["errorMessage"], "no such order", "{e}");
+
+        let r = fleet
+            .invocations(1)
+            .invoke(bearer(
+                pb::InvokeRequest {
+                    function_name: "failing".into(),
+                    payload: b"{}".to_vec(),
+                    log_type: pb::LogType::LogTail as i32,
+                    ..Default::default()
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        for want in [
+            format!("START RequestId: {}", r.request_id),
+            format!("REPORT RequestId: {}", r.request_id),
+        ] {
+            assert!(r.log_result.contains(&want), "{want}: {}", r.log_result);
+        }
+
+        let runs_before = fleet.workers[0].fake.ran.lock().unwrap().len();
+        let qualified = |q: &str| {
+            let mut c = fleet.invocations(1);
+            let q = q.to_string();
+            async move {
+                c.invoke(bearer(
+                    pb::InvokeRequest {
+                        function_name: "failing".into(),
+                        qualifier: q,
+                        ..Default::default()
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+            }
+        };
+        for q in ["9", "live"] {
+            let s = qualified(q).await.expect_err("an unknown qualifier");
+            assert_eq!(s.code(), Code::NotFound, "failing:{q}: {s:?}");
+        }
+        let s = fleet
+            .invoke(1, "nope", "{}", RequestResponse)
+            .await
+            .expect_err("an unknown function");
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+        let s = fleet
+            .invoke(1, "failing", "{not json", RequestResponse)
+            .await
+            .expect_err("a payload that is not JSON");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("not valid JSON"), "{s:?}");
+        let big = format!("\"{}\"", "a".repeat(7 * 1024 * 1024));
+        let s = fleet
+            .invoke(1, "failing", &big, RequestResponse)
+            .await
+            .expect_err("a 7 MB payload");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("6 MB"), "{s:?}");
+        assert_eq!(
+            fleet.workers[0].fake.ran.lock().unwrap().len(),
+            runs_before,
+            "refused calls do not run"
+        );
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+fn fake_spec(name: &str) -> pb::FunctionSpec {
+    pb::FunctionSpec {
+        function_name: name.into(),
+        version: "$LATEST".into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        memory_mb: 128,
+        timeout_seconds: 3,
+        ephemeral_storage_mb: 512,
+        code_sha256: "0".repeat(64),
+        code_size: 1,
+        ..Default::default()
+    }
+}
+
+/// The worker's term fence: after the leader of term t is killed and the
+/// worker has heard from the new leader (a higher term), a dispatch sent
+/// with term t, as the deposed leader would, is refused as "not run"
+/// (FAILED_PRECONDITION with the not-run mark) and the function does not
+/// run, nor is the attempt held; the same attempt from the current term
+/// runs, and sent again runs no second time (one run per attempt key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_from_a_deposed_leaders_term_is_refused_and_not_run() {
+    bounded(60, async {
+        let mut fleet = Fleet::start(3, &["a"], &|_| {}).await;
+        let old = fleet.cluster.wait_leader(Duration::from_secs(10)).await;
+        let old_term = fleet.cluster.node(old).raft.metrics().borrow().current_term;
+        let attempts = fleet.workers[0].worker.attempts.clone();
+        wait_for("the worker to see the first leader's term", 10, || async {
+            (attempts.fence() >= old_term).then_some(())
+        })
+        .await;
+        fleet.cluster.kill(old).await;
+        let others: Vec<u64> = fleet.cluster.up_ids();
+        let new = fleet
+            .cluster
+            .wait_new_leader(old, &others, Duration::from_secs(10))
+            .await;
+        let new_term = fleet.cluster.node(new).raft.metrics().borrow().current_term;
+        assert!(new_term > old_term);
+        wait_for("the worker to see the new leader's term", 10, || async {
+            (attempts.fence() >= new_term).then_some(())
+        })
+        .await;
+
+        let secret = nubo_proto::worker_secret(crate::harness::SECRET);
+        let key = "stale-event/1/0/0".to_string();
+        let call = |term: u64| pb::WorkerInvokeRequest {
+            function: Some(fake_spec("fenced")),
+            request_id: "stale-event".into(),
+            payload: b"{}".to_vec(),
+            log_tail: false,
+            attempt_key: key.clone(),
+            dispatch_term: term,
+        };
+        let mut client = fleet.workers[0].client();
+        let refused = client
+            .invoke(nubo_proto::with_secret(call(old_term), &secret))
+            .await
+            .expect_err("a dispatch from the deposed leader's term");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(
+            refused.message().contains("not run"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused
+                .metadata()
+                .get(nubo_proto::headers::NOT_RUN)
+                .is_some(),
+            "marked not run: {refused:?}"
+        );
+        let fake = fleet.workers[0].fake.clone();
+        assert_eq!(fake.runs_of("stale-event"), 0, "the function did not run");
+        let held = client
+            .find_attempts(nubo_proto::with_secret(
+                pb::FindAttemptsRequest {
+                    keys: vec![key.clone()],
+                },
+                &secret,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .held;
+        assert!(held.is_empty(), "a refused attempt is not held: {held:?}");
+
+        for _ in 0..2 {
+            let r = client
+                .invoke(nubo_proto::with_secret(call(new_term), &secret))
+                .await
+                .expect("a dispatch from the current term");
+            assert_eq!(r.get_ref().payload, b"{}");
+        }
+        assert_eq!(fake.runs_of("stale-event"), 1, "one run per attempt key");
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Async events outlive their leader: 3 controllers and workers in zones a
+/// and b; 200 events are accepted, then the leader is killed while they are
+/// being dispatched. Every accepted event runs (counted by request id in
+/// the fakes), none is dead-lettered, and none runs twice, on the same
+/// worker or on another: the new leader finds the dead leader's attempts on
+/// the workers and sends them back there under the same attempt key. A
+/// follower then reports the new leader's in-flight count (0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_survive_the_leader_being_killed_and_run_once() {
+    bounded(90, async {
+        let mut fleet = Fleet::start(3, &["a", "b"], &|c| {
+            short_waits(c);
+            // A small dispatcher, so the queue is still deep at the kill.
+            c.dispatch_concurrency = 16;
+        })
+        .await;
+        fleet
+            .create_function(1, "ev", pb::FunctionConfig::default())
+            .await;
+        let n = 200;
+        let nodes = fleet.cluster.up_ids();
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let clients: Vec<_> = nodes.iter().map(|id| fleet.invocations(*id)).collect();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in (t..n).step_by(8) {
+                        let mut c = clients[i % clients.len()].clone();
+                        let r = c
+                            .invoke(bearer(
+                                pb::InvokeRequest {
+                                    function_name: "ev".into(),
+                                    payload: format!(r#"{{"sleep_ms":200,"n":{i}}}"#).into_bytes(),
+                                    invocation_type: Event as i32,
+                                    ..Default::default()
+                                },
+                                FLEET_ADMIN,
+                            ))
+                            .await
+                            .unwrap_or_else(|s| panic!("event {i} not accepted: {s:?}"));
+                        ids.push(r.into_inner().request_id);
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut accepted = Vec::new();
+        for t in tasks {
+            accepted.extend(t.await.unwrap());
+        }
+        assert_eq!(accepted.len(), n);
+
+        let leader = fleet.cluster.wait_leader(Duration::from_secs(10)).await;
+        let queued = fleet.async_status(leader, "ev").await.queued;
+        fleet.cluster.kill(leader).await;
+        eprintln!("killed leader {leader} with {queued} events queued");
+        assert!(
+            queued >= 50,
+            "the kill must come while events are in flight: {queued} queued"
+        );
+        let others = fleet.cluster.up_ids();
+        let new_leader = fleet
+            .cluster
+            .wait_new_leader(leader, &others, Duration::from_secs(10))
+            .await;
+        wait_for("the queue to drain under the new leader", 40, || async {
+            (fleet.async_status(new_leader, "ev").await.queued == 0).then_some(())
+        })
+        .await;
+        let follower = *others.iter().find(|id| **id != new_leader).unwrap();
+        let st = fleet.async_status(follower, "ev").await;
+        assert_eq!(
+            st.in_flight,
+            Some(0),
+            "asked from follower {follower}: {st:?}"
+        );
+
+        let mut total: HashMap<&str, usize> = HashMap::new();
+        for id in &accepted {
+            let per_worker = fleet.runs_of(id);
+            for (w, k) in fleet.workers.iter().zip(&per_worker) {
+                assert!(*k <= 1, "{id} ran {k} times on worker {}", w.id);
+            }
+            total.insert(id, per_worker.iter().sum());
+        }
+        let missing: Vec<&&str> = total
+            .iter()
+            .filter(|(_, k)| **k == 0)
+            .map(|(id, _)| id)
+            .collect();
+        let duplicates: usize = total.values().map(|k| k.saturating_sub(1)).sum();
+        eprintln!(
+            "async events: {n} accepted, {} ran, {} missing, {duplicates} duplicate runs",
+            n - missing.len(),
+            missing.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "lost events: {:?}",
+            &missing[..missing.len().min(10)]
+        );
+        assert_eq!(
+            duplicates, 0,
+            "re-dispatched attempts must go back to the worker running them"
+        );
+        assert!(fleet.dead_letters(new_leader, "ev").await.is_empty());
+        fleet.shutdown().await;
+    })
+    .await
+}
