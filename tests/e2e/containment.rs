@@ -11,6 +11,7 @@ use crate::support::{self, probe, Platform};
 /// the function has egress; the process has no capabilities,
 /// no_new_privs and seccomp, and runs as a non-root uid.
 #[test]
+#[ignore = "needs root"]
 fn sandbox_containment() {
     let p = Platform::start();
 
@@ -109,6 +110,7 @@ fn sandbox_containment() {
 /// runc is selectable instead of crun: the same function runs, cold
 /// (prewarmed generic and fully cold) and warm, with the same containment.
 #[test]
+#[ignore = "needs root"]
 fn runc_is_selectable() {
     let p = Platform::start_with(&[("NUBO_OCI_RUNTIME", "runc")]);
     p.deploy(

@@ -107,6 +107,7 @@ fn cli_keeps_working_when_the_leader_is_killed() {
 /// yet the write is there after the restart. The client saw an error, so
 /// it may retry; with the same request id the retry is applied once.
 #[test]
+#[ignore = "needs root"]
 fn a_crash_between_commit_and_reply_keeps_the_write() {
     let env = Env::new();
     let (port, metrics) = (free_port(), free_port());
@@ -248,6 +249,7 @@ fn the_worker_credential_cannot_speak_raft() {
 /// others, and the controller marks the dead worker dead; a restarted
 /// worker removes the containers its killed predecessor left.
 #[test]
+#[ignore = "needs root"]
 fn three_zones_survive_the_loss_of_one() {
     let env = Env::new();
     let port = free_port();
