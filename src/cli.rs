@@ -13,7 +13,8 @@ use nubo_proto::v1 as pb;
 use serde_json::{json, Value};
 use tonic::{Code, Status};
 
-use crate::client::{Client, GlobalArgs, OutputFormat, CONNECT_ERROR_PREFIX};
+use nubo_client::{Client, DEFAULT_ENDPOINT};
+
 use crate::zipdir;
 
 /// Size of each code message in a streamed upload.
@@ -23,6 +24,69 @@ const PROGRESS_THRESHOLD: usize = 4 << 20;
 
 // ---------------------------------------------------------------------------
 // Arguments
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// JSON on stdout, for scripts.
+    Json,
+}
+
+/// Flags every client command takes: where the controllers are and how to
+/// authenticate. [`GlobalArgs::client_config`] turns them into the
+/// client's plain configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
+    /// Controller API endpoint; a comma-separated list names several
+    /// controllers, tried in turn when one is down.
+    #[arg(long, global = true, env = "NUBO_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Bearer token. Without it, <config-dir>/token (written by `nubo up`) is used.
+    #[arg(long, global = true, env = "NUBO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Directory holding the CLI's token file [default: $HOME/.config/nubo].
+    #[arg(long, global = true, env = "NUBO_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+/// Seconds a command keeps failing over between controllers, unless
+/// `NUBO_RETRY_SECS` says otherwise.
+const DEFAULT_RETRY_SECS: f64 = 10.0;
+
+impl GlobalArgs {
+    pub fn config_dir(&self) -> PathBuf {
+        self.config_dir
+            .clone()
+            .unwrap_or_else(nubo_client::default_config_dir)
+    }
+
+    /// The client configuration these flags (and `NUBO_RETRY_SECS`) ask
+    /// for: the endpoint list, the token from --token / NUBO_TOKEN or the
+    /// config directory's token file, a retry warning on the terminal.
+    pub fn client_config(&self) -> anyhow::Result<nubo_client::Config> {
+        let endpoints = nubo_client::parse_endpoints(&self.endpoint)?;
+        let token = nubo_client::load_token(self.token.as_deref(), &self.config_dir())?;
+        Ok(nubo_client::Config {
+            endpoints,
+            token,
+            retry_budget: retry_budget_from_env(),
+            warn_on_retry: true,
+        })
+    }
+}
+
+fn retry_budget_from_env() -> std::time::Duration {
+    std::env::var("NUBO_RETRY_SECS")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .unwrap_or(std::time::Duration::from_secs_f64(DEFAULT_RETRY_SECS))
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {
@@ -563,7 +627,7 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
     if let ClientCommand::Cluster(ClusterCommand::WorkerSecret { cluster_secret }) = &cmd {
         return print_worker_secret(cluster_secret);
     }
-    let client = Client::from_args(g)?;
+    let client = Client::from_config(g.client_config()?)?;
     let _ = ERROR_CONTEXT.set(ErrorContext {
         endpoints: client.endpoints().join(","),
         token_sent: client.has_token(),
@@ -2040,8 +2104,16 @@ pub fn report_error(e: &anyhow::Error) -> i32 {
                 c.downcast_ref::<std::io::Error>()
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
             });
+            let no_endpoint = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<nubo_client::Error>(),
+                    Some(nubo_client::Error::NoEndpoint)
+                )
+            });
             if refused {
                 eprintln!("hint: {}", refused_hint());
+            } else if no_endpoint {
+                eprintln!("hint: pass --endpoint or set NUBO_ENDPOINT");
             }
         }
     }
@@ -2052,7 +2124,7 @@ fn endpoints_text() -> String {
     ERROR_CONTEXT
         .get()
         .map(|c| c.endpoints.clone())
-        .unwrap_or_else(|| crate::client::DEFAULT_ENDPOINT.to_string())
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
 }
 
 fn refused_hint() -> String {
@@ -2073,7 +2145,7 @@ fn status_hint(s: &Status) -> Option<String> {
             let ctx = ERROR_CONTEXT.get();
             let token_file = ctx
                 .map(|c| c.config_dir.clone())
-                .unwrap_or_else(crate::client::default_config_dir)
+                .unwrap_or_else(nubo_client::default_config_dir)
                 .join("token");
             if ctx.is_some_and(|c| c.token_sent) {
                 Some(
@@ -2096,7 +2168,7 @@ fn status_hint(s: &Status) -> Option<String> {
              admin for one (`nubo token create --scope ...`)"
                 .to_string(),
         ),
-        Code::Unavailable if s.message().starts_with(CONNECT_ERROR_PREFIX) => Some(format!(
+        Code::Unavailable if nubo_client::is_connect_error(s) => Some(format!(
             "cannot reach {}: is the controller running (`nubo up`)? Check --endpoint / \
              NUBO_ENDPOINT and the network",
             endpoints_text()
