@@ -2,8 +2,6 @@
 //! client commands. `main.rs` only parses arguments and calls in here.
 
 pub mod bench;
-pub mod bench_async;
-pub mod bench_invoke;
 pub mod cli;
 pub mod roles;
 pub mod zipdir;
