@@ -32,6 +32,7 @@ pub use logs::LogsArgs;
 pub use token::TokenCommand;
 pub use version::VersionCommand;
 
+use hints::Subject;
 use render::Out;
 
 /// How results are printed (`-o`).
@@ -233,6 +234,7 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
         endpoints: client.endpoints().join(","),
         token_sent: client.has_token(),
         config_dir: g.config_dir(),
+        subject: subject(&cmd),
     });
     let out = Out { format: g.output };
     match cmd {
@@ -245,6 +247,92 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
         ClientCommand::Logs(a) => logs::run(&client, &out, a).await,
         ClientCommand::Dlq(c) => dlq::run(&client, &out, c).await,
         ClientCommand::Async(c) => asyncq::run(&client, &out, c).await,
+    }
+}
+
+/// What `cmd` is about, for the error hints.
+fn subject(cmd: &ClientCommand) -> Subject {
+    use alias::AliasCommand as A;
+    use cluster::ClusterCommand as C;
+    use dlq::DlqCommand as D;
+    use function::FunctionCommand as F;
+    use token::TokenCommand as T;
+    use version::VersionCommand as V;
+    match cmd {
+        ClientCommand::Function(c) => match c {
+            F::Create(a) => Subject::new("function create").function(&a.name),
+            F::Get(a) => Subject::new("function get")
+                .function(&a.name.name)
+                .qualifier(a.name.qualifier.as_deref().or(a.qualifier.as_deref())),
+            F::List(_) => Subject::new("function list"),
+            F::UpdateCode(a) => Subject::new("function update-code").function(&a.name),
+            F::UpdateConfig(a) => Subject::new("function update-config").function(&a.name),
+            F::Delete(a) => Subject::new("function delete")
+                .function(&a.name.name)
+                .qualifier(a.name.qualifier.as_deref()),
+        },
+        ClientCommand::Version(c) => match c {
+            V::Publish { name, .. } => Subject::new("version publish").function(name),
+            V::List { name, .. } => Subject::new("version list").function(name),
+        },
+        ClientCommand::Alias(c) => match c {
+            A::Create {
+                function,
+                alias,
+                function_version,
+                ..
+            } => Subject::new("alias create")
+                .function(function)
+                .alias(alias)
+                .qualifier(Some(function_version)),
+            A::Get { function, alias } => Subject::new("alias get").function(function).alias(alias),
+            A::Update {
+                function,
+                alias,
+                function_version,
+                ..
+            } => Subject::new("alias update")
+                .function(function)
+                .alias(alias)
+                .qualifier(function_version.as_deref()),
+            A::Delete { function, alias } => {
+                Subject::new("alias delete").function(function).alias(alias)
+            }
+            A::List {
+                function,
+                function_version,
+            } => Subject::new("alias list")
+                .function(function)
+                .qualifier(function_version.as_deref()),
+        },
+        ClientCommand::Cluster(c) => Subject::new(match c {
+            C::Status => "cluster status",
+            C::Add { .. } => "cluster add",
+            C::Promote { .. } => "cluster promote",
+            C::Remove { .. } => "cluster remove",
+            C::WorkerSecret { .. } => "cluster worker-secret",
+        }),
+        ClientCommand::Token(c) => Subject::new(match c {
+            T::Create { .. } => "token create",
+            T::List => "token list",
+            T::Revoke { .. } => "token revoke",
+        }),
+        ClientCommand::Invoke(a) => {
+            let (function, qualifier) = split_target(&a.target);
+            Subject::new("invoke")
+                .function(&function)
+                .qualifier(Some(&qualifier))
+        }
+        ClientCommand::Logs(a) => Subject::new("logs").function(&a.function),
+        ClientCommand::Dlq(c) => match c {
+            D::List { function } => Subject::new("dlq list").function(function),
+            D::Get { function, .. } => Subject::new("dlq get").function(function),
+            D::Redrive { function, .. } => Subject::new("dlq redrive").function(function),
+            D::Purge { function } => Subject::new("dlq purge").function(function),
+        },
+        ClientCommand::Async(AsyncCommand::Status { function }) => {
+            Subject::new("async status").function(function)
+        }
     }
 }
 
@@ -300,6 +388,74 @@ mod tests {
             let e = parse_qualified(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
+    }
+
+    /// The hint subject of every leaf command is that command, with the
+    /// function (and alias) it names.
+    #[test]
+    fn subjects_name_the_command() {
+        use clap::Parser;
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "function create",
+                &["f", "--runtime", "r", "--handler", "h", "--code", "."],
+            ),
+            ("function get", &["f:3"]),
+            ("function list", &[]),
+            ("function update-code", &["f", "--code", "."]),
+            ("function update-config", &["f", "--memory", "256"]),
+            ("function delete", &["f:3"]),
+            ("version publish", &["f"]),
+            ("version list", &["f"]),
+            ("alias create", &["f", "a", "--version", "3"]),
+            ("alias get", &["f", "a"]),
+            ("alias update", &["f", "a", "--version", "3"]),
+            ("alias delete", &["f", "a"]),
+            ("alias list", &["f"]),
+            ("cluster status", &[]),
+            ("cluster add", &["4", "h:1"]),
+            ("cluster promote", &["4"]),
+            ("cluster remove", &["4"]),
+            ("cluster worker-secret", &["--cluster-secret", "s"]),
+            ("token create", &["--scope", "admin"]),
+            ("token list", &[]),
+            ("token revoke", &["t"]),
+            ("invoke", &["f:3"]),
+            ("logs", &["f"]),
+            ("dlq list", &["f"]),
+            ("dlq get", &["f", "r"]),
+            ("dlq redrive", &["f", "--all"]),
+            ("dlq purge", &["f"]),
+            ("async status", &["f"]),
+        ];
+        for (command, args) in cases {
+            let argv: Vec<&str> = std::iter::once("nubo")
+                .chain(command.split(' '))
+                .chain(args.iter().copied())
+                .collect();
+            let cli = crate::Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let crate::Command::Client(cmd) = cli.command else {
+                panic!("{command}: not a client command");
+            };
+            let s = subject(&cmd);
+            assert_eq!(s.command, *command);
+            let names_function = !command.starts_with("cluster")
+                && !command.starts_with("token")
+                && *command != "function list";
+            assert_eq!(
+                s.function.as_deref(),
+                names_function.then_some("f"),
+                "{command}"
+            );
+            if command.starts_with("alias") && *command != "alias list" {
+                assert_eq!(s.alias.as_deref(), Some("a"), "{command}");
+            }
+        }
+        let cli = crate::Cli::try_parse_from(["nubo", "invoke", "f"]).unwrap();
+        let crate::Command::Client(cmd) = cli.command else {
+            panic!("not a client command");
+        };
+        assert_eq!(subject(&cmd).qualifier, None);
     }
 
     #[test]
