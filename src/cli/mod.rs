@@ -64,10 +64,6 @@ pub struct GlobalArgs {
     pub config_dir: Option<PathBuf>,
 }
 
-/// Seconds a command keeps failing over between controllers, unless
-/// `NUBO_RETRY_SECS` says otherwise.
-const DEFAULT_RETRY_SECS: f64 = 10.0;
-
 impl GlobalArgs {
     pub fn config_dir(&self) -> PathBuf {
         self.config_dir
@@ -90,13 +86,15 @@ impl GlobalArgs {
     }
 }
 
+/// `NUBO_RETRY_SECS` (seconds a command keeps failing over between
+/// controllers), else the client's default.
 fn retry_budget_from_env() -> std::time::Duration {
     std::env::var("NUBO_RETRY_SECS")
         .ok()
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(std::time::Duration::from_secs_f64)
-        .unwrap_or(std::time::Duration::from_secs_f64(DEFAULT_RETRY_SECS))
+        .unwrap_or(nubo_client::DEFAULT_RETRY_BUDGET)
 }
 
 #[derive(Debug, clap::Subcommand)]
