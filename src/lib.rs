@@ -2,12 +2,12 @@
 //! client commands. `main.rs` only parses arguments and calls in here.
 
 pub mod bench;
-pub mod bench_async;
-pub mod bench_invoke;
 pub mod cli;
-pub mod client;
 pub mod roles;
 pub mod zipdir;
+
+/// The controllers' client, under the path tests and older callers use.
+pub use nubo_client as client;
 
 use clap::{Parser, Subcommand};
 
@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "nubo", version, about = "nubo: self-hosted Function-as-a-Service", long_about = None)]
 pub struct Cli {
     #[command(flatten)]
-    pub global: client::GlobalArgs,
+    pub global: cli::GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -15,7 +15,7 @@ use nubo_proto::v1 as pb;
 use pb::invocations_client::InvocationsClient;
 use tonic::transport::Channel;
 
-use crate::bench::{
+use super::{
     authed, channel, echo_rate, free_port, fsync_floor, ms, pct, spawn_controller, wait_ready,
     write_section, BenchArgs, Graceful, SECRET,
 };

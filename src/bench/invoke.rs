@@ -17,7 +17,7 @@ use nubo_proto::v1 as pb;
 use pb::invocations_client::InvocationsClient;
 use tonic::transport::Channel;
 
-use crate::bench::{
+use super::{
     authed, echo_floor, free_port, ms, pct, rss_kb, write_section, BenchArgs, Graceful, TOKEN,
 };
 

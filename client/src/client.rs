@@ -1,13 +1,12 @@
-//! Connection side of the CLI: global flags, token lookup, and a gRPC client
-//! that fails over between controllers.
+//! The failover loop: one logical call, tried against the controllers in
+//! turn until one answers or the retry budget is spent.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use nubo_proto::headers;
 use nubo_proto::v1::cluster_client::ClusterClient;
 use nubo_proto::v1::functions_client::FunctionsClient;
 use nubo_proto::v1::invocations_client::InvocationsClient;
@@ -18,103 +17,24 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
-/// Code packages go up in 1 MiB chunks, but configurations with large
-/// environments and long listings still need room above tonic's 4 MiB default.
+use crate::config::{normalize_endpoint, Config};
+use crate::Error;
+
+/// Largest message sent or accepted. Code packages go up in 1 MiB chunks,
+/// but configurations with large environments and long listings still need
+/// room above tonic's 4 MiB default.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const DEFAULT_RETRY_SECS: f64 = 10.0;
-/// Metadata key a follower sets on UNAVAILABLE to point at the leader's API.
-pub const LEADER_HINT_KEY: &str = "x-nubo-leader";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned columns for people.
-    Table,
-    /// JSON on stdout, for scripts.
-    Json,
-}
+/// Start of the message of the statuses the client makes up for failed
+/// connections, so callers can tell them from server answers
+/// ([`is_connect_error`]).
+pub const CONNECT_ERROR_PREFIX: &str = "cannot connect to ";
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct GlobalArgs {
-    /// Controller API endpoint; a comma-separated list names several
-    /// controllers, tried in turn when one is down.
-    #[arg(long, global = true, env = "NUBO_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    pub endpoint: String,
-    /// Bearer token. Without it, <config-dir>/token (written by `nubo up`) is used.
-    #[arg(long, global = true, env = "NUBO_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
-    /// Directory holding the CLI's token file [default: $HOME/.config/nubo].
-    #[arg(long, global = true, env = "NUBO_CONFIG_DIR")]
-    pub config_dir: Option<PathBuf>,
-}
-
-impl GlobalArgs {
-    pub fn config_dir(&self) -> PathBuf {
-        self.config_dir.clone().unwrap_or_else(default_config_dir)
-    }
-
-    /// The endpoints named by --endpoint, normalised to URIs.
-    pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
-        parse_endpoints(&self.endpoint)
-    }
-
-    /// Token from the flag or environment, else from `<config-dir>/token`.
-    /// `None` is not an error: the server answers UNAUTHENTICATED and the
-    /// error report explains how to get a token.
-    pub fn resolve_token(&self) -> anyhow::Result<Option<String>> {
-        if let Some(t) = self.token.as_deref().map(str::trim) {
-            if !t.is_empty() {
-                return Ok(Some(t.to_string()));
-            }
-        }
-        let path = self.config_dir().join("token");
-        match std::fs::read_to_string(&path) {
-            Ok(s) => {
-                let t = s.trim();
-                Ok((!t.is_empty()).then(|| t.to_string()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading token file {}", path.display())),
-        }
-    }
-}
-
-/// `$HOME/.config/nubo`; the same fallback as `nubo up` uses, so the CLI
-/// finds the token it stored.
-pub fn default_config_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"))
-        .join(".config")
-        .join("nubo")
-}
-
-/// Splits a comma-separated endpoint list; a bare `host:port` gets `http://`.
-pub fn parse_endpoints(s: &str) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for item in s.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let uri = normalize_endpoint(item);
-        Endpoint::from_shared(uri.clone()).with_context(|| format!("invalid endpoint {item:?}"))?;
-        if !out.contains(&uri) {
-            out.push(uri);
-        }
-    }
-    if out.is_empty() {
-        bail!("no endpoint given: pass --endpoint or set NUBO_ENDPOINT");
-    }
-    Ok(out)
-}
-
-fn normalize_endpoint(s: &str) -> String {
-    if s.contains("://") {
-        s.trim_end_matches('/').to_string()
-    } else {
-        format!("http://{}", s.trim_end_matches('/'))
-    }
+/// Whether `s` is the client's own "could not connect" status rather than
+/// an answer from a controller.
+pub fn is_connect_error(s: &Status) -> bool {
+    s.code() == Code::Unavailable && s.message().starts_with(CONNECT_ERROR_PREFIX)
 }
 
 /// Adds `authorization: Bearer <token>` to every call, and the request id
@@ -132,7 +52,7 @@ impl Interceptor for Auth {
             req.metadata_mut().insert("authorization", h.clone());
         }
         if let Some(id) = &self.request_id {
-            req.metadata_mut().insert("x-nubo-request-id", id.clone());
+            req.metadata_mut().insert(headers::REQUEST_ID, id.clone());
         }
         Ok(req)
     }
@@ -149,9 +69,11 @@ pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
 pub type InvocationsApi = InvocationsClient<InterceptedService<Channel, Auth>>;
 
 /// One connected controller, handed to each attempt of [`Client::call`].
+/// Its service clients carry the token and the call's request id.
 #[derive(Clone, Debug)]
 pub struct Conn {
     pub channel: Channel,
+    /// The URI of the controller this attempt talks to.
     pub endpoint: String,
     auth: Auth,
 }
@@ -182,52 +104,62 @@ impl Conn {
     }
 }
 
+/// A client of a group of controllers. Cheap to share (`Arc<Client>`):
+/// calls may run concurrently; connections are made on first use and kept.
 #[derive(Debug)]
 pub struct Client {
     endpoints: Vec<String>,
-    token: Option<String>,
+    has_token: bool,
     auth: Auth,
     retry_budget: Duration,
+    warn_on_retry: bool,
     channels: Mutex<HashMap<String, Channel>>,
     /// Index of the endpoint that answered last, tried first next time.
     preferred: Mutex<usize>,
 }
 
 impl Client {
-    pub fn new(endpoints: Vec<String>, token: Option<String>) -> anyhow::Result<Client> {
-        if endpoints.is_empty() {
-            bail!("no endpoint given: pass --endpoint or set NUBO_ENDPOINT");
+    /// A client of these endpoints (URIs, see
+    /// [`parse_endpoints`](crate::parse_endpoints)) with the default retry
+    /// budget.
+    pub fn new(endpoints: Vec<String>, token: Option<String>) -> Result<Client, Error> {
+        Client::from_config(Config {
+            token,
+            ..Config::new(endpoints)
+        })
+    }
+
+    pub fn from_config(config: Config) -> Result<Client, Error> {
+        if config.endpoints.is_empty() {
+            return Err(Error::NoEndpoint);
         }
-        let header = match &token {
-            Some(t) => Some(
-                MetadataValue::try_from(format!("Bearer {t}"))
-                    .context("the token contains characters not allowed in a header")?,
-            ),
+        let header = match &config.token {
+            Some(t) => {
+                Some(MetadataValue::try_from(format!("Bearer {t}")).map_err(Error::InvalidToken)?)
+            }
             None => None,
         };
         Ok(Client {
-            endpoints,
-            token,
+            endpoints: config.endpoints,
+            has_token: config.token.is_some(),
             auth: Auth {
                 header,
                 request_id: None,
             },
-            retry_budget: retry_budget_from_env(),
+            retry_budget: config.retry_budget,
+            warn_on_retry: config.warn_on_retry,
             channels: Mutex::new(HashMap::new()),
             preferred: Mutex::new(0),
         })
-    }
-
-    pub fn from_args(args: &GlobalArgs) -> anyhow::Result<Client> {
-        Client::new(args.endpoints()?, args.resolve_token()?)
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
+    /// Whether calls carry a bearer token.
     pub fn has_token(&self) -> bool {
-        self.token.is_some()
+        self.has_token
     }
 
     pub fn with_retry_budget(mut self, budget: Duration) -> Client {
@@ -239,6 +171,8 @@ impl Client {
     /// connection errors and UNAVAILABLE (cycling with backoff until the retry
     /// budget is spent). Other statuses are returned at once: any controller
     /// gives the same answer, so retrying elsewhere cannot help.
+    ///
+    /// Every attempt of one call carries the same request id.
     pub async fn call<F, Fut, T>(&self, mut f: F) -> Result<T, Status>
     where
         F: FnMut(Conn) -> Fut,
@@ -291,7 +225,11 @@ impl Client {
             if now >= deadline {
                 return Err(err);
             }
-            if !warned && !redirected && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            if self.warn_on_retry
+                && !warned
+                && !redirected
+                && std::io::IsTerminal::is_terminal(&std::io::stderr())
+            {
                 warned = true;
                 eprintln!(
                     "warning: {}; retrying for up to {}s",
@@ -312,6 +250,8 @@ impl Client {
         }
     }
 
+    /// The hinted leader first, then every endpoint once, starting with the
+    /// one that answered last.
     fn attempt_order(&self, leader: Option<String>) -> Vec<String> {
         let start = *self.preferred.lock().expect("lock poisoned") % self.endpoints.len();
         let mut order: Vec<String> = Vec::with_capacity(self.endpoints.len() + 1);
@@ -359,10 +299,6 @@ impl Client {
     }
 }
 
-/// Marker put in the message of statuses the client makes up for failed
-/// connections, so the error report can tell them from server answers.
-pub const CONNECT_ERROR_PREFIX: &str = "cannot connect to ";
-
 fn connect_error(endpoint: &str, e: &tonic::transport::Error) -> Status {
     // The transport error's Display is just "transport error"; the cause
     // (connection refused, timed out, DNS) is further down the chain.
@@ -396,8 +332,9 @@ fn is_retryable(s: &Status) -> bool {
     }
 }
 
+/// The leader's URI a follower put in the status, if it is a usable one.
 fn leader_hint(s: &Status) -> Option<String> {
-    let v = s.metadata().get(LEADER_HINT_KEY)?.to_str().ok()?.trim();
+    let v = s.metadata().get(headers::LEADER)?.to_str().ok()?.trim();
     if v.is_empty() {
         return None;
     }
@@ -406,24 +343,29 @@ fn leader_hint(s: &Status) -> Option<String> {
     Some(uri)
 }
 
-fn retry_budget_from_env() -> Duration {
-    std::env::var("NUBO_RETRY_SECS")
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs_f64(DEFAULT_RETRY_SECS))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn endpoints_are_split_and_normalised() {
-        let e = parse_endpoints("http://a:1, b:2,,http://a:1/").unwrap();
-        assert_eq!(e, vec!["http://a:1".to_string(), "http://b:2".to_string()]);
-        assert!(parse_endpoints(" , ").is_err());
+    fn client(endpoints: &[&str]) -> Client {
+        Client::new(endpoints.iter().map(|e| e.to_string()).collect(), None).unwrap()
+    }
+
+    /// Channels that never connect until used, so `call` reaches `f`
+    /// without a server; `f` decides what each controller "answers".
+    fn with_lazy_channels(c: &Client) {
+        let mut chans = c.channels.lock().unwrap();
+        for e in &c.endpoints {
+            let ch = Endpoint::from_shared(e.clone()).unwrap().connect_lazy();
+            chans.insert(e.clone(), ch);
+        }
+    }
+
+    fn unavailable_with_leader(leader: &str) -> Status {
+        let mut s = Status::unavailable("not leader");
+        s.metadata_mut()
+            .insert(headers::LEADER, leader.parse().unwrap());
+        s
     }
 
     #[test]
@@ -431,14 +373,139 @@ mod tests {
         assert!(is_retryable(&Status::unavailable("x")));
         assert!(!is_retryable(&Status::invalid_argument("x")));
         assert!(!is_retryable(&Status::unknown("x")));
+        let mut broken = Status::unknown("connection reset");
+        broken.set_source(Arc::new(std::io::Error::other("reset")));
+        assert!(is_retryable(&broken));
     }
 
     #[test]
     fn leader_hint_is_read_from_metadata() {
-        let mut s = Status::unavailable("not leader");
-        s.metadata_mut()
-            .insert(LEADER_HINT_KEY, "10.0.0.2:7700".parse().unwrap());
+        let s = unavailable_with_leader("10.0.0.2:7700");
         assert_eq!(leader_hint(&s).as_deref(), Some("http://10.0.0.2:7700"));
+        let s = unavailable_with_leader("http://10.0.0.3:7700/");
+        assert_eq!(leader_hint(&s).as_deref(), Some("http://10.0.0.3:7700"));
+    }
+
+    #[test]
+    fn blank_or_bad_leader_hint_is_ignored() {
+        assert_eq!(leader_hint(&Status::unavailable("no leader")), None);
+        assert_eq!(leader_hint(&unavailable_with_leader("  ")), None);
+        assert_eq!(leader_hint(&unavailable_with_leader("a b:1")), None);
+    }
+
+    #[test]
+    fn token_must_fit_a_header() {
+        let e = Client::new(vec!["http://a:1".into()], Some("bad\ntoken".into())).unwrap_err();
+        assert!(matches!(e, Error::InvalidToken(_)), "{e:?}");
+        assert!(matches!(Client::new(vec![], None), Err(Error::NoEndpoint)));
+        assert!(client(&["http://a:1"]).auth.header.is_none());
+        let c = Client::new(vec!["http://a:1".into()], Some("t0k".into())).unwrap();
+        assert!(c.has_token());
+        assert_eq!(c.auth.header.as_ref().unwrap(), "Bearer t0k");
+    }
+
+    #[test]
+    fn failover_order_starts_at_the_last_answer() {
+        let c = client(&["http://a:1", "http://b:1", "http://c:1"]);
+        assert_eq!(
+            c.attempt_order(None),
+            ["http://a:1", "http://b:1", "http://c:1"]
+        );
+        c.remember("http://b:1");
+        assert_eq!(
+            c.attempt_order(None),
+            ["http://b:1", "http://c:1", "http://a:1"]
+        );
+        // A hinted leader goes first, and is not tried twice.
+        assert_eq!(
+            c.attempt_order(Some("http://a:1".into())),
+            ["http://a:1", "http://b:1", "http://c:1"]
+        );
+        // A leader outside the list is tried too.
+        assert_eq!(
+            c.attempt_order(Some("http://d:1".into())),
+            ["http://d:1", "http://b:1", "http://c:1", "http://a:1"]
+        );
+    }
+
+    /// Attempts of one call go down the list and keep one request id; the
+    /// controller that answered is tried first by the next call, which has
+    /// a new id.
+    #[tokio::test]
+    async fn failover_keeps_the_request_id() {
+        let c = client(&["http://a:1", "http://b:1", "http://c:1"]);
+        with_lazy_channels(&c);
+        let seen = Mutex::new(Vec::new());
+        let got = c
+            .call(|conn| {
+                let id = conn.auth.request_id.clone().unwrap();
+                seen.lock().unwrap().push((conn.endpoint.clone(), id));
+                async move {
+                    if conn.endpoint == "http://b:1" {
+                        Ok("answer")
+                    } else {
+                        Err(Status::unavailable("down"))
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, "answer");
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let endpoints: Vec<&str> = seen.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(endpoints, ["http://a:1", "http://b:1"]);
+        assert_eq!(seen[0].1, seen[1].1, "the id changed between attempts");
+
+        let mut second = None;
+        c.call(|conn| {
+            second = Some((conn.endpoint.clone(), conn.auth.request_id.clone().unwrap()));
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+        let (endpoint, id) = second.unwrap();
+        assert_eq!(endpoint, "http://b:1");
+        assert_ne!(id, seen[0].1, "two calls shared a request id");
+    }
+
+    /// A follower's leader hint is followed at once, before the rest of
+    /// the list.
+    #[tokio::test]
+    async fn leader_hint_is_followed() {
+        let c = client(&["http://a:1", "http://b:1", "http://c:1"]);
+        with_lazy_channels(&c);
+        let mut tried = Vec::new();
+        c.call(|conn| {
+            tried.push(conn.endpoint.clone());
+            async move {
+                match conn.endpoint.as_str() {
+                    "http://a:1" => Err(unavailable_with_leader("c:1")),
+                    "http://c:1" => Ok(()),
+                    _ => Err(Status::unavailable("follower")),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(tried, ["http://a:1", "http://c:1"]);
+    }
+
+    /// A status other than UNAVAILABLE is the answer: no other controller
+    /// is asked.
+    #[tokio::test]
+    async fn other_statuses_are_not_retried() {
+        let c = client(&["http://a:1", "http://b:1"]);
+        with_lazy_channels(&c);
+        let mut attempts = 0;
+        let err = c
+            .call(|_| {
+                attempts += 1;
+                async { Err::<(), _>(Status::not_found("no such function")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(attempts, 1);
     }
 
     #[tokio::test]
@@ -460,5 +527,6 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.message().starts_with(CONNECT_ERROR_PREFIX), "{err:?}");
+        assert!(is_connect_error(&err));
     }
 }
