@@ -152,7 +152,7 @@ fn home() -> PathBuf {
 pub fn config_dir() -> PathBuf {
     std::env::var_os("NUBO_CONFIG_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| home().join(".config").join("nubo"))
+        .unwrap_or_else(nubo_client::default_config_dir)
 }
 
 /// Waits for SIGTERM or Ctrl-C.
