@@ -22,7 +22,6 @@ use crate::model::{
 use crate::node::{ControllerNode, ForwardRequest, ReadIndexReply};
 use crate::validate;
 
-pub const LEADER_HEADER: &str = "x-nubo-leader";
 const CODE_CHUNK: usize = 1024 * 1024;
 
 /// Converts an error to a gRPC status. UNAVAILABLE carries the leader's
@@ -39,7 +38,7 @@ pub fn to_status(e: ApiError) -> Status {
             Some(addr) => {
                 let mut s = Status::unavailable(format!("{message} (leader: http://{addr})"));
                 if let Ok(v) = format!("http://{addr}").parse() {
-                    s.metadata_mut().insert(LEADER_HEADER, v);
+                    s.metadata_mut().insert(nubo_proto::headers::LEADER, v);
                 }
                 s
             }
@@ -54,18 +53,15 @@ pub fn to_status(e: ApiError) -> Status {
     }
 }
 
-/// Metadata key of a client-chosen request id: a retried call with the
-/// same id is applied once (the first outcome is returned again).
-pub const REQUEST_ID_HEADER: &str = "x-nubo-request-id";
-
 fn request_id(md: &MetadataMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = md.get(REQUEST_ID_HEADER) else {
+    let Some(v) = md.get(nubo_proto::headers::REQUEST_ID) else {
         return Ok(None);
     };
     let s = v.to_str().unwrap_or("");
     if s.is_empty() || s.len() > 128 || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(RegistryError::invalid(format!(
-            "{REQUEST_ID_HEADER} must be 1-128 printable ASCII characters"
+            "{} must be 1-128 printable ASCII characters",
+            nubo_proto::headers::REQUEST_ID
         ))
         .into());
     }

@@ -1,7 +1,7 @@
 //! Error types. `RegistryError` is what validation and the state machine
 //! produce (deterministic, serializable: it travels in apply results and in
 //! forwarded writes). `ApiError` adds the conditions of a running node.
-//! `api::status` is the one place that turns them into `tonic::Status`.
+//! `api::to_status` is the one place that turns them into `tonic::Status`.
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,9 @@ pub enum StoreError {
         op: &'static str,
         source: rocksdb::Error,
     },
+    /// A key read from disk does not have the shape this store writes.
+    #[error("corrupt key in column family {cf}: {len} bytes, expected 8")]
+    CorruptKey { cf: &'static str, len: usize },
     #[error("decoding {what}: {source}")]
     Decode {
         what: &'static str,

@@ -21,9 +21,6 @@ use crate::workers::{Pick, MAX_WORKER_MESSAGE};
 /// before the request was sent.
 const PLACEMENT_TRIES: usize = 3;
 
-/// Worker error metadata: the function did not run (see the worker's server).
-const NOT_RUN_HEADER: &str = "x-nubo-not-run";
-
 type ControlClient = pb::worker_control_client::WorkerControlClient<Channel>;
 
 #[derive(Default)]
@@ -428,7 +425,7 @@ impl ControllerNode {
                     saw_full = true;
                     exclude.push(id);
                 }
-                Err(s) if s.metadata().get(NOT_RUN_HEADER).is_some() => {
+                Err(s) if s.metadata().get(nubo_proto::headers::NOT_RUN).is_some() => {
                     // The worker could not start a sandbox: nothing ran.
                     placed.finish(None, false);
                     last_error = format!("worker {id}: {}", s.message());

@@ -67,6 +67,18 @@ fn idx_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// The index a `logs` key encodes. The key comes from disk: a key of the
+/// wrong length is corruption, reported as an error rather than a panic.
+fn log_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::CorruptKey {
+            cf: CF_LOGS,
+            len: key.len(),
+        })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// Opens (or creates) the controller's RocksDB.
 pub fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     let mut opts = Options::default();
@@ -273,7 +285,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         for item in it {
             let (k, v) = item.map_err(read_logs_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte keys"));
+            let idx = log_index(&k).map_err(read_logs_err)?;
             if !range.contains(&idx) {
                 break;
             }
