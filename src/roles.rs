@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use nubo_controller::config::{ControllerConfig, Overrides};
-use nubo_controller::network::Faults;
+use nubo_controller::raft::network::Faults;
 use nubo_controller::server;
 
 #[derive(Debug, clap::Args)]

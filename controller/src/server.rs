@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{hash_token, new_token_id, new_token_secret, now_ms, Api, Internal};
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, RegistryError};
-use crate::model::{Command, Scope, Token};
-use crate::network::{Faults, MAX_MESSAGE};
-use crate::node::ControllerNode;
+use crate::registry::model::{Command, Scope, Token};
+use crate::raft::network::{Faults, MAX_MESSAGE};
+use crate::raft::node::ControllerNode;
 
 /// A started controller.
 pub struct Running {

@@ -11,7 +11,7 @@ use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use crate::error::RegistryError;
-use crate::validate::{self, Limits};
+use crate::registry::validate::{self, Limits};
 
 /// What we learned about a valid code package.
 #[derive(Debug, Clone, PartialEq, Eq)]

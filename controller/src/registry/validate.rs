@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::error::RegistryError;
-use crate::model::{ConfigPatch, FunctionConfig, LATEST};
+use crate::registry::model::{ConfigPatch, FunctionConfig, LATEST};
 
 /// Size limits for code packages and environments. Defaults are Lambda's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -559,7 +559,7 @@ pub fn routing_weights(primary: &str, w: &BTreeMap<String, f64>) -> Result<(), R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AsyncConfig;
+    use crate::registry::model::AsyncConfig;
 
     fn msg(r: Result<impl std::fmt::Debug, RegistryError>) -> String {
         match r {

@@ -12,12 +12,12 @@ use nubo_proto::v1 as pb;
 use sha2::Digest;
 
 use crate::api::now_ms;
-use crate::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
+use crate::registry::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
 use crate::error::{ApiError, RegistryError};
 use crate::invoke::new_request_id;
 use crate::invoke::{AsyncAttempt, Slot};
-use crate::model::{Command, ConfigView};
-use crate::node::ControllerNode;
+use crate::registry::model::{Command, ConfigView};
+use crate::raft::node::ControllerNode;
 
 /// An event id derived from the client's request id, so a retried
 /// submission names (and, through the idempotent write, is) the same event.
@@ -30,7 +30,7 @@ fn event_id(client_rid: &str) -> String {
 
 /// Lambda's destination record for an event that failed for good, as an
 /// async event for the destination function.
-fn failure_record(d: &crate::asyncq::DeadLetter, view: &ConfigView, target: &str) -> AsyncEvent {
+fn failure_record(d: &crate::registry::asyncq::DeadLetter, view: &ConfigView, target: &str) -> AsyncEvent {
     let now = now_ms();
     let payload: serde_json::Value =
         serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::String(d.payload.clone()));
@@ -96,7 +96,7 @@ fn destination_event(target: &str, record: serde_json::Value, now: u64) -> Async
     AsyncEvent::new(
         new_request_id(),
         target.to_string(),
-        crate::model::LATEST.into(),
+        crate::registry::model::LATEST.into(),
         record.to_string(),
         now,
     )
@@ -177,7 +177,7 @@ impl ControllerNode {
         let cmd = if key.is_empty() {
             Command::EnqueueEvent(ev)
         } else {
-            crate::validate::idempotency_key(key)?;
+            crate::registry::validate::idempotency_key(key)?;
             Command::EnqueueKeyed {
                 event: ev,
                 key: key.to_string(),
@@ -188,7 +188,7 @@ impl ControllerNode {
             .write_with_id(cmd, client_rid.map(|r| format!("event:{r}")))
             .await?;
         let (request_id, duplicate) = match out {
-            crate::model::Outcome::Keyed {
+            crate::registry::model::Outcome::Keyed {
                 request_id,
                 duplicate,
             } => (request_id, duplicate),
@@ -279,7 +279,7 @@ impl ControllerNode {
             Step::Done => "succeeded",
             Step::Retry(_) if throttled => "throttled",
             Step::Retry(_) => "retried",
-            Step::DeadLetter(d) if d.condition == crate::asyncq::Condition::EventAgeExceeded => {
+            Step::DeadLetter(d) if d.condition == crate::registry::asyncq::Condition::EventAgeExceeded => {
                 "expired"
             }
             Step::DeadLetter(_) => "dead_lettered",
@@ -294,7 +294,7 @@ impl ControllerNode {
             "throttled: function {} had no reserved concurrency free until the event's maximum age; raise it with `nubo function update-config {} --reserved-concurrency N`",
             ev.function, ev.function
         );
-        let d = crate::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
+        let d = crate::registry::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
         self.metrics.async_event("expired");
         let view = self.resolve_routed(&ev.function, &ev.qualifier).ok();
         let step = Step::DeadLetter(d);
@@ -348,7 +348,7 @@ impl ControllerNode {
     /// concurrency is checked (and a slot taken) here, so an event whose
     /// function has no room stays queued without an attempt or a write
     /// (past its maximum age the plan expires it).
-    fn admit(&self, r: &crate::state::Registry, ev: &AsyncEvent) -> Admit {
+    fn admit(&self, r: &crate::registry::state::Registry, ev: &AsyncEvent) -> Admit {
         let Ok((view, _)) = r.get(&ev.function, &ev.qualifier) else {
             // Deleted: the attempt drops it.
             return Admit::Run { reserved: false };
@@ -505,7 +505,7 @@ impl ControllerNode {
     }
 }
 
-fn record_pb(d: &crate::asyncq::DeadLetter) -> pb::DeadLetterRecord {
+fn record_pb(d: &crate::registry::asyncq::DeadLetter) -> pb::DeadLetterRecord {
     pb::DeadLetterRecord {
         request_id: d.request_id.clone(),
         function_name: d.function.clone(),
@@ -525,7 +525,7 @@ fn record_pb(d: &crate::asyncq::DeadLetter) -> pb::DeadLetterRecord {
 impl ControllerNode {
     /// A valid name of a function that exists (on this node's registry).
     fn existing_function(&self, name: &str) -> Result<(), ApiError> {
-        crate::validate::function_name(name)?;
+        crate::registry::validate::function_name(name)?;
         self.with_registry(|reg| reg.function(name).map(|_| ()))?;
         Ok(())
     }
@@ -534,7 +534,7 @@ impl ControllerNode {
         &self,
         r: pb::DeadLettersRequest,
     ) -> Result<pb::ListDeadLettersResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
+        crate::registry::validate::function_name(&r.function_name)?;
         if !r.stale_ok {
             self.linearizable_read().await?;
         }
@@ -561,7 +561,7 @@ impl ControllerNode {
         &self,
         r: pb::RedriveDeadLettersRequest,
     ) -> Result<pb::CountResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
+        crate::registry::validate::function_name(&r.function_name)?;
         if r.request_ids.is_empty() && !r.all {
             return Err(RegistryError::invalid(
                 "name the dead letters to redrive (request ids) or pass --all",
@@ -602,7 +602,7 @@ impl ControllerNode {
         &self,
         r: pb::DeadLettersRequest,
     ) -> Result<pb::AsyncStatusResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
+        crate::registry::validate::function_name(&r.function_name)?;
         if !r.stale_ok {
             self.linearizable_read().await?;
         }
@@ -612,12 +612,12 @@ impl ControllerNode {
             None
         } else {
             match self
-                .submit(crate::node::ForwardRequest::AsyncInFlight {
+                .submit(crate::raft::node::ForwardRequest::AsyncInFlight {
                     function: r.function_name.clone(),
                 })
                 .await
             {
-                Ok(Ok(crate::model::Outcome::Count(n))) => Some(n),
+                Ok(Ok(crate::registry::model::Outcome::Count(n))) => Some(n),
                 _ => None,
             }
         };
@@ -666,9 +666,9 @@ impl ControllerNode {
     }
 }
 
-fn count_of(o: crate::model::Outcome) -> u64 {
+fn count_of(o: crate::registry::model::Outcome) -> u64 {
     match o {
-        crate::model::Outcome::Count(n) => n,
+        crate::registry::model::Outcome::Count(n) => n,
         _ => 0,
     }
 }

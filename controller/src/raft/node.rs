@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, RegistryError};
 use crate::metrics::Metrics;
-use crate::model::{Command, Outcome};
-use crate::network::{Faults, Method, Network, Peers};
-use crate::state::Registry;
-use crate::store::{open_db, Durability, LogStore, StateMachineStore};
-use crate::types::{NodeId, Raft};
+use crate::registry::model::{Command, Outcome};
+use crate::raft::network::{Faults, Method, Network, Peers};
+use crate::registry::state::Registry;
+use crate::raft::store::{open_db, Durability, LogStore, StateMachineStore};
+use crate::raft::types::{NodeId, Raft};
 
 /// Requests a follower hands to the leader.
 // Short-lived messages: boxing the big variant would only add an allocation.
@@ -67,7 +67,7 @@ pub struct ControllerNode {
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
     /// Workers as seen by this controller (heartbeats; not replicated).
-    pub workers: Arc<crate::workers::WorkerRegistry>,
+    pub workers: Arc<crate::invoke::placement::WorkerRegistry>,
     pub invoke_state: Arc<crate::invoke::InvokeState>,
     /// Wakes the async dispatcher (an event was accepted or finished).
     pub dispatch_wake: tokio::sync::Notify,
@@ -132,7 +132,7 @@ impl ControllerNode {
             sm,
             peers,
             metrics: Arc::new(Metrics::default()),
-            workers: Arc::new(crate::workers::WorkerRegistry::new(
+            workers: Arc::new(crate::invoke::placement::WorkerRegistry::new(
                 Duration::from_millis(config.worker_heartbeat_ms),
                 Duration::from_millis(config.worker_dead_after_ms),
             )),
@@ -168,7 +168,7 @@ impl ControllerNode {
     }
 
     /// A read-only handle on the registry.
-    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, crate::store::SmState> {
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, crate::raft::store::SmState> {
         self.sm.state.read().expect("state lock")
     }
 

@@ -36,9 +36,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::model::{ApplyResult, Outcome};
-use crate::state::Registry;
-use crate::types::{NodeId, TypeConfig};
+use crate::registry::model::{ApplyResult, Outcome};
+use crate::registry::state::Registry;
+use crate::raft::types::{NodeId, TypeConfig};
 
 type SErr = StorageError<NodeId>;
 

@@ -12,10 +12,10 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::error::{ApiError, RegistryError};
-use crate::model::{ConfigView, LATEST};
-use crate::node::ControllerNode;
-use crate::validate;
-use crate::workers::{Pick, MAX_WORKER_MESSAGE};
+use crate::registry::model::{ConfigView, LATEST};
+use crate::raft::node::ControllerNode;
+use crate::registry::validate;
+use crate::invoke::placement::{Pick, MAX_WORKER_MESSAGE};
 
 /// How many workers one call may try when they turn out full or unreachable
 /// before the request was sent.
@@ -41,7 +41,7 @@ const PROVISION_RENEW: Duration = Duration::from_secs(30);
 /// Balances a placement's in-flight counter however the call ends, also
 /// when the caller goes away and this future is dropped mid-call.
 struct Placed<'a> {
-    workers: &'a crate::workers::WorkerRegistry,
+    workers: &'a crate::invoke::placement::WorkerRegistry,
     pick: Option<Pick>,
 }
 
@@ -554,7 +554,7 @@ impl ControllerNode {
         let targets = self.with_registry(|r| r.min_warm_targets());
         // (worker, client, request): renewals and new sandboxes alike; a
         // prewarm both creates up to `count` and (re)leases that many.
-        let mut sends: Vec<(String, crate::workers::WorkerConn, pb::PrewarmRequest)> = Vec::new();
+        let mut sends: Vec<(String, crate::invoke::placement::WorkerConn, pb::PrewarmRequest)> = Vec::new();
         for view in targets {
             let (f, v) = (view.function_name.clone(), view.version.clone());
             let have = self.workers.sandboxes_of(&f, &v, None);
@@ -574,7 +574,7 @@ impl ControllerNode {
                 due
             };
             // Plan the missing ones worker by worker.
-            let mut plan: HashMap<String, (crate::workers::Pick, u32)> = HashMap::new();
+            let mut plan: HashMap<String, (crate::invoke::placement::Pick, u32)> = HashMap::new();
             for _ in have..want {
                 let Some(p) = self.workers.pick(&f, &v, view.config.memory_mb, &[]) else {
                     break;

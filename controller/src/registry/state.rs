@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::RegistryError;
-use crate::model::{
+use crate::registry::model::{
     Alias, ApplyResult, Command, ConfigView, Function, FunctionConfig, Outcome, Token, Version,
     LATEST,
 };
-use crate::validate::{parse_qualifier, Qualifier};
+use crate::registry::validate::{parse_qualifier, Qualifier};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
@@ -33,7 +33,7 @@ pub struct Registry {
     pub recent_order: std::collections::VecDeque<String>,
     /// Asynchronous invocations waiting, and dead letters.
     #[serde(default)]
-    pub queues: crate::asyncq::Queues,
+    pub queues: crate::registry::asyncq::Queues,
 }
 
 /// How many request ids the registry remembers. A retry arrives within
@@ -623,7 +623,7 @@ fn check_versions_exist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ConfigPatch;
+    use crate::registry::model::ConfigPatch;
 
     fn cfg(sha: &str) -> FunctionConfig {
         let mut c = FunctionConfig::defaults(sha.into(), 3);
@@ -858,7 +858,7 @@ mod tests {
     /// is NOT_FOUND; the queues survive a snapshot (serde) round trip.
     #[test]
     fn async_queue_commands() {
-        use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
+        use crate::registry::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
         let mut r = Registry::default();
         create(&mut r, 1, "f", "s1").unwrap();
         let ev = |id: &str, f: &str| {
@@ -1040,7 +1040,7 @@ mod tests {
         let t = Token {
             id: "t1".into(),
             name: "ci".into(),
-            scope: crate::model::Scope::Deploy,
+            scope: crate::registry::model::Scope::Deploy,
             hash: "h1".into(),
             created_at_ms: 1,
         };

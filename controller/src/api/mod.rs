@@ -14,13 +14,13 @@ use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::codezip;
+use crate::registry::codezip;
 use crate::error::{ApiError, RegistryError};
-use crate::model::{
+use crate::registry::model::{
     Alias, Command, ConfigPatch, ConfigView, FunctionConfig, Outcome, Scope, Token,
 };
-use crate::node::{ControllerNode, ForwardRequest, ReadIndexReply};
-use crate::validate;
+use crate::raft::node::{ControllerNode, ForwardRequest, ReadIndexReply};
+use crate::registry::validate;
 
 const CODE_CHUNK: usize = 1024 * 1024;
 
@@ -1183,7 +1183,7 @@ impl pb::raft_internal_server::RaftInternal for Internal {
         let limit = std::time::Duration::from_millis(self.node.config.request_timeout_ms);
         let reply = match tokio::time::timeout(limit, self.node.apply_on_leader(req)).await {
             Ok(r) => r,
-            Err(_) => crate::node::ForwardReply::Unavailable(
+            Err(_) => crate::raft::node::ForwardReply::Unavailable(
                 "the leader could not reach a quorum in time".into(),
             ),
         };
