@@ -917,7 +917,7 @@ async fn logs_cmd(client: &Client, out: &Out, a: LogsArgs) -> anyhow::Result<()>
 
 /// `2026-11-22T04:30:00.123Z`
 fn rfc3339_ms(ms: u64) -> String {
-    nubo_controller::api::rfc3339(ms)
+    nubo_controller::clock::rfc3339(ms)
 }
 
 async fn function_cmd(client: &Client, out: &Out, cmd: FunctionCommand) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! deploy API. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -11,3 +12,4 @@ pub mod metrics;
 pub mod raft;
 pub mod registry;
 pub mod server;
+pub mod tasks;

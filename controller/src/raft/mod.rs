@@ -2,6 +2,7 @@
 //! between controllers (with injectable faults), and code blobs, which
 //! travel beside the log. Knows nothing of invoke, events or the API.
 
+pub mod blobs;
 pub mod network;
 pub mod node;
 pub mod store;

@@ -36,9 +36,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::raft::types::{NodeId, TypeConfig};
 use crate::registry::model::{ApplyResult, Outcome};
 use crate::registry::state::Registry;
-use crate::raft::types::{NodeId, TypeConfig};
 
 type SErr = StorageError<NodeId>;
 
@@ -70,12 +70,10 @@ fn idx_key(index: u64) -> [u8; 8] {
 /// The index a `logs` key encodes. The key comes from disk: a key of the
 /// wrong length is corruption, reported as an error rather than a panic.
 fn log_index(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key
-        .try_into()
-        .map_err(|_| StoreError::CorruptKey {
-            cf: CF_LOGS,
-            len: key.len(),
-        })?;
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::CorruptKey {
+        cf: CF_LOGS,
+        len: key.len(),
+    })?;
     Ok(u64::from_be_bytes(bytes))
 }
 

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use nubo_controller::config::ControllerConfig;
 use nubo_controller::error::ApiError;
-use nubo_controller::registry::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::raft::network::Faults;
 use nubo_controller::raft::node::ControllerNode;
+use nubo_controller::registry::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::server::{self, Running};
 
 pub const SECRET: &str = "test-cluster-secret-0123456789";
