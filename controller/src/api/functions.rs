@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::convert::*;
@@ -28,31 +29,32 @@ impl pb::functions_server::Functions for Api {
             let rid = request_id(request.metadata())?;
             let limits = self.node.config.limits();
             let (h, code) = self
-                .receive_code(
-                    request.into_inner(),
-                    |h: &pb::CreateFunctionHeader| {
-                        validate::function_name(&h.function_name)?;
-                        let patch = patch_from(&h.config.clone().unwrap_or_default());
-                        let full = patch.apply_to(&FunctionConfig::defaults(String::new(), 0));
-                        validate::full_config(&full, &limits)?;
-                        if h.code_size > limits.max_zipped_bytes {
-                            return Err(RegistryError::invalid(format!(
-                                "code package of {} bytes is over the {} MB zipped limit",
-                                h.code_size,
-                                limits.max_zipped_bytes / (1024 * 1024)
-                            ))
-                            .into());
-                        }
-                        if self.node.with_registry(|r| r.functions.contains_key(&h.function_name)) {
-                            return Err(RegistryError::AlreadyExists(format!(
-                                "function {} already exists: use `nubo function update-code` or `update-config`, or pick another name",
-                                h.function_name
-                            ))
-                            .into());
-                        }
-                        Ok(())
-                    },
-                )
+                .receive_code(request.into_inner(), |h: &pb::CreateFunctionHeader| {
+                    validate::function_name(&h.function_name)?;
+                    let patch = patch_from(&h.config.clone().unwrap_or_default());
+                    let full = patch.apply_to(&FunctionConfig::defaults(String::new(), 0));
+                    validate::full_config(&full, &limits)?;
+                    if h.code_size > limits.max_zipped_bytes {
+                        return Err(RegistryError::invalid(format!(
+                            "code package of {} bytes is over the {} MB zipped limit",
+                            h.code_size,
+                            limits.max_zipped_bytes / (1024 * 1024)
+                        ))
+                        .into());
+                    }
+                    if self
+                        .node
+                        .with_registry(|r| r.functions.contains_key(&h.function_name))
+                    {
+                        return Err(RegistryError::exists(format!(
+                            "function {} already exists",
+                            h.function_name
+                        ))
+                        .with_reason(Reason::FunctionExists)
+                        .into());
+                    }
+                    Ok(())
+                })
                 .await?;
             let patch = patch_from(&h.config.clone().unwrap_or_default());
             let base = FunctionConfig::defaults(String::new(), 0);
@@ -190,17 +192,20 @@ impl pb::functions_server::Functions for Api {
             let patch = patch_from(&r.config.unwrap_or_default());
             validate::config_patch(&patch, &self.node.config.limits())?;
             if patch == ConfigPatch::default() {
-                return Err(RegistryError::invalid(
-                    "the update sets no field: pass at least one of --memory, --timeout, --env, --handler, ...",
-                )
-                .into());
+                return Err(RegistryError::invalid("the update sets no field")
+                    .with_reason(Reason::NothingToUpdate)
+                    .into());
             }
-            let out = self.write(&rid, Command::UpdateFunctionConfiguration {
-                    name: r.function_name,
-                    patch,
-                    expected_revision: non_empty(&r.revision_id),
-                    now_ms: now_ms(),
-                })
+            let out = self
+                .write(
+                    &rid,
+                    Command::UpdateFunctionConfiguration {
+                        name: r.function_name,
+                        patch,
+                        expected_revision: non_empty(&r.revision_id),
+                        now_ms: now_ms(),
+                    },
+                )
                 .await?;
             outcome_config(out)
         })
@@ -228,7 +233,7 @@ impl pb::functions_server::Functions for Api {
                     },
                     _ => {
                         return Err(RegistryError::invalid(format!(
-                            "cannot delete qualifier {}: give a version number, or no qualifier to delete the whole function (aliases: `nubo alias delete`)",
+                            "cannot delete qualifier {}: give a version number, or no qualifier to delete the whole function (an alias is deleted with DeleteAlias)",
                             r.qualifier
                         ))
                         .into())

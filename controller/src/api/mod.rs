@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use tonic::metadata::MetadataMap;
 use tonic::{Response, Status, Streaming};
 
@@ -191,8 +192,7 @@ impl Api {
             // outcome must not stand for the second.
             let first = rid.as_ref().map(|r| format!("{r}/ref"));
             match self.node.write_with_id(make(false), first).await {
-                Err(ApiError::Registry(RegistryError::FailedPrecondition(m)))
-                    if m.contains("upload it again") => {}
+                Err(e) if e.reason() == Some(Reason::CodeNotStored) => {}
                 other => return other,
             }
         }

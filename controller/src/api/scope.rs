@@ -4,6 +4,7 @@
 //! table is refused, and a unit test fails when the protos and the table
 //! disagree, so a new RPC cannot become an open endpoint by omission.
 
+use nubo_proto::Reason;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
@@ -202,9 +203,8 @@ impl Api {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "missing bearer token: pass --token or set NUBO_TOKEN (`nubo up` stores an admin token in ~/.config/nubo/token)".into(),
-                )
+                ApiError::Unauthenticated("missing bearer token".into())
+                    .with_reason(Reason::TokenMissing)
             })?;
         let token = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
         let hash = hash_token(token);
@@ -212,17 +212,19 @@ impl Api {
             .node
             .with_registry(|r| r.token_by_hash(&hash).map(|t| t.scope))
             .ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "unknown or revoked token: check --token / NUBO_TOKEN, or ask an admin for one (`nubo token create`)".into(),
-                )
+                ApiError::Unauthenticated("unknown or revoked token".into())
+                    .with_reason(Reason::TokenUnknown)
             })?;
         if !scope.allows(need) {
-            return Err(ApiError::PermissionDenied(format!(
-                "a token of scope `{}` cannot call {method}: it needs `{}` (ask an admin for one: `nubo token create --scope {}`)",
-                scope.as_str(),
-                need.as_str(),
-                need.as_str()
-            )));
+            return Err(ApiError::PermissionDenied(
+                format!(
+                    "a token of scope `{}` cannot call {method}: it needs `{}`",
+                    scope.as_str(),
+                    need.as_str()
+                )
+                .into(),
+            )
+            .with_reason(Reason::TokenScope));
         }
         Ok(())
     }

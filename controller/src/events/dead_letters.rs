@@ -2,6 +2,7 @@
 //! them: reads of the replicated queues, and redrive / purge writes.
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 
 use crate::clock::now_ms;
 use crate::error::{ApiError, RegistryError};
@@ -68,8 +69,9 @@ impl Dispatcher {
         crate::registry::validate::function_name(&r.function_name)?;
         if r.request_ids.is_empty() && !r.all {
             return Err(RegistryError::invalid(
-                "name the dead letters to redrive (request ids) or pass --all",
+                "name the dead letters to redrive (request ids) or ask for all",
             )
+            .with_reason(Reason::RedriveNeedsIds)
             .into());
         }
         self.existing_function(&r.function_name)?;

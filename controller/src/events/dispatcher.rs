@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use sha2::Digest;
 
 use crate::clock::now_ms;
@@ -107,11 +108,12 @@ impl Dispatcher {
         let limit = self.node.config.max_async_queue_bytes;
         if pending + req.payload.len() as u64 > limit {
             self.node.metrics.async_event("refused_queue_full");
-            return Err(ApiError::Throttled(format!(
-                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later, or clear a backlog (`nubo async status`)",
+            return Err(ApiError::throttled(format!(
+                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later",
                 pending >> 20,
                 limit >> 20
-            )));
+            ))
+            .with_reason(Reason::AsyncQueueFull));
         }
         let payload = if req.payload.is_empty() {
             "{}".to_string()
@@ -225,7 +227,7 @@ impl Dispatcher {
             }
             Err(ApiError::Throttled(m)) => Attempt::SystemError {
                 error_type: "Throttled".into(),
-                message: m,
+                message: m.message,
             },
             Err(e) => Attempt::SystemError {
                 error_type: "ServiceError".into(),
@@ -253,8 +255,8 @@ impl Dispatcher {
     /// reserved concurrency until its maximum age, without attempting it.
     async fn expire(&self, ev: AsyncEvent) {
         let reason = format!(
-            "throttled: function {} had no reserved concurrency free until the event's maximum age; raise it with `nubo function update-config {} --reserved-concurrency N`",
-            ev.function, ev.function
+            "throttled: function {} had no reserved concurrency free until the event's maximum age",
+            ev.function
         );
         let d = crate::registry::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
         self.node.metrics.async_event("expired");

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -202,8 +203,9 @@ impl Invoker {
             && req.invocation_type != pb::InvocationType::Event as i32
         {
             return Err(RegistryError::invalid(
-                "an idempotency key applies to asynchronous invocations only: add --async (invocation type Event), or drop the key",
+                "an idempotency key applies to asynchronous invocations only (invocation type Event)",
             )
+            .with_reason(Reason::IdempotencyKeyNotEvent)
             .into());
         }
         let max = self.node.config.max_sync_payload_bytes;
@@ -216,9 +218,8 @@ impl Invoker {
         }
         if !req.payload.is_empty() {
             serde_json::from_slice::<serde::de::IgnoredAny>(&req.payload).map_err(|e| {
-                RegistryError::invalid(format!(
-                    "payload is not valid JSON ({e}): send a JSON document, e.g. --payload '{{\"name\":\"Ada\"}}'"
-                ))
+                RegistryError::invalid(format!("payload is not valid JSON ({e})"))
+                    .with_reason(Reason::PayloadNotJson)
             })?;
         }
         let qualifier = if req.qualifier.is_empty() {
@@ -250,10 +251,11 @@ impl Invoker {
         forwarded: bool,
     ) -> Result<pb::InvokeResponse, ApiError> {
         if view.config.code_sha256.is_empty() {
-            return Err(RegistryError::FailedPrecondition(format!(
-                "function {} has no code: upload it with `nubo function update-code`",
+            return Err(RegistryError::precondition(format!(
+                "function {} has no code",
                 view.function_name
             ))
+            .with_reason(Reason::NoCode)
             .into());
         }
 
@@ -280,10 +282,11 @@ impl Invoker {
                     return self.forward_invoke(req).await;
                 }
                 if let Err(n) = self.reserved.try_take(&view.function_name, limit) {
-                    return Err(ApiError::Throttled(format!(
-                        "throttled: function {} has reserved concurrency {limit} and {n} invocations are running; retry later or raise it with `nubo function update-config {} --reserved-concurrency N`",
-                        view.function_name, view.function_name
-                    )));
+                    return Err(ApiError::throttled(format!(
+                        "throttled: function {} has reserved concurrency {limit} and {n} invocations are running",
+                        view.function_name
+                    ))
+                    .with_reason(Reason::ReservedConcurrency));
                 }
                 Some(Slot::adopt(&self.reserved, view.function_name.clone()))
             }
@@ -373,13 +376,14 @@ impl Invoker {
         if last_error.is_empty() {
             Err(ApiError::unavailable(
                 format!(
-                    "no live worker can run {} ({} MB): start one with `nubo worker --zone Z --controllers ...`, or check `nubo cluster status`",
+                    "no live worker can run {} ({} MB)",
                     view.function_name, view.config.memory_mb
                 ),
                 None,
-            ))
+            )
+            .with_reason(Reason::NoWorker))
         } else if saw_full {
-            Err(ApiError::Throttled(format!(
+            Err(ApiError::throttled(format!(
                 "throttled: every worker is full ({last_error}); retry later or add workers"
             )))
         } else {
@@ -458,18 +462,23 @@ impl Invoker {
                 Duration::from_secs(930),
             ))
             .await
-            .map_err(|s| match s.code() {
-                Code::ResourceExhausted => ApiError::Throttled(s.message().to_string()),
-                Code::NotFound => RegistryError::not_found(s.message()).into(),
-                Code::InvalidArgument => RegistryError::invalid(s.message()).into(),
-                Code::FailedPrecondition => {
-                    RegistryError::FailedPrecondition(s.message().to_string()).into()
+            .map_err(|s| {
+                let e = match s.code() {
+                    Code::ResourceExhausted => ApiError::throttled(s.message()),
+                    Code::NotFound => RegistryError::not_found(s.message()).into(),
+                    Code::InvalidArgument => RegistryError::invalid(s.message()).into(),
+                    Code::FailedPrecondition => RegistryError::precondition(s.message()).into(),
+                    Code::DeadlineExceeded => ApiError::DeadlineExceeded(s.message().to_string()),
+                    _ => ApiError::unavailable(
+                        format!("forwarding to the leader at {addr}: {}", s.message()),
+                        Some(addr.clone()),
+                    ),
+                };
+                // The leader's reason stands for the caller too.
+                match Reason::of(&s) {
+                    Some(r) => e.with_reason(r),
+                    None => e,
                 }
-                Code::DeadlineExceeded => ApiError::DeadlineExceeded(s.message().to_string()),
-                _ => ApiError::unavailable(
-                    format!("forwarding to the leader at {addr}: {}", s.message()),
-                    Some(addr.clone()),
-                ),
             })?;
         Ok(r.into_inner())
     }

@@ -3,6 +3,7 @@
 //! it may commit; a node that missed one fetches it from a peer; blobs no
 //! one references are collected after a grace period.
 
+use nubo_proto::Reason;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,11 +67,12 @@ impl ControllerNode {
                 None => {
                     return Err(ApiError::unavailable(
                         format!(
-                            "the code package reached {acks} of the {needed} controllers a majority needs ({}); check `nubo cluster status`",
+                            "the code package reached {acks} of the {needed} controllers a majority needs ({})",
                             errors.join("; ")
                         ),
                         self.leader_addr(),
-                    ))
+                    )
+                    .with_reason(Reason::CodeNotReplicated))
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! call needs from it — a durable write (forwarded to the leader when this
 //! node is not it) and a linearizable read (read index, also on followers).
 
+use nubo_proto::Reason;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -296,10 +297,11 @@ impl ControllerNode {
             |deadline, last_err| {
                 ApiError::unavailable(
                     format!(
-                        "no quorum: the write was not acknowledged within {deadline:?} ({last_err}); a majority of controllers must be up and connected, check `nubo cluster status`. If the write reached a leader it may still apply once a quorum returns: read before retrying"
+                        "no quorum: the write was not acknowledged within {deadline:?} ({last_err}); a majority of controllers must be up and connected. If the write reached a leader it may still apply once a quorum returns: read before retrying"
                     ),
                     self.leader_addr(),
                 )
+                .with_reason(Reason::NoQuorum)
             },
         )
         .await
@@ -433,7 +435,7 @@ fn reply_from(res: WriteResult) -> ForwardReply {
                 ForwardReply::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                ForwardReply::Applied(Err(RegistryError::FailedPrecondition(format!(
+                ForwardReply::Applied(Err(RegistryError::precondition(format!(
                     "membership change refused: {e}"
                 ))))
             }
@@ -546,9 +548,10 @@ impl ControllerNode {
                 },
                 |deadline, last_err| {
                     ApiError::unavailable(
-                        format!("cannot confirm a current read within {deadline:?} ({last_err}); retry, or pass --stale-ok to list from this node's copy"),
+                        format!("cannot confirm a current read within {deadline:?} ({last_err})"),
                         self.leader_addr(),
                     )
+                    .with_reason(Reason::ReadUnconfirmed)
                 },
             )
             .await?;
