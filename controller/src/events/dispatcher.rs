@@ -17,6 +17,7 @@ use crate::error::{ApiError, RegistryError};
 use crate::events::destinations::{failure_record, success_record};
 use crate::invoke::concurrency::Slot;
 use crate::invoke::{new_request_id, AsyncAttempt, Invoker};
+use crate::metrics::AsyncStage;
 use crate::raft::node::{ControllerNode, LeaderReads};
 use crate::registry::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
 use crate::registry::model::{Command, ConfigView};
@@ -107,7 +108,7 @@ impl Dispatcher {
         let pending = self.node.with_registry(|r| r.queues.bytes);
         let limit = self.node.config.max_async_queue_bytes;
         if pending + req.payload.len() as u64 > limit {
-            self.node.metrics.async_event("refused_queue_full");
+            self.node.metrics.async_event(AsyncStage::RefusedQueueFull);
             return Err(ApiError::throttled(format!(
                 "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later",
                 pending >> 20,
@@ -156,9 +157,9 @@ impl Dispatcher {
             _ => (request_id, false),
         };
         if duplicate {
-            self.node.metrics.async_event("deduplicated");
+            self.node.metrics.async_event(AsyncStage::Deduplicated);
         } else {
-            self.node.metrics.async_event("enqueued");
+            self.node.metrics.async_event(AsyncStage::Enqueued);
             self.wake.notify_one();
         }
         Ok(pb::InvokeResponse {
@@ -234,19 +235,25 @@ impl Dispatcher {
                 message: e.to_string(),
             },
         };
-        self.node.metrics.async_event("dispatched");
-        let throttled = matches!(outcome, Attempt::SystemError { .. });
+        self.node.metrics.async_event(AsyncStage::Dispatched);
+        // A system error's retry is counted apart from a throttle's.
+        let retry_stage = match &outcome {
+            Attempt::SystemError { error_type, .. } if error_type == "Throttled" => {
+                AsyncStage::Throttled
+            }
+            Attempt::SystemError { .. } => AsyncStage::RetriedSystemError,
+            _ => AsyncStage::Retried,
+        };
         let step = next_step(ev.clone(), outcome, policy, now_ms());
         self.node.metrics.async_event(match &step {
-            Step::Done => "succeeded",
-            Step::Retry(_) if throttled => "throttled",
-            Step::Retry(_) => "retried",
+            Step::Done => AsyncStage::Succeeded,
+            Step::Retry(_) => retry_stage,
             Step::DeadLetter(d)
                 if d.condition == crate::registry::asyncq::Condition::EventAgeExceeded =>
             {
-                "expired"
+                AsyncStage::Expired
             }
-            Step::DeadLetter(_) => "dead_lettered",
+            Step::DeadLetter(_) => AsyncStage::DeadLettered,
         });
         self.commit_step(&ev, step, Some((&view, result))).await;
     }
@@ -259,7 +266,7 @@ impl Dispatcher {
             ev.function
         );
         let d = crate::registry::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
-        self.node.metrics.async_event("expired");
+        self.node.metrics.async_event(AsyncStage::Expired);
         let view = self
             .invoker
             .resolve_routed(&ev.function, &ev.qualifier)
@@ -299,7 +306,7 @@ impl Dispatcher {
         };
         let cmd = match destination {
             Some(dest) => {
-                self.node.metrics.async_event("sent_to_destination");
+                self.node.metrics.async_event(AsyncStage::SentToDestination);
                 Command::Batch(vec![step_cmd, Command::EnqueueEvent(dest)])
             }
             None => step_cmd,
