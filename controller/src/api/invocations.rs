@@ -17,7 +17,7 @@ impl pb::invocations_server::Invocations for Api {
             // Not in a spawned task: measured, that costs a 40 ms stall on
             // ~15% of warm calls. A caller that goes away drops this future;
             // the worker finishes the call on its own and the placement
-            // counter is released by a guard (see invoke.rs).
+            // counter is released by a guard (see invoke/mod.rs).
             let rid = request_id(request.metadata())?;
             super::invoke(
                 &self.invoker,

@@ -6,7 +6,7 @@
 //! - `meta`: vote, committed log id, last purged log id;
 //! - `sm`: the last snapshot (meta + data), so a restart begins from it;
 //! - `blobs`: code packages by sha256. They travel outside the log (see
-//!   `node::ControllerNode::store_code`) and are not part of snapshots: a
+//!   `raft::blobs`) and are not part of snapshots: a
 //!   node missing one fetches it from a peer.
 //!
 //! The registry itself lives in memory (it is small: 10,000 functions are a

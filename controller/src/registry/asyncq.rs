@@ -3,7 +3,7 @@
 //! after each attempt is decided by [`next_step`], a function of the event,
 //! the outcome, the function's settings and the clock, so the exact retry
 //! schedule is tested without a cluster. The registry (`state.rs`) applies
-//! the resulting commands; `dispatch.rs` runs the attempts.
+//! the resulting commands; `events/dispatcher.rs` runs the attempts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 

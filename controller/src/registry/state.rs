@@ -382,7 +382,7 @@ impl Registry {
 
     /// Drops one reference. An unreferenced blob leaves the registry; each
     /// controller's blob store deletes its bytes after a grace period
-    /// (see `node::blob_maintenance`), so a concurrent upload of the same
+    /// (see `raft::blobs`, `blob_maintenance`), so a concurrent upload of the same
     /// package is never deleted under it.
     fn drop_ref(&mut self, sha256: &str) {
         let gone = match self.blob_refs.get_mut(sha256) {
