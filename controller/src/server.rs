@@ -69,7 +69,8 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
     let node = ControllerNode::start(config.clone(), faults, &mut tasks).await?;
     let invoker = Arc::new(Invoker::new(node.clone()));
     let dispatcher = Arc::new(Dispatcher::new(node.clone(), invoker.clone()));
-    node.serve_leader_reads(dispatcher.clone());
+    let reads: std::sync::Weak<Dispatcher> = Arc::downgrade(&dispatcher);
+    node.serve_leader_reads(reads);
 
     let api = Api {
         node: node.clone(),

@@ -6,7 +6,7 @@
 
 mod blob_internal;
 mod cluster;
-pub mod convert;
+mod convert;
 mod functions;
 mod invocations;
 mod raft_internal;

@@ -4,7 +4,7 @@
 
 use nubo_proto::Reason;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -113,7 +113,9 @@ pub struct ControllerNode {
     pub peers: Peers,
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
-    leader_reads: OnceLock<Arc<dyn LeaderReads>>,
+    /// Weak: the dispatcher holds the node, and the node must drop (and
+    /// release its RocksDB) once the controller is shut down.
+    leader_reads: OnceLock<Weak<dyn LeaderReads>>,
     db: Arc<rocksdb::DB>,
     batcher: tokio::sync::mpsc::Sender<Queued>,
 }
@@ -203,7 +205,7 @@ impl ControllerNode {
 
     /// Registers what answers leader-only reads (once; later calls are
     /// ignored).
-    pub fn serve_leader_reads(&self, reads: Arc<dyn LeaderReads>) {
+    pub fn serve_leader_reads(&self, reads: Weak<dyn LeaderReads>) {
         let _ = self.leader_reads.set(reads);
     }
 
@@ -382,6 +384,7 @@ impl ControllerNode {
                 let n = self
                     .leader_reads
                     .get()
+                    .and_then(Weak::upgrade)
                     .map_or(0, |r| r.async_in_flight(&function));
                 return ForwardReply::Applied(Ok(Outcome::Count(n)));
             }
