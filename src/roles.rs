@@ -327,7 +327,8 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("worker (zone local) on {}", w.addr);
         // Invokes work once the controller has heard from it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while running.invoker.workers.live_clients().is_empty() && std::time::Instant::now() < deadline
+        while running.invoker.workers.live_clients().is_empty()
+            && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
