@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use nubo_controller::config::{ControllerConfig, Overrides};
-use nubo_controller::network::Faults;
+use nubo_controller::raft::network::Faults;
 use nubo_controller::server;
 
 #[derive(Debug, clap::Args)]
@@ -303,7 +303,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         let mut cfg = nubo_worker::WorkerConfig::new(
             data_dir.join("worker"),
             vec![running.addr.to_string()],
-            running.node.worker_secret.clone(),
+            running.invoker.worker_secret.clone(),
         );
         cfg.id = Some("local".into());
         cfg.zone = "local".into();
@@ -316,7 +316,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             "starting the embedded worker (run as root with crun installed: scripts/setup.sh; or pass --no-worker)",
         )?;
         // Same process: the controller calls the worker directly.
-        running.node.workers.register_local(
+        running.invoker.workers.register_local(
             "local",
             std::sync::Arc::new(nubo_worker::server::WorkerService {
                 worker,
@@ -327,7 +327,8 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         eprintln!("worker (zone local) on {}", w.addr);
         // Invokes work once the controller has heard from it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while running.node.workers.live_clients().is_empty() && std::time::Instant::now() < deadline
+        while running.invoker.workers.live_clients().is_empty()
+            && std::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::types::NodeId;
+use crate::raft::types::NodeId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -287,8 +287,8 @@ impl ControllerConfig {
         Ok(())
     }
 
-    pub fn limits(&self) -> crate::validate::Limits {
-        crate::validate::Limits {
+    pub fn limits(&self) -> crate::registry::validate::Limits {
+        crate::registry::validate::Limits {
             max_zipped_bytes: self.max_zipped_bytes,
             max_unzipped_bytes: self.max_unzipped_bytes,
             ..Default::default()

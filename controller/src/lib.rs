@@ -2,20 +2,14 @@
 //! deploy API. See ARCHITECTURE.md for the map.
 
 pub mod api;
-pub mod asyncq;
-pub mod codezip;
+pub mod clock;
 pub mod config;
-pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod failpoint;
 pub mod invoke;
 pub mod metrics;
-pub mod model;
-pub mod network;
-pub mod node;
+pub mod raft;
+pub mod registry;
 pub mod server;
-pub mod state;
-pub mod store;
-pub mod types;
-pub mod validate;
-pub mod workers;
+pub mod tasks;

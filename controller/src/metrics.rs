@@ -17,12 +17,70 @@ struct Histogram {
     count: u64,
 }
 
+/// Where an async event got to, counted in `nubo_async_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncStage {
+    /// Accepted (durable) on this node.
+    Enqueued,
+    /// A retried submission that was already accepted (same key or id).
+    Deduplicated,
+    /// Refused: the queue is at its byte bound.
+    RefusedQueueFull,
+    /// An attempt ran (whatever its outcome).
+    Dispatched,
+    Succeeded,
+    /// A function error or timeout, retried.
+    Retried,
+    /// Throttled (reserved concurrency, or every worker full), retried.
+    Throttled,
+    /// A system error (no worker, the worker died), retried.
+    RetriedSystemError,
+    /// Past its maximum age: dead-lettered without another attempt.
+    Expired,
+    /// Out of retries: dead-lettered.
+    DeadLettered,
+    /// A destination record (on-success or on-failure) was enqueued.
+    SentToDestination,
+}
+
+impl AsyncStage {
+    pub const ALL: &'static [AsyncStage] = &[
+        AsyncStage::Enqueued,
+        AsyncStage::Deduplicated,
+        AsyncStage::RefusedQueueFull,
+        AsyncStage::Dispatched,
+        AsyncStage::Succeeded,
+        AsyncStage::Retried,
+        AsyncStage::Throttled,
+        AsyncStage::RetriedSystemError,
+        AsyncStage::Expired,
+        AsyncStage::DeadLettered,
+        AsyncStage::SentToDestination,
+    ];
+
+    /// The `stage` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AsyncStage::Enqueued => "enqueued",
+            AsyncStage::Deduplicated => "deduplicated",
+            AsyncStage::RefusedQueueFull => "refused_queue_full",
+            AsyncStage::Dispatched => "dispatched",
+            AsyncStage::Succeeded => "succeeded",
+            AsyncStage::Retried => "retried",
+            AsyncStage::Throttled => "throttled",
+            AsyncStage::RetriedSystemError => "retried_system_error",
+            AsyncStage::Expired => "expired",
+            AsyncStage::DeadLettered => "dead_lettered",
+            AsyncStage::SentToDestination => "sent_to_destination",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
-    /// Async events by stage: enqueued, dispatched, succeeded, retried,
-    /// throttled, dead_lettered, expired.
+    /// Async events by stage (`AsyncStage::as_str`).
     async_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -46,12 +104,12 @@ impl Metrics {
         h.count += 1;
     }
 
-    pub fn async_event(&self, stage: &'static str) {
+    pub fn async_event(&self, stage: AsyncStage) {
         *self
             .async_events
             .lock()
             .expect("lock")
-            .entry(stage)
+            .entry(stage.as_str())
             .or_insert(0) += 1;
     }
 
@@ -113,5 +171,28 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ARCHITECTURE.md lists the async stages `/metrics` counts; the list
+    /// there and the code name the same stages, in the same order.
+    #[test]
+    fn the_documented_async_stages_are_the_codes() {
+        let doc = include_str!("../../ARCHITECTURE.md").replace('\n', " ");
+        let start = doc
+            .find("counts events by stage (")
+            .expect("ARCHITECTURE.md lists the async stages")
+            + "counts events by stage (".len();
+        let list = &doc[start..start + doc[start..].find(')').expect("a closing parenthesis")];
+        let documented: Vec<&str> = list
+            .split(',')
+            .map(|s| s.trim().trim_matches('`'))
+            .collect();
+        let code: Vec<&str> = AsyncStage::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(documented, code);
     }
 }

@@ -9,20 +9,27 @@ use nubo_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{hash_token, new_token_id, new_token_secret, now_ms, Api, Internal};
+use crate::api::{hash_token, new_token_id, new_token_secret, Api, Internal};
+use crate::clock::now_ms;
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, RegistryError};
-use crate::model::{Command, Scope, Token};
-use crate::network::{Faults, MAX_MESSAGE};
-use crate::node::ControllerNode;
+use crate::events::dispatcher::Dispatcher;
+use crate::invoke::Invoker;
+use crate::raft::network::{Faults, MAX_MESSAGE};
+use crate::raft::node::ControllerNode;
+use crate::registry::model::{Command, Scope, Token};
+use crate::tasks::Tasks;
 
 /// A started controller.
 pub struct Running {
     pub node: Arc<ControllerNode>,
+    /// The sync path's state: the workers this controller sees.
+    pub invoker: Arc<Invoker>,
+    pub dispatcher: Arc<Dispatcher>,
     pub addr: std::net::SocketAddr,
     pub metrics_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 /// Where the first-start admin token was stored, if this start created one.
@@ -36,10 +43,7 @@ impl Running {
     /// Stops accepting calls, lets in-flight ones finish, stops Raft and
     /// flushes the store.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        self.tasks.shutdown(Duration::from_secs(10)).await;
         self.node.shutdown().await;
     }
 
@@ -60,12 +64,24 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
     let addr = listener
         .local_addr()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let node = ControllerNode::start(config.clone(), faults).await?;
     let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let mut tasks = Tasks::new(shutdown.clone());
+    let node = ControllerNode::start(config.clone(), faults, &mut tasks).await?;
+    let invoker = Arc::new(Invoker::new(node.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(node.clone(), invoker.clone()));
+    let reads: std::sync::Weak<Dispatcher> = Arc::downgrade(&dispatcher);
+    node.serve_leader_reads(reads);
 
-    let api = Api::new(node.clone());
-    let internal = Internal { node: node.clone() };
+    let api = Api {
+        node: node.clone(),
+        invoker: invoker.clone(),
+        dispatcher: dispatcher.clone(),
+    };
+    let internal = Internal {
+        node: node.clone(),
+        invoker: invoker.clone(),
+        dispatcher: dispatcher.clone(),
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
@@ -97,48 +113,38 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         );
     let stop = shutdown.clone();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tasks.push(tokio::spawn(async move {
+    tasks.spawn("grpc-server", async move {
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, stop.cancelled())
             .await
         {
             tracing::error!(error = %e, "grpc server stopped");
         }
-    }));
+    });
 
     // The async dispatcher (runs on the leader only).
-    tasks.push(tokio::spawn(node.clone().run_dispatcher(shutdown.clone())));
+    tasks.spawn("async-dispatcher", dispatcher.clone().run(shutdown.clone()));
 
     // Provisioned concurrency: the leader keeps min_warm sandboxes.
     {
-        let node = node.clone();
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                if node.is_leader() {
-                    node.ensure_min_warm().await;
+        let invoker = invoker.clone();
+        tasks.every("provisioned-min-warm", Duration::from_secs(1), move || {
+            let invoker = invoker.clone();
+            async move {
+                if invoker.node.is_leader() {
+                    invoker.ensure_min_warm().await;
                 }
             }
-        }));
+        });
     }
 
     // Workers silent for ten minutes are forgotten (they re-register).
     {
-        let node = node.clone();
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                }
-                node.workers.forget_dead(Duration::from_secs(600));
-            }
-        }));
+        let workers = invoker.workers.clone();
+        tasks.every("forget-dead-workers", Duration::from_secs(30), move || {
+            workers.forget_dead(Duration::from_secs(600));
+            async {}
+        });
     }
 
     // Blob upkeep: fetch what this node lacks, collect what no one uses.
@@ -147,7 +153,7 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         let stop = shutdown.clone();
         let every = Duration::from_millis(config.blob_sync_ms);
         let grace = Duration::from_secs(config.blob_gc_grace_secs);
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("blob-maintenance", async move {
             let mut unreferenced = std::collections::HashMap::new();
             loop {
                 tokio::select! {
@@ -156,7 +162,7 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
                 }
                 node.blob_maintenance(&mut unreferenced, grace).await;
             }
-        }));
+        });
     }
 
     let mut metrics_addr = None;
@@ -170,25 +176,25 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
                 ))
             })?;
         metrics_addr = l.local_addr().ok();
-        let n = node.clone();
+        let d = dispatcher.clone();
         let app = axum::Router::new().route(
             "/metrics",
             axum::routing::get(move || {
-                let n = n.clone();
+                let d = d.clone();
                 async move {
-                    let m = n.raft.metrics().borrow().clone();
-                    let mut text = n.metrics.render(&m);
-                    text.push_str(&n.async_gauges());
+                    let m = d.node.raft.metrics().borrow().clone();
+                    let mut text = d.node.metrics.render(&m);
+                    text.push_str(&d.async_gauges());
                     text
                 }
             }),
         );
         let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("metrics-server", async move {
             let _ = axum::serve(l, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
-        }));
+        });
     }
 
     if !config.join {
@@ -207,6 +213,8 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
     tracing::info!(id = config.id, %addr, "controller started");
     Ok(Running {
         node,
+        invoker,
+        dispatcher,
         addr,
         metrics_addr,
         shutdown,

@@ -51,6 +51,28 @@ pub enum Reason {
     CodeNotReplicated,
     /// The async queue is at its byte bound.
     AsyncQueueFull,
+    /// A dead letter named in a redrive is not in the queue.
+    DeadLetterNotFound,
+    /// A code package the registry no longer references: upload it again.
+    CodeNotStored,
+    /// The upload is not a usable zip archive.
+    BadCodePackage,
+    /// An idempotency key on a synchronous invocation.
+    IdempotencyKeyNotEvent,
+    /// An invocation payload that is not JSON.
+    PayloadNotJson,
+    /// A configuration update that sets no field.
+    NothingToUpdate,
+    /// A redrive that names no dead letter and does not ask for all.
+    RedriveNeedsIds,
+    /// No bearer token was sent.
+    TokenMissing,
+    /// The bearer token is unknown or revoked.
+    TokenUnknown,
+    /// The token's scope does not allow the call.
+    TokenScope,
+    /// A current (linearizable) read could not be confirmed in time.
+    ReadUnconfirmed,
 }
 
 impl Reason {
@@ -69,6 +91,17 @@ impl Reason {
         Reason::NoQuorum,
         Reason::CodeNotReplicated,
         Reason::AsyncQueueFull,
+        Reason::DeadLetterNotFound,
+        Reason::CodeNotStored,
+        Reason::BadCodePackage,
+        Reason::IdempotencyKeyNotEvent,
+        Reason::PayloadNotJson,
+        Reason::NothingToUpdate,
+        Reason::RedriveNeedsIds,
+        Reason::TokenMissing,
+        Reason::TokenUnknown,
+        Reason::TokenScope,
+        Reason::ReadUnconfirmed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +120,17 @@ impl Reason {
             Reason::NoQuorum => "no-quorum",
             Reason::CodeNotReplicated => "code-not-replicated",
             Reason::AsyncQueueFull => "async-queue-full",
+            Reason::DeadLetterNotFound => "dead-letter-not-found",
+            Reason::CodeNotStored => "code-not-stored",
+            Reason::BadCodePackage => "bad-code-package",
+            Reason::IdempotencyKeyNotEvent => "idempotency-key-not-event",
+            Reason::PayloadNotJson => "payload-not-json",
+            Reason::NothingToUpdate => "nothing-to-update",
+            Reason::RedriveNeedsIds => "redrive-needs-ids",
+            Reason::TokenMissing => "token-missing",
+            Reason::TokenUnknown => "token-unknown",
+            Reason::TokenScope => "token-scope",
+            Reason::ReadUnconfirmed => "read-unconfirmed",
         }
     }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use nubo_client::DEFAULT_ENDPOINT;
-use nubo_proto::{headers, Reason};
+use nubo_proto::Reason;
 use tonic::{Code, Status};
 
 /// What the command the user ran is about, so advice can name it.
@@ -151,8 +151,8 @@ fn token_hint(ctx: Option<&ErrorContext>, refused: bool) -> String {
 }
 
 fn status_hint(s: &Status, ctx: Option<&ErrorContext>) -> Option<String> {
-    if let Some(h) = reason_name(s).and_then(|r| reason_hint(r, s.message(), ctx)) {
-        return Some(h);
+    if let Some(r) = Reason::of(s) {
+        return Some(reason_hint(r, s.message(), ctx));
     }
     let msg = s.message().to_ascii_lowercase();
     if msg.contains("connection refused") {
@@ -187,30 +187,18 @@ fn status_hint(s: &Status, ctx: Option<&ErrorContext>) -> Option<String> {
     }
 }
 
-/// The reason a status carries, as sent. Kept as text rather than parsed
-/// with `Reason::of`, so that the reasons matched by name in
-/// [`newer_reason_hint`] work too.
-fn reason_name(s: &Status) -> Option<&str> {
-    s.metadata().get(headers::REASON)?.to_str().ok()
-}
-
-/// The advice for a status's reason; `None` for a reason this CLI has no
-/// advice for (an older CLI meeting a newer controller), which then gets
-/// the advice of its gRPC code.
-fn reason_hint(name: &str, message: &str, ctx: Option<&ErrorContext>) -> Option<String> {
+/// The advice for a status's reason. The match is exhaustive on purpose:
+/// a reason added to the proto does not compile here until it has advice.
+/// (A reason this CLI does not know, from a newer controller, is not parsed
+/// by `Reason::of` and gets the advice of its gRPC code instead.)
+fn reason_hint(r: Reason, message: &str, ctx: Option<&ErrorContext>) -> String {
     let subject = ctx.map(|c| &c.subject);
-    Reason::parse(name)
-        .and_then(|r| known_reason_hint(r, message, subject))
-        .or_else(|| newer_reason_hint(name, ctx))
-}
-
-fn known_reason_hint(r: Reason, message: &str, subject: Option<&Subject>) -> Option<String> {
     let command = subject.map_or("", |s| s.command);
     let f = subject
         .and_then(|s| s.function.as_deref())
         .unwrap_or("NAME");
     let alias = subject.and_then(|s| s.alias.as_deref()).unwrap_or("ALIAS");
-    let hint = match r {
+    match r {
         Reason::FunctionNotFound => {
             format!("create it with `nubo function create {f} ...` or check `nubo function list`")
         }
@@ -255,48 +243,29 @@ fn known_reason_hint(r: Reason, message: &str, subject: Option<&Subject>) -> Opt
         Reason::AsyncQueueFull => format!(
             "retry later, or clear a backlog first (`nubo async status {f}` shows the queue)"
         ),
-        // A reason added to the proto after this table: no advice of its
-        // own (see newer_reason_hint).
-        #[allow(unreachable_patterns)]
-        _ => return None,
-    };
-    Some(hint)
-}
-
-/// Reasons the controllers send that this crate's `Reason` may not define
-/// yet (issue 9 adds them to the proto on the controller side in
-/// parallel), matched by their wire names. Once the proto has them all,
-/// these arms belong in [`known_reason_hint`].
-fn newer_reason_hint(name: &str, ctx: Option<&ErrorContext>) -> Option<String> {
-    let subject = ctx.map(|c| &c.subject);
-    let command = subject.map_or("", |s| s.command);
-    let f = subject
-        .and_then(|s| s.function.as_deref())
-        .unwrap_or("NAME");
-    let hint = match name {
-        "dead-letter-not-found" => format!("see `nubo dlq list {f}`"),
-        "redrive-needs-ids" => format!(
+        Reason::DeadLetterNotFound => format!("see `nubo dlq list {f}`"),
+        Reason::RedriveNeedsIds => format!(
             "name the dead letters' request ids, or pass --all (`nubo dlq redrive {f} --all`)"
         ),
-        "bad-code-package" => {
+        Reason::BadCodePackage => {
             "build it with `zip -r function.zip .` or pass a directory to --code".to_string()
         }
         // The API re-sends the package itself; only a race that keeps
         // losing gets here.
-        "code-not-stored" => "retry: the code package is sent again".to_string(),
-        "idempotency-key-not-event" => {
+        Reason::CodeNotStored => "retry: the code package is sent again".to_string(),
+        Reason::IdempotencyKeyNotEvent => {
             "add --async (an Event invocation), or drop --idempotency-key".to_string()
         }
-        "payload-not-json" => {
+        Reason::PayloadNotJson => {
             "send a JSON document, e.g. --payload '{\"name\":\"Ada\"}'".to_string()
         }
-        "nothing-to-update" => {
+        Reason::NothingToUpdate => {
             "give at least one setting (see `nubo function update-config --help`)".to_string()
         }
-        "token-missing" => token_hint(ctx, false),
-        "token-unknown" => token_hint(ctx, true),
-        "token-scope" => TOKEN_SCOPE_HINT.to_string(),
-        "read-unconfirmed" => {
+        Reason::TokenMissing => token_hint(ctx, false),
+        Reason::TokenUnknown => token_hint(ctx, true),
+        Reason::TokenScope => TOKEN_SCOPE_HINT.to_string(),
+        Reason::ReadUnconfirmed => {
             let stale_ok = match command {
                 "function list" => "`nubo function list --stale-ok`".to_string(),
                 "version list" => format!("`nubo version list {f} --stale-ok`"),
@@ -309,9 +278,7 @@ fn newer_reason_hint(name: &str, ctx: Option<&ErrorContext>) -> Option<String> {
             };
             format!("retry; a majority of controllers must be up (`nubo cluster status`){stale_ok}")
         }
-        _ => return None,
-    };
-    Some(hint)
+    }
 }
 
 /// The word after `prefix` in `text`, without trailing punctuation.
@@ -360,21 +327,6 @@ mod tests {
         assert_eq!(report_error(&e), 1);
     }
 
-    /// Wire names of reasons [`newer_reason_hint`] knows, whether or not
-    /// this build's `Reason` defines them.
-    const NEWER: &[&str] = &[
-        "dead-letter-not-found",
-        "redrive-needs-ids",
-        "bad-code-package",
-        "code-not-stored",
-        "idempotency-key-not-event",
-        "payload-not-json",
-        "nothing-to-update",
-        "token-missing",
-        "token-unknown",
-        "token-scope",
-        "read-unconfirmed",
-    ];
     /// Reasons whose advice is about the input, with no command to run.
     const NO_COMMAND: &[&str] = &[
         "bad-code-package",
@@ -395,7 +347,7 @@ mod tests {
     fn with_reason(code: Code, message: &str, reason: &str) -> Status {
         let mut s = Status::new(code, message);
         s.metadata_mut()
-            .insert(headers::REASON, reason.parse().unwrap());
+            .insert(nubo_proto::headers::REASON, reason.parse().unwrap());
         s
     }
 
@@ -453,11 +405,7 @@ mod tests {
     /// real `nubo` command with real flags (with and without a subject).
     #[test]
     fn every_reason_has_a_hint_naming_real_commands() {
-        let names: Vec<&str> = Reason::ALL
-            .iter()
-            .map(|r| r.as_str())
-            .chain(NEWER.iter().copied())
-            .collect();
+        let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let subjects = [
             Some(ctx(Subject::new("alias update").function("f").alias("a"))),
             Some(ctx(Subject::new("function list"))),

@@ -264,7 +264,7 @@ pub fn render_kv(pairs: &[(String, String)]) -> String {
 
 /// `2026-11-22T04:30:00.123Z`
 pub(super) fn rfc3339_ms(ms: u64) -> String {
-    nubo_controller::api::rfc3339(ms)
+    nubo_controller::clock::rfc3339(ms)
 }
 
 #[cfg(test)]

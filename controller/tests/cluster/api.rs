@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use nubo_controller::config::ControllerConfig;
-use nubo_controller::network::Faults;
+use nubo_controller::raft::network::Faults;
 use nubo_controller::server::{self, Running};
 use nubo_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
@@ -56,7 +56,7 @@ impl Api {
     }
 
     /// A snapshot of the whole registry, to prove a rejected call changed nothing.
-    fn registry(&self) -> nubo_controller::state::Registry {
+    fn registry(&self) -> nubo_controller::registry::state::Registry {
         self.running
             .as_ref()
             .unwrap()

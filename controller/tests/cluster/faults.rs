@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use nubo_controller::error::ApiError;
-use nubo_controller::model::Command;
-use nubo_controller::node::ForwardRequest;
+use nubo_controller::raft::node::ForwardRequest;
+use nubo_controller::registry::model::Command;
 
 use crate::harness::{create_cmd, create_with_code, TestCluster};
 

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use nubo_controller::config::ControllerConfig;
 use nubo_controller::error::ApiError;
-use nubo_controller::model::{Command, FunctionConfig, Outcome};
-use nubo_controller::network::Faults;
-use nubo_controller::node::ControllerNode;
+use nubo_controller::raft::network::Faults;
+use nubo_controller::raft::node::ControllerNode;
+use nubo_controller::registry::model::{Command, FunctionConfig, Outcome};
 use nubo_controller::server::{self, Running};
 use nubo_proto::v1 as pb;
 use nubo_test_support::poll_async;
@@ -167,6 +167,15 @@ impl TestCluster {
             .as_ref()
             .expect("node is running")
             .node
+            .clone()
+    }
+
+    /// Node `id`'s sync-invoke state (its view of the workers).
+    pub fn invoker(&self, id: u64) -> Arc<nubo_controller::invoke::Invoker> {
+        self.nodes[&id]
+            .as_ref()
+            .expect("node is running")
+            .invoker
             .clone()
     }
 
@@ -457,7 +466,7 @@ impl Fleet {
             let all = self.cluster.up_ids().into_iter().all(|id| {
                 let live: Vec<String> = self
                     .cluster
-                    .node(id)
+                    .invoker(id)
                     .workers
                     .live_clients()
                     .into_iter()

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nubo_controller::error::{ApiError, RegistryError};
-use nubo_controller::model::{Alias, Command, ConfigPatch, Outcome};
-use nubo_controller::node::ControllerNode;
+use nubo_controller::raft::node::ControllerNode;
+use nubo_controller::registry::model::{Alias, Command, ConfigPatch, Outcome};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -1,5 +1,5 @@
-use nubo_controller::store::{open_db, Durability, LogStore, StateMachineStore};
-use nubo_controller::types::{NodeId, TypeConfig};
+use nubo_controller::raft::store::{open_db, Durability, LogStore, StateMachineStore};
+use nubo_controller::raft::types::{NodeId, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 

@@ -5,8 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use nubo_proto::Reason;
+
 use crate::error::RegistryError;
-use crate::model::{ConfigPatch, FunctionConfig, LATEST};
+use crate::registry::model::{ConfigPatch, FunctionConfig, LATEST};
 
 /// Size limits for code packages and environments. Defaults are Lambda's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,9 +227,10 @@ pub fn version_number(s: &str) -> Result<u64, RegistryError> {
         ));
     }
     if s == LATEST {
-        return Err(invalid(
-            "an alias must point to a published version, not $LATEST: publish one with `nubo version publish`",
-        ));
+        return Err(
+            invalid("an alias must point to a published version, not $LATEST")
+                .with_reason(Reason::AliasNeedsVersion),
+        );
     }
     parse_version_digits("version", s)
 }
@@ -532,8 +535,9 @@ pub fn routing_weights(primary: &str, w: &BTreeMap<String, f64>) -> Result<(), R
     for (version, &weight) in w {
         if version == LATEST {
             return Err(invalid(
-                "routing version $LATEST is not allowed: route to a published version; publish one with `nubo version publish`",
-            ));
+                "routing version $LATEST is not allowed: route to a published version",
+            )
+            .with_reason(Reason::AliasNeedsVersion));
         }
         let n = parse_version_digits("routing version", version)?;
         if Some(n) == primary_num || version == primary {
@@ -559,11 +563,11 @@ pub fn routing_weights(primary: &str, w: &BTreeMap<String, f64>) -> Result<(), R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::AsyncConfig;
+    use crate::registry::model::AsyncConfig;
 
     fn msg(r: Result<impl std::fmt::Debug, RegistryError>) -> String {
         match r {
-            Err(RegistryError::InvalidArgument(m)) => m,
+            Err(RegistryError::InvalidArgument(m)) => m.message,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
@@ -999,9 +1003,14 @@ mod tests {
     fn version_numbers() {
         assert_eq!(version_number("1").unwrap(), 1);
         assert_eq!(version_number("18446744073709551615").unwrap(), u64::MAX);
+        // What to type to publish one is the client's advice, by reason.
+        assert_eq!(
+            version_number("$LATEST").unwrap_err().reason(),
+            Some(Reason::AliasNeedsVersion)
+        );
         assert_eq!(
             msg(version_number("$LATEST")),
-            "an alias must point to a published version, not $LATEST: publish one with `nubo version publish`"
+            "an alias must point to a published version, not $LATEST"
         );
         assert_invalid(version_number(""), &["version is required"]);
         assert_invalid(version_number("0"), &["version 0", "start at 1"]);
@@ -1029,7 +1038,7 @@ mod tests {
         );
         assert_invalid(
             routing_weights("1", &w(&[("$LATEST", 0.1)])),
-            &["routing version $LATEST", "nubo version publish"],
+            &["routing version $LATEST", "published version"],
         );
         assert_invalid(
             routing_weights("1", &w(&[("1", 0.1)])),

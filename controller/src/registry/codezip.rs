@@ -6,12 +6,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Cursor, Read};
 
+use nubo_proto::Reason;
 use sha2::{Digest, Sha256};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use crate::error::RegistryError;
-use crate::validate::{self, Limits};
+use crate::registry::validate::{self, Limits};
 
 /// What we learned about a valid code package.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +40,6 @@ const ROOT_LISTING: usize = 10;
 const S_IFMT: u32 = 0o170_000;
 const S_IFLNK: u32 = 0o120_000;
 
-const BUILD_HINT: &str = "build it with `zip -r function.zip .` or pass a directory to --code";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     File,
@@ -59,6 +58,12 @@ struct Entry {
 
 fn invalid(msg: impl Into<String>) -> RegistryError {
     RegistryError::invalid(msg)
+}
+
+/// The upload is not a zip archive a function can be built from (the
+/// client may say how to build one).
+fn bad_package(msg: impl Into<String>) -> RegistryError {
+    RegistryError::invalid(msg).with_reason(Reason::BadCodePackage)
 }
 
 /// "3267 bytes (3.2 KiB)": exact for comparison, rounded for reading.
@@ -104,7 +109,7 @@ fn is_absolute(p: &str) -> bool {
 
 /// Checks an entry name against zip-slip and returns its components.
 fn entry_path(name: &str) -> Result<Vec<String>, RegistryError> {
-    let bad = |why: &str| invalid(format!("code package entry {name:?} {why}; {BUILD_HINT}"));
+    let bad = |why: &str| bad_package(format!("code package entry {name:?} {why}"));
     if name.is_empty() {
         return Err(bad("has an empty name"));
     }
@@ -178,8 +183,8 @@ fn resolve(links: &HashMap<String, String>, components: &[&str]) -> Result<Vec<S
 }
 
 fn corrupt(name: &str, e: impl std::fmt::Display) -> RegistryError {
-    invalid(format!(
-        "code package is corrupt: entry {name:?} cannot be read ({e}); {BUILD_HINT}"
+    bad_package(format!(
+        "code package is corrupt: entry {name:?} cannot be read ({e})"
     ))
 }
 
@@ -225,11 +230,8 @@ pub fn inspect(
     handler: &str,
     limits: &Limits,
 ) -> Result<CodeInfo, RegistryError> {
-    let not_zip = |why: String| {
-        invalid(format!(
-            "code package is not a valid zip archive: {why}; {BUILD_HINT}"
-        ))
-    };
+    let not_zip =
+        |why: String| bad_package(format!("code package is not a valid zip archive: {why}"));
     if zip_bytes.is_empty() {
         return Err(not_zip("it is empty".into()));
     }
@@ -256,8 +258,8 @@ pub fn inspect(
             .map_err(|e| not_zip(format!("entry {i}: {e}")))?;
         let name = file.name().to_string();
         if file.name_raw().contains(&0) {
-            return Err(invalid(format!(
-                "code package entry {name:?} contains a NUL byte in its path; {BUILD_HINT}"
+            return Err(bad_package(format!(
+                "code package entry {name:?} contains a NUL byte in its path"
             )));
         }
         let path = entry_path(&name)?;
@@ -283,8 +285,8 @@ pub fn inspect(
             Kind::File
         };
         if path.is_empty() && kind != Kind::Dir {
-            return Err(invalid(format!(
-                "code package entry {name:?} has no file name; {BUILD_HINT}"
+            return Err(bad_package(format!(
+                "code package entry {name:?} has no file name"
             )));
         }
         let (unzipped, compressed) = (file.size(), file.compressed_size());
@@ -315,8 +317,8 @@ pub fn inspect(
             continue;
         }
         let mut file = archive.by_index(i).map_err(|e| match e {
-            ZipError::UnsupportedArchive(_) => invalid(format!(
-                "code package entry {:?} cannot be read: {e}; {BUILD_HINT}",
+            ZipError::UnsupportedArchive(_) => bad_package(format!(
+                "code package entry {:?} cannot be read: {e}",
                 entry.name
             )),
             _ => corrupt(&entry.name, e),
@@ -556,7 +558,7 @@ mod tests {
 
     fn err(r: Result<CodeInfo, RegistryError>) -> String {
         match r {
-            Err(RegistryError::InvalidArgument(m)) => m,
+            Err(RegistryError::InvalidArgument(m)) => m.message,
             other => panic!("expected InvalidArgument, got {other:?}"),
         }
     }
@@ -689,14 +691,19 @@ mod tests {
 
     #[test]
     fn not_a_zip() {
-        assert_err(
-            py(b""),
-            &["not a valid zip archive", "empty", "zip -r function.zip ."],
+        // How to build a zip is the client's advice, keyed by the reason.
+        let r = py(b"");
+        assert_eq!(
+            r.as_ref().err().and_then(|e| e.reason()),
+            Some(Reason::BadCodePackage)
         );
-        assert_err(
-            py(b"this is not a zip file at all"),
-            &["not a valid zip archive", "--code"],
+        assert_err(r, &["not a valid zip archive", "empty"]);
+        let r = py(b"this is not a zip file at all");
+        assert_eq!(
+            r.as_ref().err().and_then(|e| e.reason()),
+            Some(Reason::BadCodePackage)
         );
+        assert_err(r, &["not a valid zip archive"]);
         let mut zip = build(&[E::File("app.py", b"x")]);
         zip.truncate(zip.len() / 2);
         assert_err(py(&zip), &["not a valid zip archive"]);

@@ -3,7 +3,7 @@
 //! after each attempt is decided by [`next_step`], a function of the event,
 //! the outcome, the function's settings and the clock, so the exact retry
 //! schedule is tested without a cluster. The registry (`state.rs`) applies
-//! the resulting commands; `dispatch.rs` runs the attempts.
+//! the resulting commands; `events/dispatcher.rs` runs the attempts.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -356,7 +356,7 @@ impl Queues {
                 function = %function,
                 dropped_request_id = %old.request_id,
                 dropped_total = *dropped,
-                "dead-letter queue full ({DLQ_BOUND} records or {} MB): dropped the oldest record; redrive or purge with `nubo dlq`",
+                "dead-letter queue full ({DLQ_BOUND} records or {} MB): dropped the oldest record",
                 DLQ_BYTES >> 20
             );
         }
@@ -387,7 +387,7 @@ impl Queues {
                 .collect();
             if !missing.is_empty() {
                 return Err(format!(
-                    "no dead letter {} for function {function}: see `nubo dlq list {function}`",
+                    "no dead letter {} for function {function}",
                     missing
                         .iter()
                         .map(|s| s.as_str())

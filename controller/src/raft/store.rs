@@ -6,7 +6,7 @@
 //! - `meta`: vote, committed log id, last purged log id;
 //! - `sm`: the last snapshot (meta + data), so a restart begins from it;
 //! - `blobs`: code packages by sha256. They travel outside the log (see
-//!   `node::ControllerNode::store_code`) and are not part of snapshots: a
+//!   `raft::blobs`) and are not part of snapshots: a
 //!   node missing one fetches it from a peer.
 //!
 //! The registry itself lives in memory (it is small: 10,000 functions are a
@@ -36,9 +36,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::model::{ApplyResult, Outcome};
-use crate::state::Registry;
-use crate::types::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
+use crate::registry::model::{ApplyResult, Outcome};
+use crate::registry::state::Registry;
 
 type SErr = StorageError<NodeId>;
 
@@ -65,6 +65,16 @@ fn write_logs_err(e: impl std::error::Error + 'static) -> SErr {
 
 fn idx_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
+}
+
+/// The index a `logs` key encodes. The key comes from disk: a key of the
+/// wrong length is corruption, reported as an error rather than a panic.
+fn log_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::CorruptKey {
+        cf: CF_LOGS,
+        len: key.len(),
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Opens (or creates) the controller's RocksDB.
@@ -273,7 +283,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         for item in it {
             let (k, v) = item.map_err(read_logs_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().expect("8-byte keys"));
+            let idx = log_index(&k).map_err(read_logs_err)?;
             if !range.contains(&idx) {
                 break;
             }

@@ -9,15 +9,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use sha2::Digest;
 
-use crate::api::now_ms;
-use crate::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
+use crate::clock::now_ms;
 use crate::error::{ApiError, RegistryError};
-use crate::invoke::new_request_id;
-use crate::invoke::{AsyncAttempt, Slot};
-use crate::model::{Command, ConfigView};
-use crate::node::ControllerNode;
+use crate::events::destinations::{failure_record, success_record};
+use crate::invoke::concurrency::Slot;
+use crate::invoke::{new_request_id, AsyncAttempt, Invoker};
+use crate::metrics::AsyncStage;
+use crate::raft::node::{ControllerNode, LeaderReads};
+use crate::registry::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
+use crate::registry::model::{Command, ConfigView};
+
+/// The async path's state on one controller. Only the leader dispatches;
+/// any node accepts events (`enqueue_event`).
+pub struct Dispatcher {
+    pub node: Arc<ControllerNode>,
+    pub invoker: Arc<Invoker>,
+    /// Wakes the dispatcher (an event was accepted or finished).
+    pub wake: tokio::sync::Notify,
+    /// Attempts this node's dispatcher is running: request id -> function.
+    pub in_flight: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl LeaderReads for Dispatcher {
+    fn async_in_flight(&self, function: &str) -> u64 {
+        self.in_flight
+            .lock()
+            .expect("lock poisoned")
+            .values()
+            .filter(|f| *f == function)
+            .count() as u64
+    }
+}
 
 /// An event id derived from the client's request id, so a retried
 /// submission names (and, through the idempotent write, is) the same event.
@@ -28,85 +53,11 @@ fn event_id(client_rid: &str) -> String {
     crate::invoke::uuid_form(&b)
 }
 
-/// Lambda's destination record for an event that failed for good, as an
-/// async event for the destination function.
-fn failure_record(d: &crate::asyncq::DeadLetter, view: &ConfigView, target: &str) -> AsyncEvent {
-    let now = now_ms();
-    let payload: serde_json::Value =
-        serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::String(d.payload.clone()));
-    let arn = format!(
-        "arn:aws:lambda:local:000000000000:function:{}:{}",
-        d.function, d.qualifier
-    );
-    let record = serde_json::json!({
-        "version": "1.0",
-        "timestamp": crate::api::rfc3339(now),
-        "requestContext": {
-            "requestId": d.request_id,
-            "functionArn": arn,
-            "condition": d.condition.as_str(),
-            "approximateInvokeCount": d.attempts,
-        },
-        "requestPayload": payload,
-        "responseContext": {
-            "statusCode": 200,
-            "executedVersion": view.version,
-            "functionError": "Unhandled",
-        },
-        "responsePayload": {
-            "errorType": d.error_type,
-            "errorMessage": d.error_message,
-        },
-    });
-    destination_event(target, record, now)
-}
-
-/// Lambda's destination record of a successful event.
-fn success_record(ev: &AsyncEvent, view: &ConfigView, target: &str, result: &[u8]) -> AsyncEvent {
-    let now = now_ms();
-    let payload: serde_json::Value =
-        serde_json::from_str(&ev.payload).unwrap_or(serde_json::Value::String(ev.payload.clone()));
-    let response: serde_json::Value = serde_json::from_slice(result).unwrap_or_else(|_| {
-        serde_json::Value::String(String::from_utf8_lossy(result).into_owned())
-    });
-    let record = serde_json::json!({
-        "version": "1.0",
-        "timestamp": crate::api::rfc3339(now),
-        "requestContext": {
-            "requestId": ev.request_id,
-            "functionArn": format!(
-                "arn:aws:lambda:local:000000000000:function:{}:{}",
-                ev.function, ev.qualifier
-            ),
-            "condition": "Success",
-            "approximateInvokeCount": ev.attempts + 1,
-        },
-        "requestPayload": payload,
-        "responseContext": {
-            "statusCode": 200,
-            "executedVersion": view.version,
-        },
-        "responsePayload": response,
-    });
-    destination_event(target, record, now)
-}
-
-/// A destination record as an async event for the destination function.
-fn destination_event(target: &str, record: serde_json::Value, now: u64) -> AsyncEvent {
-    AsyncEvent::new(
-        new_request_id(),
-        target.to_string(),
-        crate::model::LATEST.into(),
-        record.to_string(),
-        now,
-    )
-}
-
 /// Names one attempt of an event by its replicated state: a new leader
 /// re-dispatching an attempt whose step never committed derives the same
 /// key (and the worker runs it once); a retry, a throttle backoff or a
 /// redrive changes it.
-fn attempt_key(ev: &AsyncEvent) -> String {
+pub(crate) fn attempt_key(ev: &AsyncEvent) -> String {
     format!(
         "{}/{}/{}/{}",
         ev.request_id, ev.enqueued_ms, ev.attempts, ev.system_failures
@@ -126,17 +77,26 @@ fn error_of(resp: &pb::InvokeResponse) -> (String, String) {
     (t, m)
 }
 
-impl ControllerNode {
+impl Dispatcher {
+    pub fn new(node: Arc<ControllerNode>, invoker: Arc<Invoker>) -> Self {
+        Dispatcher {
+            node,
+            invoker,
+            wake: tokio::sync::Notify::new(),
+            in_flight: Default::default(),
+        }
+    }
+
     /// Accepts an Event invocation: validated, written to the replicated
     /// queue, acknowledged only after the commit.
-    pub(crate) async fn enqueue_event(
+    pub async fn enqueue_event(
         &self,
         req: &pb::InvokeRequest,
         view: &ConfigView,
         qualifier: &str,
         client_rid: Option<String>,
     ) -> Result<pb::InvokeResponse, ApiError> {
-        let max = self.config.max_async_payload_bytes;
+        let max = self.node.config.max_async_payload_bytes;
         if req.payload.len() as u64 > max {
             return Err(RegistryError::invalid(format!(
                 "payload is {} bytes; the limit for asynchronous (Event) invocations is {max} bytes ({} KB, max_async_payload_bytes): pass large data by reference (an S3 key)",
@@ -145,15 +105,16 @@ impl ControllerNode {
             ))
             .into());
         }
-        let pending = self.with_registry(|r| r.queues.bytes);
-        let limit = self.config.max_async_queue_bytes;
+        let pending = self.node.with_registry(|r| r.queues.bytes);
+        let limit = self.node.config.max_async_queue_bytes;
         if pending + req.payload.len() as u64 > limit {
-            self.metrics.async_event("refused_queue_full");
-            return Err(ApiError::Throttled(format!(
-                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later, or clear a backlog (`nubo async status`)",
+            self.node.metrics.async_event(AsyncStage::RefusedQueueFull);
+            return Err(ApiError::throttled(format!(
+                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later",
                 pending >> 20,
                 limit >> 20
-            )));
+            ))
+            .with_reason(Reason::AsyncQueueFull));
         }
         let payload = if req.payload.is_empty() {
             "{}".to_string()
@@ -177,28 +138,29 @@ impl ControllerNode {
         let cmd = if key.is_empty() {
             Command::EnqueueEvent(ev)
         } else {
-            crate::validate::idempotency_key(key)?;
+            crate::registry::validate::idempotency_key(key)?;
             Command::EnqueueKeyed {
                 event: ev,
                 key: key.to_string(),
-                expires_ms: now + self.config.idempotency_window_ms,
+                expires_ms: now + self.node.config.idempotency_window_ms,
             }
         };
         let out = self
+            .node
             .write_with_id(cmd, client_rid.map(|r| format!("event:{r}")))
             .await?;
         let (request_id, duplicate) = match out {
-            crate::model::Outcome::Keyed {
+            crate::registry::model::Outcome::Keyed {
                 request_id,
                 duplicate,
             } => (request_id, duplicate),
             _ => (request_id, false),
         };
         if duplicate {
-            self.metrics.async_event("deduplicated");
+            self.node.metrics.async_event(AsyncStage::Deduplicated);
         } else {
-            self.metrics.async_event("enqueued");
-            self.dispatch_wake.notify_one();
+            self.node.metrics.async_event(AsyncStage::Enqueued);
+            self.wake.notify_one();
         }
         Ok(pb::InvokeResponse {
             status_code: 202,
@@ -212,7 +174,7 @@ impl ControllerNode {
     /// Runs one attempt of a queued event and commits its next step;
     /// `slot_held` when the dispatcher took a reserved-concurrency slot.
     async fn attempt(&self, ev: AsyncEvent, slot_held: bool, pin: Option<String>) {
-        let Some(term) = self.leader_term() else {
+        let Some(term) = self.node.leader_term() else {
             // Deposed since the plan: the next leader runs it.
             return;
         };
@@ -223,7 +185,7 @@ impl ControllerNode {
             pin,
         };
         // Alias weights hold per attempt, as for direct calls.
-        let view = match self.resolve_routed(&ev.function, &ev.qualifier) {
+        let view = match self.invoker.resolve_routed(&ev.function, &ev.qualifier) {
             Ok(v) => v,
             Err(e) => {
                 // The function or qualifier was deleted: the event has no
@@ -237,7 +199,7 @@ impl ControllerNode {
         let policy = Policy {
             maximum_retry_attempts: a.maximum_retry_attempts,
             maximum_event_age_ms: a.maximum_event_age_seconds as u64 * 1000,
-            base_wait_ms: self.config.async_base_wait_ms,
+            base_wait_ms: self.node.config.async_base_wait_ms,
         };
         let req = pb::InvokeRequest {
             function_name: ev.function.clone(),
@@ -249,6 +211,7 @@ impl ControllerNode {
         };
         let mut result = None;
         let outcome = match self
+            .invoker
             .execute(req, view.clone(), true, ev.request_id.clone(), Some(&tag))
             .await
         {
@@ -265,24 +228,32 @@ impl ControllerNode {
             }
             Err(ApiError::Throttled(m)) => Attempt::SystemError {
                 error_type: "Throttled".into(),
-                message: m,
+                message: m.message,
             },
             Err(e) => Attempt::SystemError {
                 error_type: "ServiceError".into(),
                 message: e.to_string(),
             },
         };
-        self.metrics.async_event("dispatched");
-        let throttled = matches!(outcome, Attempt::SystemError { .. });
-        let step = next_step(ev.clone(), outcome, policy, now_ms());
-        self.metrics.async_event(match &step {
-            Step::Done => "succeeded",
-            Step::Retry(_) if throttled => "throttled",
-            Step::Retry(_) => "retried",
-            Step::DeadLetter(d) if d.condition == crate::asyncq::Condition::EventAgeExceeded => {
-                "expired"
+        self.node.metrics.async_event(AsyncStage::Dispatched);
+        // A system error's retry is counted apart from a throttle's.
+        let retry_stage = match &outcome {
+            Attempt::SystemError { error_type, .. } if error_type == "Throttled" => {
+                AsyncStage::Throttled
             }
-            Step::DeadLetter(_) => "dead_lettered",
+            Attempt::SystemError { .. } => AsyncStage::RetriedSystemError,
+            _ => AsyncStage::Retried,
+        };
+        let step = next_step(ev.clone(), outcome, policy, now_ms());
+        self.node.metrics.async_event(match &step {
+            Step::Done => AsyncStage::Succeeded,
+            Step::Retry(_) => retry_stage,
+            Step::DeadLetter(d)
+                if d.condition == crate::registry::asyncq::Condition::EventAgeExceeded =>
+            {
+                AsyncStage::Expired
+            }
+            Step::DeadLetter(_) => AsyncStage::DeadLettered,
         });
         self.commit_step(&ev, step, Some((&view, result))).await;
     }
@@ -291,12 +262,15 @@ impl ControllerNode {
     /// reserved concurrency until its maximum age, without attempting it.
     async fn expire(&self, ev: AsyncEvent) {
         let reason = format!(
-            "throttled: function {} had no reserved concurrency free until the event's maximum age; raise it with `nubo function update-config {} --reserved-concurrency N`",
-            ev.function, ev.function
+            "throttled: function {} had no reserved concurrency free until the event's maximum age",
+            ev.function
         );
-        let d = crate::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
-        self.metrics.async_event("expired");
-        let view = self.resolve_routed(&ev.function, &ev.qualifier).ok();
+        let d = crate::registry::asyncq::expire_throttled(ev.clone(), &reason, now_ms());
+        self.node.metrics.async_event(AsyncStage::Expired);
+        let view = self
+            .invoker
+            .resolve_routed(&ev.function, &ev.qualifier)
+            .ok();
         let step = Step::DeadLetter(d);
         self.commit_step(&ev, step, view.as_ref().map(|v| (v, None)))
             .await;
@@ -332,12 +306,12 @@ impl ControllerNode {
         };
         let cmd = match destination {
             Some(dest) => {
-                self.metrics.async_event("sent_to_destination");
+                self.node.metrics.async_event(AsyncStage::SentToDestination);
                 Command::Batch(vec![step_cmd, Command::EnqueueEvent(dest)])
             }
             None => step_cmd,
         };
-        if let Err(e) = self.write(cmd).await {
+        if let Err(e) = self.node.write(cmd).await {
             // Not committed: the event stays queued and runs again (here or
             // on the next leader).
             tracing::warn!(event = %ev.request_id, "recording an async attempt: {e}");
@@ -348,7 +322,7 @@ impl ControllerNode {
     /// concurrency is checked (and a slot taken) here, so an event whose
     /// function has no room stays queued without an attempt or a write
     /// (past its maximum age the plan expires it).
-    fn admit(&self, r: &crate::state::Registry, ev: &AsyncEvent) -> Admit {
+    fn admit(&self, r: &crate::registry::state::Registry, ev: &AsyncEvent) -> Admit {
         let Ok((view, _)) = r.get(&ev.function, &ev.qualifier) else {
             // Deleted: the attempt drops it.
             return Admit::Run { reserved: false };
@@ -356,7 +330,7 @@ impl ControllerNode {
         let Some(limit) = view.config.reserved_concurrency else {
             return Admit::Run { reserved: false };
         };
-        if self.invoke_state.try_take(&ev.function, limit).is_ok() {
+        if self.invoker.reserved.try_take(&ev.function, limit).is_ok() {
             return Admit::Run { reserved: true };
         }
         Admit::Hold {
@@ -368,7 +342,7 @@ impl ControllerNode {
     /// has a kept result for (key -> worker).
     async fn find_held_attempts(&self) -> std::collections::HashMap<String, String> {
         const CHUNK: usize = 10_000;
-        let keys: Vec<String> = self.with_registry(|r| {
+        let keys: Vec<String> = self.node.with_registry(|r| {
             r.queues
                 .due_now(now_ms(), 100_000)
                 .into_iter()
@@ -379,9 +353,9 @@ impl ControllerNode {
         if keys.is_empty() {
             return pins;
         }
-        let calls = self.workers.live_clients().into_iter().map(|(id, c)| {
+        let calls = self.invoker.workers.live_clients().into_iter().map(|(id, c)| {
             let keys = keys.clone();
-            let secret = self.worker_secret.clone();
+            let secret = self.invoker.worker_secret.clone();
             async move {
                 let mut held = Vec::new();
                 for chunk in keys.chunks(CHUNK) {
@@ -422,21 +396,21 @@ impl ControllerNode {
 
     /// The dispatcher: on the leader, runs due events (at most
     /// `dispatch_concurrency` at once) until `stop`.
-    pub async fn run_dispatcher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         /// Due events one pass may look at.
         const MAX_SCAN: usize = 10_000;
         let mut recovered_term = 0;
         let mut pins: std::collections::HashMap<String, String> = Default::default();
         let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.config.dispatch_concurrency.max(1),
+            self.node.config.dispatch_concurrency.max(1),
         ));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = self.dispatch_wake.notified() => {}
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            let Some(term) = self.leader_term() else {
+            let Some(term) = self.node.leader_term() else {
                 continue;
             };
             if term != recovered_term {
@@ -452,8 +426,8 @@ impl ControllerNode {
             }
             let now = now_ms();
             let plan = {
-                let busy = self.async_in_flight.lock().expect("lock poisoned");
-                self.with_registry(|r| {
+                let busy = self.in_flight.lock().expect("lock poisoned");
+                self.node.with_registry(|r| {
                     r.queues.plan(
                         now,
                         free,
@@ -473,11 +447,11 @@ impl ControllerNode {
                     // Planned within the free permits; only expiries can
                     // overflow, and they come back on a later pass.
                     if run == Some(true) {
-                        drop(Slot::adopt(&self.invoke_state, ev.function.clone()));
+                        drop(Slot::adopt(&self.invoker.reserved, ev.function.clone()));
                     }
                     continue;
                 };
-                self.async_in_flight
+                self.in_flight
                     .lock()
                     .expect("lock poisoned")
                     .insert(ev.request_id.clone(), ev.function.clone());
@@ -488,187 +462,16 @@ impl ControllerNode {
                     match run {
                         Some(reserved) => {
                             let _slot = reserved
-                                .then(|| Slot::adopt(&node.invoke_state, ev.function.clone()));
+                                .then(|| Slot::adopt(&node.invoker.reserved, ev.function.clone()));
                             node.attempt(ev, reserved, pin).await;
                         }
                         None => node.expire(ev).await,
                     }
-                    node.async_in_flight
-                        .lock()
-                        .expect("lock poisoned")
-                        .remove(&id);
+                    node.in_flight.lock().expect("lock poisoned").remove(&id);
                     drop(permit);
-                    node.dispatch_wake.notify_one();
+                    node.wake.notify_one();
                 });
             }
         }
-    }
-}
-
-fn record_pb(d: &crate::asyncq::DeadLetter) -> pb::DeadLetterRecord {
-    pb::DeadLetterRecord {
-        request_id: d.request_id.clone(),
-        function_name: d.function.clone(),
-        qualifier: d.qualifier.clone(),
-        payload: d.payload.clone().into_bytes(),
-        condition: d.condition.as_str().into(),
-        attempts: d.attempts,
-        error_type: d.error_type.clone(),
-        error_message: d.error_message.clone(),
-        first_attempt_ms: d.first_attempt_ms,
-        last_attempt_ms: d.last_attempt_ms,
-        enqueued_ms: d.enqueued_ms,
-        dead_lettered_ms: d.dead_lettered_ms,
-    }
-}
-
-impl ControllerNode {
-    /// A valid name of a function that exists (on this node's registry).
-    fn existing_function(&self, name: &str) -> Result<(), ApiError> {
-        crate::validate::function_name(name)?;
-        self.with_registry(|reg| reg.function(name).map(|_| ()))?;
-        Ok(())
-    }
-
-    pub async fn list_dead_letters(
-        &self,
-        r: pb::DeadLettersRequest,
-    ) -> Result<pb::ListDeadLettersResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
-        if !r.stale_ok {
-            self.linearizable_read().await?;
-        }
-        self.with_registry(|reg| {
-            reg.function(&r.function_name)?;
-            Ok(pb::ListDeadLettersResponse {
-                records: reg
-                    .queues
-                    .dlq
-                    .get(&r.function_name)
-                    .map(|q| q.iter().map(record_pb).collect())
-                    .unwrap_or_default(),
-                dropped: reg
-                    .queues
-                    .dlq_dropped
-                    .get(&r.function_name)
-                    .copied()
-                    .unwrap_or(0),
-            })
-        })
-    }
-
-    pub async fn redrive_dead_letters(
-        &self,
-        r: pb::RedriveDeadLettersRequest,
-    ) -> Result<pb::CountResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
-        if r.request_ids.is_empty() && !r.all {
-            return Err(RegistryError::invalid(
-                "name the dead letters to redrive (request ids) or pass --all",
-            )
-            .into());
-        }
-        self.existing_function(&r.function_name)?;
-        let ids = (!r.all).then_some(r.request_ids);
-        let out = self
-            .write(Command::DlqRedrive {
-                function: r.function_name,
-                ids,
-                now_ms: now_ms(),
-            })
-            .await?;
-        self.dispatch_wake.notify_one();
-        Ok(pb::CountResponse {
-            count: count_of(out),
-        })
-    }
-
-    pub async fn purge_dead_letters(
-        &self,
-        r: pb::DeadLettersRequest,
-    ) -> Result<pb::CountResponse, ApiError> {
-        self.existing_function(&r.function_name)?;
-        let out = self
-            .write(Command::DlqPurge {
-                function: r.function_name,
-            })
-            .await?;
-        Ok(pb::CountResponse {
-            count: count_of(out),
-        })
-    }
-
-    pub async fn async_status(
-        &self,
-        r: pb::DeadLettersRequest,
-    ) -> Result<pb::AsyncStatusResponse, ApiError> {
-        crate::validate::function_name(&r.function_name)?;
-        if !r.stale_ok {
-            self.linearizable_read().await?;
-        }
-        // Counted by the leader's dispatcher: asked there (None if no
-        // leader answers, or from a follower when a stale read will do).
-        let in_flight = if r.stale_ok && !self.is_leader() {
-            None
-        } else {
-            match self
-                .submit(crate::node::ForwardRequest::AsyncInFlight {
-                    function: r.function_name.clone(),
-                })
-                .await
-            {
-                Ok(Ok(crate::model::Outcome::Count(n))) => Some(n),
-                _ => None,
-            }
-        };
-        let now = now_ms();
-        self.with_registry(|reg| {
-            reg.function(&r.function_name)?;
-            let q = &reg.queues;
-            let mine = q.events.values().filter(|e| e.function == r.function_name);
-            let (mut queued, mut due, mut oldest) = (0u64, 0u64, u64::MAX);
-            for e in mine {
-                queued += 1;
-                due += (e.due_ms <= now) as u64;
-                oldest = oldest.min(e.enqueued_ms);
-            }
-            Ok(pb::AsyncStatusResponse {
-                queued,
-                due_now: due,
-                oldest_event_age_ms: if queued == 0 {
-                    0
-                } else {
-                    now.saturating_sub(oldest)
-                },
-                dead_letters: q.dlq.get(&r.function_name).map(|d| d.len()).unwrap_or(0) as u64,
-                dead_letters_dropped: q.dlq_dropped.get(&r.function_name).copied().unwrap_or(0),
-                in_flight,
-                running: self.workers.busy_of(&r.function_name) as u64,
-            })
-        })
-    }
-}
-
-impl ControllerNode {
-    /// Queue depth and the oldest queued event's age, as Prometheus gauges.
-    pub fn async_gauges(&self) -> String {
-        let now = now_ms();
-        self.with_registry(|r| {
-            let q = &r.queues;
-            let oldest = q.events.values().map(|e| e.enqueued_ms).min();
-            let dlq: usize = q.dlq.values().map(|d| d.len()).sum();
-            format!(
-                "# HELP nubo_async_queue_depth Async events waiting (all functions).\n# TYPE nubo_async_queue_depth gauge\nnubo_async_queue_depth {}\n# HELP nubo_async_oldest_event_age_seconds Age of the oldest waiting event.\n# TYPE nubo_async_oldest_event_age_seconds gauge\nnubo_async_oldest_event_age_seconds {}\n# HELP nubo_async_dead_letters Dead letters held (all functions).\n# TYPE nubo_async_dead_letters gauge\nnubo_async_dead_letters {dlq}\n",
-                q.events.len(),
-                oldest.map(|t| now.saturating_sub(t) as f64 / 1000.0).unwrap_or(0.0)
-            )
-        })
-    }
-}
-
-fn count_of(o: crate::model::Outcome) -> u64 {
-    match o {
-        crate::model::Outcome::Count(n) => n,
-        _ => 0,
     }
 }

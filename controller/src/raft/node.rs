@@ -2,22 +2,25 @@
 //! call needs from it — a durable write (forwarded to the leader when this
 //! node is not it) and a linearizable read (read index, also on followers).
 
+use nubo_proto::Reason;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ControllerConfig;
 use crate::error::{ApiError, RegistryError};
 use crate::metrics::Metrics;
-use crate::model::{Command, Outcome};
-use crate::network::{Faults, Method, Network, Peers};
-use crate::state::Registry;
-use crate::store::{open_db, Durability, LogStore, StateMachineStore};
-use crate::types::{NodeId, Raft};
+use crate::raft::network::{Faults, Method, Network, Peers};
+use crate::raft::store::{open_db, Durability, LogStore, StateMachineStore};
+use crate::raft::types::{NodeId, Raft};
+use crate::registry::model::{Command, Outcome};
+use crate::registry::state::Registry;
+use crate::tasks::Tasks;
 
 /// Requests a follower hands to the leader.
 // Short-lived messages: boxing the big variant would only add an allocation.
@@ -58,6 +61,50 @@ pub enum ReadIndexReply {
     Unavailable(String),
 }
 
+/// What `leader_or_forward` needs of a leader's reply type.
+trait LeaderReply: serde::de::DeserializeOwned {
+    /// No node is known to lead.
+    fn no_leader() -> Self;
+    /// The leader could not be reached or could not answer.
+    fn unavailable(why: String) -> Self;
+}
+
+impl LeaderReply for ForwardReply {
+    fn no_leader() -> Self {
+        ForwardReply::NotLeader(None)
+    }
+    fn unavailable(why: String) -> Self {
+        ForwardReply::Unavailable(why)
+    }
+}
+
+impl LeaderReply for ReadIndexReply {
+    fn no_leader() -> Self {
+        ReadIndexReply::NotLeader(None)
+    }
+    fn unavailable(why: String) -> Self {
+        ReadIndexReply::Unavailable(why)
+    }
+}
+
+/// One try at the leader: the answer, or why to try again.
+enum Try<T> {
+    Done(T),
+    Retry(String),
+}
+
+/// Reads only the leader can answer, sent as a `ForwardRequest` and
+/// served by a layer above consensus (the async dispatcher registers
+/// itself with `serve_leader_reads`).
+pub trait LeaderReads: Send + Sync {
+    /// How many attempts of `function` this node's dispatcher is running.
+    fn async_in_flight(&self, function: &str) -> u64;
+}
+
+/// Writes waiting for the batcher. Bounded: when it is full, writers wait
+/// (backpressure); nothing is dropped.
+const BATCH_QUEUE: usize = 4096;
+
 pub struct ControllerNode {
     pub id: NodeId,
     pub addr: String,
@@ -66,26 +113,21 @@ pub struct ControllerNode {
     pub peers: Peers,
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
-    /// Workers as seen by this controller (heartbeats; not replicated).
-    pub workers: Arc<crate::workers::WorkerRegistry>,
-    pub invoke_state: Arc<crate::invoke::InvokeState>,
-    /// Wakes the async dispatcher (an event was accepted or finished).
-    pub dispatch_wake: tokio::sync::Notify,
-    /// What workers present, and what this node presents to workers
-    /// (derived from the cluster secret, see `nubo_proto::worker_secret`).
-    pub worker_secret: String,
-    /// Attempts this node's dispatcher is running: request id -> function.
-    pub async_in_flight: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Weak: the dispatcher holds the node, and the node must drop (and
+    /// release its RocksDB) once the controller is shut down.
+    leader_reads: OnceLock<Weak<dyn LeaderReads>>,
     db: Arc<rocksdb::DB>,
-    batcher: tokio::sync::mpsc::UnboundedSender<Queued>,
+    batcher: tokio::sync::mpsc::Sender<Queued>,
 }
 
 impl ControllerNode {
-    /// Opens the store under `config.data_dir` and starts the Raft node.
-    /// Does not initialize the cluster; see `bootstrap`.
+    /// Opens the store under `config.data_dir` and starts the Raft node;
+    /// its write batcher runs in `tasks`. Does not initialize the cluster;
+    /// see `bootstrap`.
     pub async fn start(
         config: ControllerConfig,
         faults: Arc<Faults>,
+        tasks: &mut Tasks,
     ) -> Result<Arc<Self>, ApiError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ApiError::Internal(format!(
@@ -122,8 +164,9 @@ impl ControllerNode {
         let raft = Raft::new(config.id, Arc::new(raft_config), network, log, sm.clone())
             .await
             .map_err(|e| ApiError::Internal(format!("starting raft: {e}")))?;
-        let (batcher, queued) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(run_batcher(raft.clone(), queued));
+        let (batcher, queued) = tokio::sync::mpsc::channel(BATCH_QUEUE);
+        let r = raft.clone();
+        tasks.spawn_consensus("raft-batcher", move |stop| run_batcher(r, queued, stop));
         Ok(Arc::new(ControllerNode {
             batcher,
             id: config.id,
@@ -132,14 +175,7 @@ impl ControllerNode {
             sm,
             peers,
             metrics: Arc::new(Metrics::default()),
-            workers: Arc::new(crate::workers::WorkerRegistry::new(
-                Duration::from_millis(config.worker_heartbeat_ms),
-                Duration::from_millis(config.worker_dead_after_ms),
-            )),
-            invoke_state: Default::default(),
-            dispatch_wake: tokio::sync::Notify::new(),
-            worker_secret: nubo_proto::worker_secret(&config.cluster_secret),
-            async_in_flight: Default::default(),
+            leader_reads: OnceLock::new(),
             config,
             db,
         }))
@@ -167,8 +203,14 @@ impl ControllerNode {
         }
     }
 
+    /// Registers what answers leader-only reads (once; later calls are
+    /// ignored).
+    pub fn serve_leader_reads(&self, reads: Weak<dyn LeaderReads>) {
+        let _ = self.leader_reads.set(reads);
+    }
+
     /// A read-only handle on the registry.
-    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, crate::store::SmState> {
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, crate::raft::store::SmState> {
         self.sm.state.read().expect("state lock")
     }
 
@@ -193,7 +235,18 @@ impl ControllerNode {
         self.leader_hint().map(|(_, a)| a)
     }
 
-    fn deadline(&self) -> Duration {
+    pub fn is_leader(&self) -> bool {
+        self.leader_term().is_some()
+    }
+
+    /// The Raft term while this node leads it.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader == Some(self.id)).then_some(m.current_term)
+    }
+
+    pub(crate) fn deadline(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
@@ -232,7 +285,51 @@ impl ControllerNode {
         &self,
         req: ForwardRequest,
     ) -> Result<Result<Outcome, RegistryError>, ApiError> {
-        let start = Instant::now();
+        self.leader_or_forward(
+            Instant::now(),
+            Method::Forward,
+            &req,
+            || self.apply_on_leader(req.clone()),
+            "the leader could not reach a quorum in time",
+            |reply| match reply {
+                ForwardReply::Applied(r) => Try::Done(r),
+                ForwardReply::NotLeader(_) => Try::Retry("leader changed".into()),
+                ForwardReply::Unavailable(e) => Try::Retry(e),
+            },
+            |deadline, last_err| {
+                ApiError::unavailable(
+                    format!(
+                        "no quorum: the write was not acknowledged within {deadline:?} ({last_err}); a majority of controllers must be up and connected. If the write reached a leader it may still apply once a quorum returns: read before retrying"
+                    ),
+                    self.leader_addr(),
+                )
+                .with_reason(Reason::NoQuorum)
+            },
+        )
+        .await
+    }
+
+    /// The one road to the leader, for writes and read-index reads alike:
+    /// run `local` when this node leads (bounded: a leader cut off from
+    /// its quorum never completes by itself), else send `req` to the
+    /// leader over `method`; retry while there is no leader or it changed,
+    /// until the request timeout, then `timed_out(deadline, last error)`.
+    #[allow(clippy::too_many_arguments)]
+    async fn leader_or_forward<Req, Rep, T, Fut>(
+        &self,
+        start: Instant,
+        method: Method,
+        req: &Req,
+        local: impl Fn() -> Fut,
+        local_timeout: &'static str,
+        settle: impl Fn(Rep) -> Try<T>,
+        timed_out: impl Fn(Duration, &str) -> ApiError,
+    ) -> Result<T, ApiError>
+    where
+        Req: Serialize,
+        Rep: LeaderReply,
+        Fut: std::future::Future<Output = Rep>,
+    {
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
         loop {
@@ -243,24 +340,15 @@ impl ControllerNode {
                 ));
             }
             if start.elapsed() > deadline {
-                return Err(ApiError::unavailable(
-                    format!(
-                        "no quorum: the write was not acknowledged within {deadline:?} ({last_err}); a majority of controllers must be up and connected, check `nubo cluster status`. If the write reached a leader it may still apply once a quorum returns: read before retrying"
-                    ),
-                    self.leader_addr(),
-                ));
+                return Err(timed_out(deadline, &last_err));
             }
             // Is it us?
             let reply = match self.leader_hint() {
                 Some((leader, _)) if leader == self.id => {
-                    // A leader cut off from its quorum never completes the
-                    // write by itself: bound it.
                     let remaining = deadline.saturating_sub(start.elapsed());
-                    match tokio::time::timeout(remaining, self.apply_on_leader(req.clone())).await {
+                    match tokio::time::timeout(remaining, local()).await {
                         Ok(r) => r,
-                        Err(_) => ForwardReply::Unavailable(
-                            "the leader could not reach a quorum in time".into(),
-                        ),
+                        Err(_) => Rep::unavailable(local_timeout.into()),
                     }
                 }
                 Some((leader, addr)) => {
@@ -269,29 +357,18 @@ impl ControllerNode {
                         .max(Duration::from_millis(50));
                     match self
                         .peers
-                        .call::<ForwardRequest, ForwardReply>(
-                            leader,
-                            &addr,
-                            Method::Forward,
-                            &req,
-                            remaining,
-                        )
+                        .call::<Req, Rep>(leader, &addr, method, req, remaining)
                         .await
                     {
                         Ok(r) => r,
-                        Err(e) => ForwardReply::Unavailable(e),
+                        Err(e) => Rep::unavailable(e),
                     }
                 }
-                None => ForwardReply::NotLeader(None),
+                None => Rep::no_leader(),
             };
-            match reply {
-                ForwardReply::Applied(r) => return Ok(r),
-                ForwardReply::NotLeader(_) => {
-                    last_err = "leader changed".into();
-                }
-                ForwardReply::Unavailable(e) => {
-                    last_err = e;
-                }
+            match settle(reply) {
+                Try::Done(t) => return Ok(t),
+                Try::Retry(e) => last_err = e,
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -305,17 +382,16 @@ impl ControllerNode {
                     return ForwardReply::NotLeader(None);
                 }
                 let n = self
-                    .async_in_flight
-                    .lock()
-                    .expect("lock poisoned")
-                    .values()
-                    .filter(|f| **f == function)
-                    .count();
-                return ForwardReply::Applied(Ok(Outcome::Count(n as u64)));
+                    .leader_reads
+                    .get()
+                    .and_then(Weak::upgrade)
+                    .map_or(0, |r| r.async_in_flight(&function));
+                return ForwardReply::Applied(Ok(Outcome::Count(n)));
             }
             ForwardRequest::Write(cmd) => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if self.batcher.send((cmd, tx)).is_err() {
+                // Waits while the batcher's queue is full.
+                if self.batcher.send((cmd, tx)).await.is_err() {
                     return ForwardReply::Unavailable("this controller is shutting down".into());
                 }
                 return rx.await.unwrap_or_else(|_| {
@@ -362,7 +438,7 @@ fn reply_from(res: WriteResult) -> ForwardReply {
                 ForwardReply::NotLeader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                ForwardReply::Applied(Err(RegistryError::FailedPrecondition(format!(
+                ForwardReply::Applied(Err(RegistryError::precondition(format!(
                     "membership change refused: {e}"
                 ))))
             }
@@ -376,11 +452,23 @@ fn reply_from(res: WriteResult) -> ForwardReply {
 /// concurrent writes share an append and an fsync instead of queueing one
 /// by one behind openraft's core, and a new batch gathers (and starts
 /// replicating) while the previous ones wait for their quorum.
-async fn run_batcher(raft: Raft, mut rx: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+/// Stops at shutdown; queued writers then get "shutting down".
+async fn run_batcher(
+    raft: Raft,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
+    stop: CancellationToken,
+) {
     const MAX_BATCH: usize = 256;
     const IN_FLIGHT: usize = 1;
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            q = rx.recv() => match q {
+                Some(q) => q,
+                None => return,
+            },
+        };
         // Waiting for a slot lets more writes join this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -449,74 +537,39 @@ impl ControllerNode {
     /// the call began (read index; on a follower via the leader).
     pub async fn linearizable_read(&self) -> Result<(), ApiError> {
         let start = Instant::now();
-        let deadline = self.deadline();
-        let mut last_err = String::from("no leader elected yet");
-        loop {
-            if self.raft.metrics().borrow().running_state.is_err() {
-                return Err(ApiError::unavailable(
-                    "this controller is shutting down: use another one",
-                    None,
-                ));
-            }
-            if start.elapsed() > deadline {
-                return Err(ApiError::unavailable(
-                    format!("cannot confirm a current read within {deadline:?} ({last_err}); retry, or pass --stale-ok to list from this node's copy"),
+        let idx = self
+            .leader_or_forward(
+                start,
+                Method::ReadIndex,
+                &(),
+                || self.read_index_local(),
+                "the leader could not confirm its leadership with a quorum in time",
+                |reply| match reply {
+                    ReadIndexReply::Index(idx) => Try::Done(idx),
+                    ReadIndexReply::NotLeader(_) => Try::Retry("leader changed".into()),
+                    ReadIndexReply::Unavailable(e) => Try::Retry(e),
+                },
+                |deadline, last_err| {
+                    ApiError::unavailable(
+                        format!("cannot confirm a current read within {deadline:?} ({last_err})"),
+                        self.leader_addr(),
+                    )
+                    .with_reason(Reason::ReadUnconfirmed)
+                },
+            )
+            .await?;
+        let remaining = self.deadline().saturating_sub(start.elapsed());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(idx), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ApiError::unavailable(
+                    format!("this node did not catch up to the read index {idx}: {e}"),
                     self.leader_addr(),
-                ));
-            }
-            let reply = match self.leader_hint() {
-                Some((leader, _)) if leader == self.id => {
-                    let remaining = deadline.saturating_sub(start.elapsed());
-                    match tokio::time::timeout(remaining, self.read_index_local()).await {
-                        Ok(r) => r,
-                        Err(_) => ReadIndexReply::Unavailable(
-                            "the leader could not confirm its leadership with a quorum in time"
-                                .into(),
-                        ),
-                    }
-                }
-                Some((leader, addr)) => {
-                    let remaining = deadline
-                        .saturating_sub(start.elapsed())
-                        .max(Duration::from_millis(50));
-                    match self
-                        .peers
-                        .call::<(), ReadIndexReply>(
-                            leader,
-                            &addr,
-                            Method::ReadIndex,
-                            &(),
-                            remaining,
-                        )
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => ReadIndexReply::Unavailable(e),
-                    }
-                }
-                None => ReadIndexReply::NotLeader(None),
-            };
-            match reply {
-                ReadIndexReply::Index(idx) => {
-                    let remaining = deadline.saturating_sub(start.elapsed());
-                    return self
-                        .raft
-                        .wait(Some(remaining))
-                        .applied_index_at_least(Some(idx), "read index")
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| {
-                            ApiError::unavailable(
-                                format!("this node did not catch up to the read index {idx}: {e}"),
-                                self.leader_addr(),
-                            )
-                        });
-                }
-                ReadIndexReply::NotLeader(_) => last_err = "leader changed".into(),
-                ReadIndexReply::Unavailable(e) => last_err = e,
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                )
+            })
     }
 
     /// The leader's side of a read index request.
@@ -528,165 +581,6 @@ impl ControllerNode {
             }
             Err(RaftError::APIError(e)) => ReadIndexReply::Unavailable(e.to_string()),
             Err(RaftError::Fatal(e)) => ReadIndexReply::Unavailable(format!("raft stopped: {e}")),
-        }
-    }
-
-    /// Every other member (voters and learners) with its address, and the
-    /// ids of the voters.
-    fn blob_targets(&self) -> (Vec<(NodeId, String)>, BTreeSet<NodeId>) {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let membership = m.membership_config.membership();
-        let others = membership
-            .nodes()
-            .filter(|(id, _)| **id != self.id)
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        (others, membership.voter_ids().collect())
-    }
-
-    /// Stores a code package on this node and pushes it to every peer,
-    /// returning once a majority of voters hold it durably. Only then may
-    /// a command referencing it be committed: any majority that commits it
-    /// overlaps one that has the bytes. Slower peers finish in the
-    /// background; a node that missed it fetches it later.
-    pub async fn store_code(&self, sha256: &str, data: Vec<u8>) -> Result<(), ApiError> {
-        self.sm
-            .put_blob(sha256, &data)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        // Right after a restart the membership is still being loaded from
-        // the log; a majority cannot be counted before it is known.
-        let start = Instant::now();
-        let (others, voters) = loop {
-            let (others, voters) = self.blob_targets();
-            if !voters.is_empty() {
-                break (others, voters);
-            }
-            if start.elapsed() > self.deadline() {
-                return Err(ApiError::unavailable(
-                    "this controller does not know the cluster membership yet: it is starting or has not joined; retry, or use another controller",
-                    self.leader_addr(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let needed = voters.len() / 2 + 1;
-        let mut acks = usize::from(voters.contains(&self.id));
-        let timeout = Duration::from_millis(self.config.request_timeout_ms.max(30_000));
-        // The pushes run on their own; dropping `rx` early (a majority is
-        // reached) leaves the rest to finish in the background.
-        let mut rx = self.spawn_pushes(others, sha256, data, timeout);
-        let mut errors = Vec::new();
-        while acks < needed {
-            match rx.recv().await {
-                Some((id, Ok(()))) if voters.contains(&id) => acks += 1,
-                Some((_, Ok(()))) => {}
-                Some((_, Err(e))) => errors.push(e),
-                None => {
-                    return Err(ApiError::unavailable(
-                        format!(
-                            "the code package reached {acks} of the {needed} controllers a majority needs ({}); check `nubo cluster status`",
-                            errors.join("; ")
-                        ),
-                        self.leader_addr(),
-                    ))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Pushes a blob to each of `targets` concurrently; each outcome is
-    /// reported on the returned channel as it arrives.
-    fn spawn_pushes(
-        &self,
-        targets: Vec<(NodeId, String)>,
-        sha256: &str,
-        data: Vec<u8>,
-        timeout: Duration,
-    ) -> tokio::sync::mpsc::Receiver<(NodeId, Result<(), String>)> {
-        let (tx, rx) = tokio::sync::mpsc::channel(targets.len().max(1));
-        let data = Arc::new(data);
-        for (id, addr) in targets {
-            let (peers, sha, data, tx) = (
-                self.peers.clone(),
-                sha256.to_string(),
-                data.clone(),
-                tx.clone(),
-            );
-            tokio::spawn(async move {
-                let r = peers
-                    .push_blob(id, &addr, &sha, (*data).clone(), timeout)
-                    .await;
-                let _ = tx.send((id, r)).await;
-            });
-        }
-        rx
-    }
-
-    /// Fetches a referenced blob this node lacks from any peer that has it,
-    /// verifies its sha256 and stores it.
-    pub async fn fetch_code(&self, sha256: &str) -> Result<Vec<u8>, ApiError> {
-        use sha2::Digest;
-        let (others, _) = self.blob_targets();
-        let mut errors = Vec::new();
-        for (id, addr) in others {
-            match self
-                .peers
-                .fetch_blob(id, &addr, sha256, Duration::from_secs(60))
-                .await
-            {
-                Ok(data) if hex::encode(sha2::Sha256::digest(&data)) == sha256 => {
-                    self.sm
-                        .put_blob(sha256, &data)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    return Ok(data);
-                }
-                Ok(_) => errors.push(format!("node {id} sent bytes with a different sha256")),
-                Err(e) => errors.push(e),
-            }
-        }
-        Err(ApiError::unavailable(
-            format!(
-                "code package {sha256} is not on this controller and no peer could send it ({})",
-                errors.join("; ")
-            ),
-            self.leader_addr(),
-        ))
-    }
-
-    /// One pass of blob upkeep: fetch referenced blobs this node lacks
-    /// (missed pushes, snapshot installs), and delete blobs no one has
-    /// referenced for `grace` (failed uploads, deleted functions).
-    /// `unreferenced` remembers since when each blob has been unreferenced.
-    pub async fn blob_maintenance(
-        &self,
-        unreferenced: &mut std::collections::HashMap<String, Instant>,
-        grace: Duration,
-    ) {
-        let referenced: BTreeSet<String> =
-            self.with_registry(|r| r.blobs.keys().cloned().collect());
-        let local: BTreeSet<String> = match self.sm.local_blobs() {
-            Ok(l) => l.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "listing blobs");
-                return;
-            }
-        };
-        for sha in referenced.difference(&local) {
-            if let Err(e) = self.fetch_code(sha).await {
-                tracing::warn!(%sha, error = %e, "fetching a missing code package");
-            }
-        }
-        unreferenced.retain(|sha, _| local.contains(sha) && !referenced.contains(sha));
-        for sha in local.difference(&referenced) {
-            let since = *unreferenced.entry(sha.clone()).or_insert_with(Instant::now);
-            if since.elapsed() >= grace {
-                if let Err(e) = self.sm.delete_blob(sha) {
-                    tracing::warn!(%sha, error = %e, "deleting an unreferenced blob");
-                }
-                unreferenced.remove(sha);
-            }
         }
     }
 

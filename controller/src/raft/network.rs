@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::types::{NodeId, TypeConfig};
+use crate::raft::types::{NodeId, TypeConfig};
 
 pub use nubo_proto::SECRET_HEADER;
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;

@@ -1,50 +1,66 @@
-//! Synchronous invocation on a controller: resolve the qualifier (alias
-//! weights per call) from the local registry, enforce reserved concurrency,
-//! place on a worker, relay the result. No Raft write on this path.
+//! The sync path: resolve the qualifier (alias weights per call) from the
+//! local registry, enforce reserved concurrency, place on a worker, relay
+//! the result. No Raft write on this path. The `Invoker` owns what this
+//! needs (the workers' view, the reservations), so consensus does not.
+
+pub mod concurrency;
+pub mod logs;
+pub mod placement;
+pub mod provisioned;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nubo_proto::v1 as pb;
+use nubo_proto::Reason;
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::error::{ApiError, RegistryError};
-use crate::model::{ConfigView, LATEST};
-use crate::node::ControllerNode;
-use crate::validate;
-use crate::workers::{Pick, MAX_WORKER_MESSAGE};
+use crate::invoke::concurrency::{ReservedConcurrency, Slot};
+use crate::invoke::placement::{Pick, WorkerRegistry, MAX_WORKER_MESSAGE};
+use crate::raft::node::ControllerNode;
+use crate::registry::model::{ConfigView, LATEST};
+use crate::registry::validate;
 
 /// How many workers one call may try when they turn out full or unreachable
 /// before the request was sent.
 const PLACEMENT_TRIES: usize = 3;
 
-/// Worker error metadata: the function did not run (see the worker's server).
-const NOT_RUN_HEADER: &str = "x-nubo-not-run";
-
 type ControlClient = pb::worker_control_client::WorkerControlClient<Channel>;
 
-#[derive(Default)]
-pub struct InvokeState {
-    /// Calls in flight per function with reserved concurrency, counted on
-    /// the leader (every controller forwards those calls to it).
-    running: Mutex<HashMap<String, u32>>,
+/// Runs invocations on workers: what the sync path (and the async
+/// dispatcher's attempts) need, beside the Raft node.
+pub struct Invoker {
+    pub node: Arc<ControllerNode>,
+    /// Workers as seen by this controller (heartbeats; not replicated).
+    pub workers: Arc<WorkerRegistry>,
+    pub reserved: Arc<ReservedConcurrency>,
+    /// What workers present, and what this node presents to workers
+    /// (derived from the cluster secret, see `nubo_proto::worker_secret`).
+    pub worker_secret: String,
     leader_clients: Mutex<HashMap<String, ControlClient>>,
     /// When each provisioned (function, version) last had its workers'
     /// leases renewed.
     renewed: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
-/// How often the leader renews provisioned sandboxes' leases on workers
-/// (which last `PROVISION_LEASE`, 90 s, there).
-const PROVISION_RENEW: Duration = Duration::from_secs(30);
+/// An invocation validated and resolved, by what it asks for.
+pub enum Prepared {
+    /// DryRun: the answer itself.
+    DryRun(pb::InvokeResponse),
+    /// Event: to the async queue (the events layer accepts it).
+    Event { view: ConfigView, qualifier: String },
+    /// RequestResponse: to run now (`Invoker::call`).
+    Sync(ConfigView),
+}
 
 /// Balances a placement's in-flight counter however the call ends, also
 /// when the caller goes away and this future is dropped mid-call.
 struct Placed<'a> {
-    workers: &'a crate::workers::WorkerRegistry,
+    workers: &'a WorkerRegistry,
     pick: Option<Pick>,
 }
 
@@ -60,86 +76,6 @@ impl Drop for Placed<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.pick.take() {
             self.workers.finish(&p, None, false);
-        }
-    }
-}
-
-impl InvokeState {
-    /// Takes one of `function`'s `limit` reserved-concurrency slots, or
-    /// says how many are running.
-    pub(crate) fn try_take(&self, function: &str, limit: u32) -> Result<(), u32> {
-        let mut g = self.running.lock().expect("lock poisoned");
-        let n = g.entry(function.to_string()).or_insert(0);
-        if *n >= limit {
-            let running = *n;
-            if running == 0 {
-                g.remove(function);
-            }
-            return Err(running);
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    fn release(&self, function: &str) {
-        let mut g = self.running.lock().expect("lock poisoned");
-        if let Some(n) = g.get_mut(function) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                g.remove(function);
-            }
-        }
-    }
-}
-
-/// Releases a reserved-concurrency slot when the call ends, however it
-/// ends. A caller that goes away while its call is on a worker does not
-/// stop the function there: the slot is then held until the call could
-/// last (its timeout), so the limit is not exceeded behind its back.
-pub(crate) struct Slot {
-    state: Arc<InvokeState>,
-    function: String,
-    /// Set while a call is on a worker: how long it may still run.
-    on_worker: Option<Duration>,
-}
-
-impl Slot {
-    /// Owns a slot already taken with `try_take`.
-    pub(crate) fn adopt(state: &Arc<InvokeState>, function: String) -> Slot {
-        Slot {
-            state: state.clone(),
-            function,
-            on_worker: None,
-        }
-    }
-
-    /// A call is on a worker and may run for up to `limit`.
-    fn sent(&mut self, limit: Duration) {
-        self.on_worker = Some(limit);
-    }
-
-    /// The worker answered.
-    fn answered(&mut self) {
-        self.on_worker = None;
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let Some(limit) = self.on_worker else {
-            self.state.release(&self.function);
-            return;
-        };
-        // Dropped mid-call (the caller went away): the function still runs.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let (state, function) = (self.state.clone(), std::mem::take(&mut self.function));
-                rt.spawn(async move {
-                    tokio::time::sleep(limit).await;
-                    state.release(&function);
-                });
-            }
-            Err(_) => self.state.release(&self.function),
         }
     }
 }
@@ -189,7 +125,7 @@ fn route(primary: &str, weights: &std::collections::BTreeMap<String, f64>) -> St
     primary.to_string()
 }
 
-fn spec_of(v: &ConfigView) -> pb::FunctionSpec {
+pub(crate) fn spec_of(v: &ConfigView) -> pb::FunctionSpec {
     let c = &v.config;
     pb::FunctionSpec {
         function_name: v.function_name.clone(),
@@ -220,7 +156,22 @@ fn not_sent(s: &tonic::Status) -> bool {
     }
 }
 
-impl ControllerNode {
+impl Invoker {
+    pub fn new(node: Arc<ControllerNode>) -> Self {
+        let c = &node.config;
+        Invoker {
+            workers: Arc::new(WorkerRegistry::new(
+                Duration::from_millis(c.worker_heartbeat_ms),
+                Duration::from_millis(c.worker_dead_after_ms),
+            )),
+            reserved: Default::default(),
+            worker_secret: nubo_proto::worker_secret(&c.cluster_secret),
+            leader_clients: Default::default(),
+            renewed: Default::default(),
+            node,
+        }
+    }
+
     /// Resolves `function:qualifier` on the local registry (no Raft round
     /// trip); an alias with weights routes each call by them.
     pub(crate) fn resolve_routed(
@@ -228,7 +179,7 @@ impl ControllerNode {
         function: &str,
         qualifier: &str,
     ) -> Result<ConfigView, RegistryError> {
-        self.with_registry(|r| {
+        self.node.with_registry(|r| {
             let (view, alias) = r.get(function, qualifier)?;
             match alias {
                 Some(a) if !a.routing.is_empty() => {
@@ -244,44 +195,20 @@ impl ControllerNode {
         })
     }
 
-    pub(crate) fn is_leader(&self) -> bool {
-        self.leader_term().is_some()
-    }
-
-    /// The Raft term while this node leads it.
-    pub(crate) fn leader_term(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        (m.current_leader == Some(self.id)).then_some(m.current_term)
-    }
-
-    /// Validates, resolves and runs one invocation.
-    pub async fn invoke(
-        &self,
-        req: pb::InvokeRequest,
-        forwarded: bool,
-    ) -> Result<pb::InvokeResponse, ApiError> {
-        self.invoke_with(req, forwarded, None).await
-    }
-
-    /// Like `invoke`, with the client's request id (`x-nubo-request-id`):
-    /// an Event call retried with the same id is enqueued once.
-    pub async fn invoke_with(
-        &self,
-        req: pb::InvokeRequest,
-        forwarded: bool,
-        client_rid: Option<String>,
-    ) -> Result<pb::InvokeResponse, ApiError> {
+    /// Validates and resolves one invocation (the checks every
+    /// invocation type shares, in this order).
+    pub fn prepare(&self, req: &pb::InvokeRequest) -> Result<Prepared, ApiError> {
         validate::function_name(&req.function_name)?;
         if !req.idempotency_key.is_empty()
             && req.invocation_type != pb::InvocationType::Event as i32
         {
             return Err(RegistryError::invalid(
-                "an idempotency key applies to asynchronous invocations only: add --async (invocation type Event), or drop the key",
+                "an idempotency key applies to asynchronous invocations only (invocation type Event)",
             )
+            .with_reason(Reason::IdempotencyKeyNotEvent)
             .into());
         }
-        let max = self.config.max_sync_payload_bytes;
+        let max = self.node.config.max_sync_payload_bytes;
         if req.payload.len() as u64 > max {
             return Err(RegistryError::invalid(format!(
                 "payload is {} bytes; the limit for synchronous invocations is {max} bytes (6 MB): pass large data by reference (an S3 key)",
@@ -291,9 +218,8 @@ impl ControllerNode {
         }
         if !req.payload.is_empty() {
             serde_json::from_slice::<serde::de::IgnoredAny>(&req.payload).map_err(|e| {
-                RegistryError::invalid(format!(
-                    "payload is not valid JSON ({e}): send a JSON document, e.g. --payload '{{\"name\":\"Ada\"}}'"
-                ))
+                RegistryError::invalid(format!("payload is not valid JSON ({e})"))
+                    .with_reason(Reason::PayloadNotJson)
             })?;
         }
         let qualifier = if req.qualifier.is_empty() {
@@ -306,26 +232,30 @@ impl ControllerNode {
         let view = self.resolve_routed(&req.function_name, &qualifier)?;
         let invocation_type = pb::InvocationType::try_from(req.invocation_type)
             .map_err(|_| RegistryError::invalid("unknown invocation type"))?;
-        match invocation_type {
-            pb::InvocationType::DryRun => {
-                return Ok(pb::InvokeResponse {
-                    status_code: 204,
-                    executed_version: view.version,
-                    ..Default::default()
-                })
-            }
-            pb::InvocationType::Event => {
-                return self
-                    .enqueue_event(&req, &view, &qualifier, client_rid)
-                    .await
-            }
-            pb::InvocationType::RequestResponse => {}
-        }
+        Ok(match invocation_type {
+            pb::InvocationType::DryRun => Prepared::DryRun(pb::InvokeResponse {
+                status_code: 204,
+                executed_version: view.version,
+                ..Default::default()
+            }),
+            pb::InvocationType::Event => Prepared::Event { view, qualifier },
+            pb::InvocationType::RequestResponse => Prepared::Sync(view),
+        })
+    }
+
+    /// Runs a prepared RequestResponse call.
+    pub async fn call(
+        &self,
+        req: pb::InvokeRequest,
+        view: ConfigView,
+        forwarded: bool,
+    ) -> Result<pb::InvokeResponse, ApiError> {
         if view.config.code_sha256.is_empty() {
-            return Err(RegistryError::FailedPrecondition(format!(
-                "function {} has no code: upload it with `nubo function update-code`",
+            return Err(RegistryError::precondition(format!(
+                "function {} has no code",
                 view.function_name
             ))
+            .with_reason(Reason::NoCode)
             .into());
         }
 
@@ -348,16 +278,17 @@ impl ControllerNode {
             // The async dispatcher took the slot when it planned the attempt.
             Some(_) if attempt.is_some_and(|a| a.slot_held) => None,
             Some(limit) => {
-                if !forwarded && !self.is_leader() {
+                if !forwarded && !self.node.is_leader() {
                     return self.forward_invoke(req).await;
                 }
-                if let Err(n) = self.invoke_state.try_take(&view.function_name, limit) {
-                    return Err(ApiError::Throttled(format!(
-                        "throttled: function {} has reserved concurrency {limit} and {n} invocations are running; retry later or raise it with `nubo function update-config {} --reserved-concurrency N`",
-                        view.function_name, view.function_name
-                    )));
+                if let Err(n) = self.reserved.try_take(&view.function_name, limit) {
+                    return Err(ApiError::throttled(format!(
+                        "throttled: function {} has reserved concurrency {limit} and {n} invocations are running",
+                        view.function_name
+                    ))
+                    .with_reason(Reason::ReservedConcurrency));
                 }
-                Some(Slot::adopt(&self.invoke_state, view.function_name.clone()))
+                Some(Slot::adopt(&self.reserved, view.function_name.clone()))
             }
             None => None,
         };
@@ -428,7 +359,7 @@ impl ControllerNode {
                     saw_full = true;
                     exclude.push(id);
                 }
-                Err(s) if s.metadata().get(NOT_RUN_HEADER).is_some() => {
+                Err(s) if s.metadata().get(nubo_proto::headers::NOT_RUN).is_some() => {
                     // The worker could not start a sandbox: nothing ran.
                     placed.finish(None, false);
                     last_error = format!("worker {id}: {}", s.message());
@@ -445,13 +376,14 @@ impl ControllerNode {
         if last_error.is_empty() {
             Err(ApiError::unavailable(
                 format!(
-                    "no live worker can run {} ({} MB): start one with `nubo worker --zone Z --controllers ...`, or check `nubo cluster status`",
+                    "no live worker can run {} ({} MB)",
                     view.function_name, view.config.memory_mb
                 ),
                 None,
-            ))
+            )
+            .with_reason(Reason::NoWorker))
         } else if saw_full {
-            Err(ApiError::Throttled(format!(
+            Err(ApiError::throttled(format!(
                 "throttled: every worker is full ({last_error}); retry later or add workers"
             )))
         } else {
@@ -499,18 +431,14 @@ impl ControllerNode {
     }
 
     async fn forward_invoke(&self, req: pb::InvokeRequest) -> Result<pb::InvokeResponse, ApiError> {
-        let Some(addr) = self.leader_addr() else {
+        let Some(addr) = self.node.leader_addr() else {
             return Err(ApiError::unavailable(
                 "no leader to count reserved concurrency: retry in a moment",
                 None,
             ));
         };
         let client = {
-            let mut g = self
-                .invoke_state
-                .leader_clients
-                .lock()
-                .expect("lock poisoned");
+            let mut g = self.leader_clients.lock().expect("lock poisoned");
             match g.get(&addr) {
                 Some(c) => c.clone(),
                 None => {
@@ -530,161 +458,28 @@ impl ControllerNode {
         let r = client
             .forward_invoke(with_secret(
                 req,
-                &self.config.cluster_secret,
+                &self.node.config.cluster_secret,
                 Duration::from_secs(930),
             ))
             .await
-            .map_err(|s| match s.code() {
-                Code::ResourceExhausted => ApiError::Throttled(s.message().to_string()),
-                Code::NotFound => RegistryError::not_found(s.message()).into(),
-                Code::InvalidArgument => RegistryError::invalid(s.message()).into(),
-                Code::FailedPrecondition => {
-                    RegistryError::FailedPrecondition(s.message().to_string()).into()
+            .map_err(|s| {
+                let e = match s.code() {
+                    Code::ResourceExhausted => ApiError::throttled(s.message()),
+                    Code::NotFound => RegistryError::not_found(s.message()).into(),
+                    Code::InvalidArgument => RegistryError::invalid(s.message()).into(),
+                    Code::FailedPrecondition => RegistryError::precondition(s.message()).into(),
+                    Code::DeadlineExceeded => ApiError::DeadlineExceeded(s.message().to_string()),
+                    _ => ApiError::unavailable(
+                        format!("forwarding to the leader at {addr}: {}", s.message()),
+                        Some(addr.clone()),
+                    ),
+                };
+                // The leader's reason stands for the caller too.
+                match Reason::of(&s) {
+                    Some(r) => e.with_reason(r),
+                    None => e,
                 }
-                Code::DeadlineExceeded => ApiError::DeadlineExceeded(s.message().to_string()),
-                _ => ApiError::unavailable(
-                    format!("forwarding to the leader at {addr}: {}", s.message()),
-                    Some(addr.clone()),
-                ),
             })?;
         Ok(r.into_inner())
-    }
-
-    /// One pass of provisioned concurrency (run by the leader): every
-    /// version with `min_warm` gets sandboxes created, spread like cold
-    /// placements, until the workers report that many.
-    pub async fn ensure_min_warm(&self) {
-        let targets = self.with_registry(|r| r.min_warm_targets());
-        // (worker, client, request): renewals and new sandboxes alike; a
-        // prewarm both creates up to `count` and (re)leases that many.
-        let mut sends: Vec<(String, crate::workers::WorkerConn, pb::PrewarmRequest)> = Vec::new();
-        for view in targets {
-            let (f, v) = (view.function_name.clone(), view.version.clone());
-            let have = self.workers.sandboxes_of(&f, &v, None);
-            let want = view.config.min_warm;
-            let request = |count| pb::PrewarmRequest {
-                function: Some(spec_of(&view)),
-                count,
-            };
-            let renew = {
-                let mut g = self.invoke_state.renewed.lock().expect("lock poisoned");
-                let due = g
-                    .get(&(f.clone(), v.clone()))
-                    .is_none_or(|t| t.elapsed() >= PROVISION_RENEW);
-                if due {
-                    g.insert((f.clone(), v.clone()), std::time::Instant::now());
-                }
-                due
-            };
-            // Plan the missing ones worker by worker.
-            let mut plan: HashMap<String, (crate::workers::Pick, u32)> = HashMap::new();
-            for _ in have..want {
-                let Some(p) = self.workers.pick(&f, &v, view.config.memory_mb, &[]) else {
-                    break;
-                };
-                // Not a call: only the placement counters are wanted.
-                self.workers.finish(&p, None, false);
-                let e = plan.entry(p.id.clone()).or_insert_with(|| {
-                    let on = self.workers.sandboxes_of(&f, &v, Some(&p.id));
-                    (p.clone(), on)
-                });
-                e.1 += 1;
-            }
-            if renew {
-                // Workers holding sandboxes of this version keep up to
-                // `min_warm` of them (in all) past their keep-alive for
-                // another lease.
-                let mut left = want;
-                for (id, client) in self.workers.live_clients() {
-                    let count = self.workers.sandboxes_of(&f, &v, Some(&id)).min(left);
-                    left -= count;
-                    // A planned worker's prewarm below leases its sandboxes.
-                    if count > 0 && !plan.contains_key(&id) {
-                        sends.push((id, client, request(count)));
-                    }
-                }
-            }
-            for (id, (pick, count)) in plan {
-                sends.push((id, pick.client, request(count)));
-            }
-        }
-        let calls = sends.into_iter().map(|(id, client, req)| {
-            let secret = self.worker_secret.clone();
-            let workers = self.workers.clone();
-            async move {
-                match client
-                    .prewarm(with_secret(req, &secret, Duration::from_secs(60)))
-                    .await
-                {
-                    Ok(resp) => workers.report(&id, resp.pool.as_ref()),
-                    Err(s) => tracing::warn!(worker = %id, "prewarming: {}", s.message()),
-                }
-            }
-        });
-        futures::future::join_all(calls).await;
-    }
-
-    /// Log lines of a function from every live worker, merged by time.
-    pub async fn logs(&self, req: pb::GetLogsRequest) -> Result<pb::GetLogsResponse, ApiError> {
-        validate::function_name(&req.function_name)?;
-        self.with_registry(|r| r.function(&req.function_name).map(|_| ()))?;
-        let limit = if req.limit == 0 {
-            1000
-        } else {
-            req.limit.min(10_000)
-        };
-        let calls = self.workers.live_clients().into_iter().map(|(_, c)| {
-            let r = with_secret(
-                pb::GetLogsRequest {
-                    limit,
-                    ..req.clone()
-                },
-                &self.worker_secret,
-                Duration::from_secs(5),
-            );
-            async move { c.logs(r).await }
-        });
-        let mut lines: Vec<pb::LogLine> = futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .filter_map(|r| r.ok())
-            .flat_map(|r| r.lines)
-            .collect();
-        lines.sort_by(|a, b| {
-            (a.timestamp_ms, &a.worker_id, a.seq).cmp(&(b.timestamp_ms, &b.worker_id, b.seq))
-        });
-        let skip = lines.len().saturating_sub(limit as usize);
-        Ok(pb::GetLogsResponse {
-            lines: lines.split_off(skip),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A slot comes back when its call ends; a slot whose caller went away
-    /// while the call was on a worker stays taken for as long as the call
-    /// may run, so the reservation is not exceeded.
-    #[tokio::test]
-    async fn an_abandoned_call_keeps_its_reserved_slot_until_it_may_have_ended() {
-        let st: Arc<InvokeState> = Arc::default();
-        st.try_take("f", 1).unwrap();
-        let mut s = Slot::adopt(&st, "f".into());
-        s.sent(Duration::from_millis(100));
-        s.answered();
-        drop(s);
-        assert!(st.try_take("f", 1).is_ok(), "answered: released at once");
-
-        let mut s = Slot::adopt(&st, "f".into());
-        s.sent(Duration::from_millis(100));
-        drop(s);
-        assert_eq!(st.try_take("f", 1), Err(1), "still running on the worker");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(
-            st.try_take("f", 1).is_ok(),
-            "released after the call's limit"
-        );
     }
 }

@@ -4,16 +4,17 @@
 //! and returns the result. Nothing here touches disk, clocks or randomness, so every replica
 //! that applies the same log ends in the same state.
 
+use nubo_proto::Reason;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::RegistryError;
-use crate::model::{
+use crate::registry::model::{
     Alias, ApplyResult, Command, ConfigView, Function, FunctionConfig, Outcome, Token, Version,
     LATEST,
 };
-use crate::validate::{parse_qualifier, Qualifier};
+use crate::registry::validate::{parse_qualifier, Qualifier};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Registry {
@@ -33,7 +34,7 @@ pub struct Registry {
     pub recent_order: std::collections::VecDeque<String>,
     /// Asynchronous invocations waiting, and dead letters.
     #[serde(default)]
-    pub queues: crate::asyncq::Queues,
+    pub queues: crate::registry::asyncq::Queues,
 }
 
 /// How many request ids the registry remembers. A retry arrives within
@@ -46,9 +47,8 @@ fn revision(index: u64) -> String {
 }
 
 fn missing_function(name: &str) -> RegistryError {
-    RegistryError::not_found(format!(
-        "function {name} not found: create it with `nubo function create {name} ...` or check `nubo function list`"
-    ))
+    RegistryError::not_found(format!("function {name} not found"))
+        .with_reason(Reason::FunctionNotFound)
 }
 
 impl Registry {
@@ -86,7 +86,7 @@ impl Registry {
                 .queues
                 .redrive(&function, ids.as_deref(), now_ms)
                 .map(|n| Outcome::Count(n as u64))
-                .map_err(RegistryError::not_found),
+                .map_err(|m| RegistryError::not_found(m).with_reason(Reason::DeadLetterNotFound)),
             Command::DlqPurge { function } => {
                 Ok(Outcome::Count(self.queues.purge(&function) as u64))
             }
@@ -119,9 +119,10 @@ impl Registry {
                 now_ms,
             } => {
                 if self.functions.contains_key(&name) {
-                    return Err(RegistryError::AlreadyExists(format!(
-                        "function {name} already exists: use `nubo function update-code` or `update-config`, or pick another name"
-                    )));
+                    return Err(
+                        RegistryError::exists(format!("function {name} already exists"))
+                            .with_reason(Reason::FunctionExists),
+                    );
                 }
                 self.ensure_blob(&config.code_sha256, config.code_size, code_stored)?;
                 self.add_ref(&config.code_sha256);
@@ -207,8 +208,9 @@ impl Registry {
                     .ok_or_else(|| missing_function(&name))?;
                 if !f.versions.contains_key(&version) {
                     return Err(RegistryError::not_found(format!(
-                        "version {version} of function {name} not found: see `nubo version list {name}`"
-                    )));
+                        "version {version} of function {name} not found"
+                    ))
+                    .with_reason(Reason::VersionNotFound));
                 }
                 let vs = version.to_string();
                 if let Some(a) = f
@@ -216,10 +218,11 @@ impl Registry {
                     .values()
                     .find(|a| a.function_version == vs || a.routing.contains_key(&vs))
                 {
-                    return Err(RegistryError::FailedPrecondition(format!(
-                        "version {version} of function {name} is used by alias {}: point the alias elsewhere first (`nubo alias update {name} {} --version N`)",
-                        a.name, a.name
-                    )));
+                    return Err(RegistryError::precondition(format!(
+                        "version {version} of function {name} is used by alias {}",
+                        a.name
+                    ))
+                    .with_reason(Reason::VersionInUse));
                 }
                 let v = f.versions.remove(&version).expect("checked above");
                 self.drop_ref(&v.config.code_sha256);
@@ -239,7 +242,7 @@ impl Registry {
                 check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
                 if let Some(sha) = expected_code_sha256 {
                     if sha != f.latest.code_sha256 {
-                        return Err(RegistryError::FailedPrecondition(format!(
+                        return Err(RegistryError::precondition(format!(
                             "$LATEST code of {name} has sha256 {}, not the expected {sha}: it changed since you read it",
                             f.latest.code_sha256
                         )));
@@ -259,9 +262,10 @@ impl Registry {
                     .get_mut(&function)
                     .ok_or_else(|| missing_function(&function))?;
                 if f.aliases.contains_key(&alias) {
-                    return Err(RegistryError::AlreadyExists(format!(
-                        "alias {alias} of function {function} already exists: use `nubo alias update`"
-                    )));
+                    return Err(RegistryError::exists(format!(
+                        "alias {alias} of function {function} already exists"
+                    ))
+                    .with_reason(Reason::AliasExists));
                 }
                 check_versions_exist(f, &function_version, &routing)?;
                 let a = Alias {
@@ -288,8 +292,9 @@ impl Registry {
                     .ok_or_else(|| missing_function(&function))?;
                 let current = f.aliases.get(&alias).ok_or_else(|| {
                     RegistryError::not_found(format!(
-                        "alias {alias} of function {function} not found: create it with `nubo alias create`"
+                        "alias {alias} of function {function} not found"
                     ))
+                    .with_reason(Reason::AliasNotFound)
                 })?;
                 check_revision(
                     &current.revision_id,
@@ -326,6 +331,7 @@ impl Registry {
                     RegistryError::not_found(format!(
                         "alias {alias} of function {function} not found"
                     ))
+                    .with_reason(Reason::AliasNotFound)
                 })?;
                 Ok(Outcome::Done)
             }
@@ -333,7 +339,7 @@ impl Registry {
                 if self.tokens.contains_key(&token.id)
                     || self.tokens.values().any(|t| t.hash == token.hash)
                 {
-                    return Err(RegistryError::AlreadyExists(format!(
+                    return Err(RegistryError::exists(format!(
                         "token {} already exists",
                         token.id
                     )));
@@ -343,7 +349,8 @@ impl Registry {
             }
             Command::RevokeToken { id } => {
                 self.tokens.remove(&id).ok_or_else(|| {
-                    RegistryError::not_found(format!("token {id} not found: see `nubo token list`"))
+                    RegistryError::not_found(format!("token {id} not found"))
+                        .with_reason(Reason::TokenNotFound)
                 })?;
                 Ok(Outcome::Done)
             }
@@ -363,9 +370,10 @@ impl Registry {
         // The API skipped the upload because the blob was referenced when
         // it looked, and the last reference went since. The API retries
         // with an upload.
-        Err(RegistryError::FailedPrecondition(format!(
-            "code package {sha256} is not stored: upload it again"
-        )))
+        Err(
+            RegistryError::precondition(format!("code package {sha256} is not stored"))
+                .with_reason(Reason::CodeNotStored),
+        )
     }
 
     fn add_ref(&mut self, sha256: &str) {
@@ -374,7 +382,7 @@ impl Registry {
 
     /// Drops one reference. An unreferenced blob leaves the registry; each
     /// controller's blob store deletes its bytes after a grace period
-    /// (see `node::blob_maintenance`), so a concurrent upload of the same
+    /// (see `raft::blobs`, `blob_maintenance`), so a concurrent upload of the same
     /// package is never deleted under it.
     fn drop_ref(&mut self, sha256: &str) {
         let gone = match self.blob_refs.get_mut(sha256) {
@@ -433,26 +441,24 @@ impl Registry {
             Qualifier::Latest => Ok((latest_view(f), None)),
             Qualifier::Version(n) => {
                 let v = f.versions.get(&n).ok_or_else(|| {
-                    RegistryError::not_found(format!(
-                        "version {n} of function {name} not found: see `nubo version list {name}`"
-                    ))
+                    RegistryError::not_found(format!("version {n} of function {name} not found"))
+                        .with_reason(Reason::VersionNotFound)
                 })?;
                 Ok((version_view(name, v), None))
             }
             Qualifier::Alias(a) => {
                 let alias = f.aliases.get(&a).ok_or_else(|| {
-                    RegistryError::not_found(format!(
-                        "alias {a} of function {name} not found: see `nubo alias list {name}`"
-                    ))
+                    RegistryError::not_found(format!("alias {a} of function {name} not found"))
+                        .with_reason(Reason::AliasNotFound)
                 })?;
                 let n: u64 = alias.function_version.parse().map_err(|_| {
-                    RegistryError::FailedPrecondition(format!(
+                    RegistryError::precondition(format!(
                         "alias {a} points at an invalid version {}",
                         alias.function_version
                     ))
                 })?;
                 let v = f.versions.get(&n).ok_or_else(|| {
-                    RegistryError::FailedPrecondition(format!(
+                    RegistryError::precondition(format!(
                         "alias {a} points at version {n}, which no longer exists"
                     ))
                 })?;
@@ -510,9 +516,8 @@ impl Registry {
     pub fn alias(&self, name: &str, alias: &str) -> Result<Alias, RegistryError> {
         let f = self.function(name)?;
         f.aliases.get(alias).cloned().ok_or_else(|| {
-            RegistryError::not_found(format!(
-                "alias {alias} of function {name} not found: see `nubo alias list {name}`"
-            ))
+            RegistryError::not_found(format!("alias {alias} of function {name} not found"))
+                .with_reason(Reason::AliasNotFound)
         })
     }
 
@@ -593,7 +598,7 @@ fn version_view(name: &str, v: &Version) -> ConfigView {
 
 fn check_revision(current: &str, expected: Option<&str>, what: &str) -> Result<(), RegistryError> {
     match expected {
-        Some(e) if !e.is_empty() && e != current => Err(RegistryError::FailedPrecondition(format!(
+        Some(e) if !e.is_empty() && e != current => Err(RegistryError::precondition(format!(
             "{what} changed since you read it: revision is {current}, you sent {e}; read it again and retry"
         ))),
         _ => Ok(()),
@@ -612,9 +617,10 @@ fn check_versions_exist(
             .is_some_and(|n| f.versions.contains_key(&n));
         if !exists {
             return Err(RegistryError::not_found(format!(
-                "version {v} of function {} not found: publish it first (`nubo version publish {}`)",
-                f.name, f.name
-            )));
+                "version {v} of function {} not found",
+                f.name
+            ))
+            .with_reason(Reason::VersionNotFound));
         }
     }
     Ok(())
@@ -623,7 +629,7 @@ fn check_versions_exist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ConfigPatch;
+    use crate::registry::model::ConfigPatch;
 
     fn cfg(sha: &str) -> FunctionConfig {
         let mut c = FunctionConfig::defaults(sha.into(), 3);
@@ -704,7 +710,9 @@ mod tests {
             },
         );
         match res {
-            Err(RegistryError::FailedPrecondition(m)) => assert!(m.contains("upload it again")),
+            Err(e @ RegistryError::FailedPrecondition(_)) => {
+                assert_eq!(e.reason(), Some(Reason::CodeNotStored), "{e}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(r.functions.is_empty());
@@ -858,7 +866,7 @@ mod tests {
     /// is NOT_FOUND; the queues survive a snapshot (serde) round trip.
     #[test]
     fn async_queue_commands() {
-        use crate::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
+        use crate::registry::asyncq::{next_step, AsyncEvent, Attempt, Policy, Step};
         let mut r = Registry::default();
         create(&mut r, 1, "f", "s1").unwrap();
         let ev = |id: &str, f: &str| {
@@ -1040,7 +1048,7 @@ mod tests {
         let t = Token {
             id: "t1".into(),
             name: "ci".into(),
-            scope: crate::model::Scope::Deploy,
+            scope: crate::registry::model::Scope::Deploy,
             hash: "h1".into(),
             created_at_ms: 1,
         };

@@ -152,7 +152,7 @@ impl WorkerRegistry {
             return Err("worker id must be 1-128 characters".into());
         }
         if hb.zone.is_empty() {
-            return Err("worker zone must not be empty (pass --zone)".into());
+            return Err("worker zone must not be empty".into());
         }
         let now = Instant::now();
         let mut g = self.inner.lock().expect("lock poisoned");

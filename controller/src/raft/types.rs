@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use crate::model::{ApplyResult, Command};
+use crate::registry::model::{ApplyResult, Command};
 
 pub type NodeId = u64;
 

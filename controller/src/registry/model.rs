@@ -310,11 +310,11 @@ pub enum Command {
         id: String,
     },
     /// An accepted asynchronous invocation (durable once committed).
-    EnqueueEvent(crate::asyncq::AsyncEvent),
+    EnqueueEvent(crate::registry::asyncq::AsyncEvent),
     /// An asynchronous invocation with a client idempotency key: enqueued
     /// unless the key was used for the function within its window.
     EnqueueKeyed {
-        event: crate::asyncq::AsyncEvent,
+        event: crate::registry::asyncq::AsyncEvent,
         key: String,
         expires_ms: u64,
     },
@@ -322,7 +322,7 @@ pub enum Command {
     /// `asyncq::next_step` on the dispatcher.
     EventStep {
         request_id: String,
-        step: crate::asyncq::Step,
+        step: crate::registry::asyncq::Step,
     },
     /// Dead letters of `function` back on the queue (all, or `ids`).
     DlqRedrive {
