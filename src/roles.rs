@@ -155,17 +155,35 @@ pub fn config_dir() -> PathBuf {
         .unwrap_or_else(nubo_client::default_config_dir)
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+/// SIGTERM and SIGINT, caught from the moment a role starts: a signal that
+/// arrives right after the role printed `ready` must drain it, not kill the
+/// process with the default action (seen in the e2e tests: a SIGTERM sent
+/// on `ready` beat a handler installed only when waiting began).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or Ctrl-C.
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = self.int.recv() => tracing::info!("interrupt: draining"),
+        }
     }
 }
 
 pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
     let config = ControllerConfig::load(
         args.config.as_deref(),
         Overrides {
@@ -210,7 +228,7 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!("could not create the bootstrap admin token: no quorum within the wait");
     });
-    wait_for_signal().await;
+    signals.wait().await;
     token_task.abort();
     running.shutdown().await;
     eprintln!("controller stopped");
@@ -218,6 +236,7 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
     if args.zone.trim().is_empty() {
         anyhow::bail!("--zone must not be empty");
     }
@@ -255,13 +274,14 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("metrics at http://{m}/metrics");
     }
     println!("ready {}", running.addr);
-    wait_for_signal().await;
+    signals.wait().await;
     running.shutdown().await;
     eprintln!("worker stopped; its sandboxes are gone");
     Ok(())
 }
 
 pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| home().join(".local").join("share").join("nubo"));
@@ -337,7 +357,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("nubo is up: endpoint {endpoint} — try `nubo function list`. Ctrl-C stops it.");
     // Scripts wait for this line on stdout.
     println!("ready {endpoint}");
-    wait_for_signal().await;
+    signals.wait().await;
     if let Some(w) = worker {
         w.shutdown().await;
     }
