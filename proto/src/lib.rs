@@ -209,4 +209,46 @@ mod tests {
         }
         assert_eq!(Reason::parse("no-such-reason"), None);
     }
+
+    /// `Reason::ALL` lists every variant once: a variant missing from it
+    /// would never parse back from the wire.
+    #[test]
+    fn all_lists_every_reason_once() {
+        let names: std::collections::BTreeSet<&str> =
+            Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len(), "a name is used twice");
+        // Exhaustive on purpose: a new variant fails to compile here, which
+        // is the reminder to list it in ALL too (and to give it a CLI hint,
+        // whose match in src/cli/hints.rs is exhaustive as well).
+        for r in Reason::ALL {
+            let listed = match r {
+                Reason::FunctionNotFound
+                | Reason::FunctionExists
+                | Reason::VersionNotFound
+                | Reason::VersionInUse
+                | Reason::AliasNotFound
+                | Reason::AliasExists
+                | Reason::TokenNotFound
+                | Reason::AliasNeedsVersion
+                | Reason::NoCode
+                | Reason::ReservedConcurrency
+                | Reason::NoWorker
+                | Reason::NoQuorum
+                | Reason::CodeNotReplicated
+                | Reason::AsyncQueueFull
+                | Reason::DeadLetterNotFound
+                | Reason::CodeNotStored
+                | Reason::BadCodePackage
+                | Reason::IdempotencyKeyNotEvent
+                | Reason::PayloadNotJson
+                | Reason::NothingToUpdate
+                | Reason::RedriveNeedsIds
+                | Reason::TokenMissing
+                | Reason::TokenUnknown
+                | Reason::TokenScope
+                | Reason::ReadUnconfirmed => true,
+            };
+            assert!(listed);
+        }
+    }
 }
