@@ -70,7 +70,7 @@ fn an_async_event_committed_before_a_crash_runs_once() {
         r.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         r.metadata_mut()
-            .insert("x-nubo-request-id", "e2e-crash-retry-1".parse().unwrap());
+            .insert(nubo_proto::headers::REQUEST_ID, "e2e-crash-retry-1".parse().unwrap());
         r
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
