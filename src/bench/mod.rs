@@ -55,13 +55,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "latest run")]
     pub label: String,
     /// soak: 1 MB lines the big-log function prints per call.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 100)]
     pub log_lines: u32,
     /// soak: events per second each failing-async client sends.
     #[arg(long, default_value_t = 5.0)]
     pub async_rate: f64,
-    /// soak: the worker's memory for sandboxes (`nubo up`'s default).
-    #[arg(long, default_value_t = nubo_worker::config::UP_MEMORY_MB)]
+    /// soak: the worker's memory for sandboxes: room for a 128 MB sandbox
+    /// per client, so the noise runs rather than being throttled away.
+    #[arg(long, default_value_t = 32768)]
     pub worker_memory_mb: u32,
     /// soak: memory bound = no-noise peak RSS + this.
     #[arg(long, default_value_t = 256)]

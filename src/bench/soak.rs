@@ -849,7 +849,7 @@ fn report(args: &BenchArgs, floor: &RunResult, noisy: &RunResult, cmd: &str) -> 
     }
     let _ = writeln!(
         md,
-        "| async events left queued after the clients stopped (soak-fail + its sink), and the wait | {} after {:.1} s | {} after {:.1} s ({} dead letters kept) | — | — |",
+        "| async events left queued after the clients stopped (soak-fail + its sink), and the wait | {} after {:.1} s | {} after {:.1} s (DLQ holds {} records; each also went to the sink) | — | — |",
         floor.left_queued,
         floor.settle.as_secs_f64(),
         noisy.left_queued,
