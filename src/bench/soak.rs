@@ -825,7 +825,7 @@ fn report(args: &BenchArgs, floor: &RunResult, noisy: &RunResult, cmd: &str) -> 
         let cell = |k: Option<&KindStats>, r: &RunResult| match k {
             None => "—".to_string(),
             Some(k) => format!(
-                "{} done ({:.0}/s, {} clients); errors: {}",
+                "{} done ({:.1}/s, {} clients); errors: {}",
                 k.done,
                 k.done as f64 / r.ran_for.as_secs_f64().max(0.001),
                 k.clients,
