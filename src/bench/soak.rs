@@ -204,7 +204,7 @@ fn sample(
                     clients_stop.store(true, Ordering::Relaxed);
                 }
             }
-            if tick % 4 == 0 {
+            if tick.is_multiple_of(4) {
                 let d = disk(&probe);
                 for (i, v) in d.iter().enumerate() {
                     s.disk_peak[i] = s.disk_peak[i].max(*v);
@@ -955,7 +955,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let md = report(&args, &results[0], &results[1], &cmd);
     println!("{md}");
-    write_section(&args.out, &heading(&args.label), &md)?;
+    // With its newline, so label "x" does not match the heading of "x, y".
+    write_section(&args.out, &format!("{}\n", heading(&args.label)), &md)?;
     eprintln!("bench: wrote {}", args.out.display());
     Ok(())
 }
