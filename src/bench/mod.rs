@@ -1,12 +1,13 @@
 //! `nubo bench`: benchmarks that start real `nubo` processes and write
 //! their figures, each beside a floor measured in the same run, to
 //! BENCHMARKS.md. One file per benchmark (`control-plane`, `invoke`,
-//! `async`); this one holds the arguments, the dispatch and what they share
+//! `async`, `soak`); this one holds the arguments, the dispatch and what they share
 //! (process spawning, the fsync and echo floors, percentiles).
 
 mod asyncq;
 mod control_plane;
 mod invoke;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,7 +22,7 @@ pub(crate) const SECRET: &str = "bench-cluster-secret-0123456789";
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Which benchmark: `control-plane` or `invoke`.
+    /// Which benchmark: `control-plane`, `invoke`, `async` or `soak`.
     pub which: String,
     /// File to write the results section into.
     #[arg(long, default_value = "BENCHMARKS.md")]
@@ -39,6 +40,42 @@ pub struct BenchArgs {
     /// investigating; e.g. `--nodes 1 --throughput-only`).
     #[arg(long)]
     pub throughput_only: bool,
+    /// soak: concurrent clients per run.
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+    /// soak: seconds each run (no-noise, then noisy) lasts.
+    #[arg(long, default_value_t = 60)]
+    pub secs: u64,
+    /// soak: `up` (one `nubo up` process) or `split` (`--nodes`
+    /// controllers and one worker, separate processes).
+    #[arg(long, value_enum, default_value = "up")]
+    pub layout: soak::Layout,
+    /// soak: names the run; its BENCHMARKS.md section is
+    /// "Soak ... (issue 10): <label>", so runs with other labels stay.
+    #[arg(long, default_value = "latest run")]
+    pub label: String,
+    /// soak: 1 MB lines the big-log function prints per call.
+    #[arg(long, default_value_t = 100)]
+    pub log_lines: u32,
+    /// soak: events per second each failing-async client sends.
+    #[arg(long, default_value_t = 5.0)]
+    pub async_rate: f64,
+    /// soak: the worker's memory for sandboxes: room for a 128 MB sandbox
+    /// per client, so the noise runs rather than being throttled away.
+    #[arg(long, default_value_t = 32768)]
+    pub worker_memory_mb: u32,
+    /// soak: memory bound = no-noise peak RSS + this.
+    #[arg(long, default_value_t = 256)]
+    pub mem_slack_mb: u64,
+    /// soak: raft dir / code cache bound = no-noise growth + this.
+    #[arg(long, default_value_t = 256)]
+    pub disk_slack_mb: u64,
+    /// soak: stop a run when its data dir has grown by this much.
+    #[arg(long, default_value_t = 5)]
+    pub max_data_gb: u64,
+    /// soak: stop a run when a server process's RSS passes this.
+    #[arg(long, default_value_t = 8)]
+    pub max_rss_gb: u64,
 }
 
 pub(crate) struct Controller {
@@ -340,9 +377,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.which == "async" {
         return asyncq::run(args).await;
     }
+    if args.which == "soak" {
+        return soak::run(args).await;
+    }
     if args.which != "control-plane" {
         bail!(
-            "unknown benchmark {:?}: try `control-plane`, `invoke` or `async`",
+            "unknown benchmark {:?}: try `control-plane`, `invoke`, `async` or `soak`",
             args.which
         );
     }

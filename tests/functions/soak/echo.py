@@ -1,0 +1,3 @@
+# soak: the plain call (also the dead-letter sink): returns its event.
+def handler(event, context):
+    return event
