@@ -129,3 +129,36 @@ fn runc_is_selectable() {
     assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
     assert_eq!(r["status"]["Seccomp"], "2", "{r}");
 }
+
+/// What a function prints costs the worker a bounded amount: three
+/// invocations printing 200 lines of 1 MB each raise the peak RSS of
+/// `nubo up` (VmHWM) by far less than what was printed, the function's
+/// log files stay within their 4 MB bound, and the log keeps the tail
+/// of the output with a line saying how much was dropped.
+#[test]
+#[ignore = "needs root"]
+fn noisy_output_is_bounded_in_memory_and_on_disk() {
+    let p = Platform::start();
+    probe(&p, "noisy", "big_log", &["--memory", "256", "--timeout", "120"]);
+    p.result("noisy", r#"{"lines": 1, "kb": 1}"#);
+    let before = support::proc_status_kb(p.pid(), "VmHWM");
+    for _ in 0..3 {
+        assert_eq!(p.result("noisy", r#"{"lines": 200}"#)["printed"], 200);
+    }
+    let after = support::proc_status_kb(p.pid(), "VmHWM");
+    let rss = support::proc_status_kb(p.pid(), "VmRSS");
+    eprintln!("nubo up VmHWM {before} kB -> {after} kB, VmRSS {rss} kB, after 600 MB of output");
+    assert!(
+        after < before + 150 * 1024,
+        "peak RSS grew from {before} kB to {after} kB"
+    );
+    let logs = p.env.dir.path().join("data/worker/logs");
+    for n in ["noisy.jsonl", "noisy.jsonl.1"] {
+        if let Ok(m) = std::fs::metadata(logs.join(n)) {
+            assert!(m.len() <= 4 << 20, "{n}: {} bytes", m.len());
+        }
+    }
+    let out = p.ok(&["logs", "noisy", "--limit", "10000"]);
+    assert!(out.contains("big_log done"), "the tail is kept");
+    assert!(out.contains("bytes of output dropped"), "the drop is said");
+}

@@ -70,6 +70,7 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
                 stage_dir: cfg.data_dir.join("stage"),
                 generic_classes: cfg.generic_classes.clone(),
                 generic_per_class: cfg.generic_per_class,
+                log_bytes: cfg.log_bytes_per_invocation,
             },
             code,
             tasks.clone(),

@@ -264,3 +264,13 @@ def record(event, context):
     import json
     print("EVENT " + json.dumps(event, sort_keys=True))
     return {"recorded": True}
+
+
+def big_log(event, context):
+    """Print event['lines'] lines of event['kb'] KB each (default 200 x 1 MB)."""
+    lines = int(event.get("lines", 200))
+    line = "x" * (int(event.get("kb", 1024)) * 1024)
+    for i in range(lines):
+        print("%06d %s" % (i, line))
+    print("big_log done")
+    return {"printed": lines}

@@ -210,7 +210,7 @@ impl LinuxFactory {
             .oci
             .run(&bundle, &name, wr, wr2)
             .map_err(|e| setup(&format!("starting {}", self.oci.runtime().display()), e))?;
-        let logs = Arc::new(LogPipe::new(rd).map_err(|e| setup("log pipe", e))?);
+        let logs = Arc::new(LogPipe::new(rd, self.cfg.log_bytes).map_err(|e| setup("log pipe", e))?);
         tasks.spawn(format!("{name}/log-pipe"), logs.clone().run());
         let (exit_tx, exit_rx) = watch::channel(None::<ExitStatus>);
         tasks.spawn(format!("{name}/exit"), async move {

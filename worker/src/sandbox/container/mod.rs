@@ -65,6 +65,8 @@ pub struct LinuxConfig {
     /// sandboxes, and how many of each.
     pub generic_classes: Vec<(u32, u32)>,
     pub generic_per_class: usize,
+    /// Function output kept per invocation, bytes.
+    pub log_bytes: usize,
 }
 
 pub struct LinuxFactory {
