@@ -205,7 +205,7 @@ impl SandboxFactory for Arc<LinuxFactory> {
             .code
             .ensure(&s.code_sha256)
             .await
-            .map_err(|e| CreateError::Setup(e.to_string()))?;
+            .map_err(|e| code_error(e, started))?;
         if let Some(g) = self.take_generic(s) {
             // Replace what was taken while this one specialises.
             self.tasks
@@ -223,6 +223,23 @@ impl SandboxFactory for Arc<LinuxFactory> {
             )
             .await?;
         LinuxFactory::wait_init(sb, started, &api).await
+    }
+}
+
+/// A package that can never be unpacked fails like a broken init: a
+/// function error the caller sees (async: retried twice, then the DLQ),
+/// not a "could not start a sandbox" the controller would try on every
+/// worker; other code errors (fetch, disk) are the platform's, retried.
+fn code_error(e: crate::code::CodeError, started: Instant) -> CreateError {
+    if !e.is_permanent() {
+        return CreateError::Setup(e.to_string());
+    }
+    let msg = e.to_string();
+    CreateError::Init {
+        error_type: "Runtime.InvalidPackage".into(),
+        body: err_body("Runtime.InvalidPackage", &msg),
+        lines: vec![format!("[nubo] {msg}")],
+        init_duration: started.elapsed(),
     }
 }
 
