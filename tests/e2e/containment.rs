@@ -105,6 +105,21 @@ fn sandbox_containment() {
     assert_eq!(r["status"]["CapBnd"], "0000000000000000", "{r}");
     assert_eq!(r["status"]["Seccomp"], "2", "{r}");
     assert_ne!(r["uid"], 0, "{r}");
+
+    // Sockets only of the families a function needs: vsock (which a
+    // network namespace does not cut off), netlink and packet sockets do
+    // not even open; nothing is connected to find out.
+    probe(&p, "families", "socket_families", &[]);
+    let r = p.result("families", "{}");
+    for f in ["AF_VSOCK", "AF_NETLINK", "AF_PACKET"] {
+        assert!(
+            r[f] == "EPERM" || r[f] == "EAFNOSUPPORT",
+            "{f} must fail: {r}"
+        );
+    }
+    for f in ["AF_INET", "AF_INET6", "AF_UNIX", "socketpair"] {
+        assert_eq!(r[f], "ok", "{f} must work: {r}");
+    }
 }
 
 /// runc is selectable instead of crun: the same function runs, cold

@@ -274,3 +274,30 @@ def big_log(event, context):
         print("%06d %s" % (i, line))
     print("big_log done")
     return {"printed": lines}
+
+
+def socket_families(event, context):
+    """Open (never connect) a socket of each family; report errno or ok."""
+    import errno
+
+    def attempt(make):
+        try:
+            s = make()
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+        if isinstance(s, tuple):
+            for x in s:
+                x.close()
+        else:
+            s.close()
+        return "ok"
+
+    return {
+        "AF_VSOCK": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
+        "AF_NETLINK": attempt(lambda: socket.socket(16, socket.SOCK_RAW, 0)),
+        "AF_PACKET": attempt(lambda: socket.socket(17, socket.SOCK_RAW, 0)),
+        "AF_INET": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+        "AF_INET6": attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)),
+        "AF_UNIX": attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+        "socketpair": attempt(lambda: socket.socketpair(socket.AF_UNIX)),
+    }
