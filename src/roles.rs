@@ -54,6 +54,10 @@ pub struct UpArgs {
     /// how much was dropped).
     #[arg(long, env = "NUBO_LOG_BYTES_PER_INVOCATION", default_value_t = nubo_worker::config::LOG_BYTES_PER_INVOCATION)]
     pub log_bytes_per_invocation: usize,
+    /// Freeze idle sandboxes (their cgroup), so background processes get
+    /// no CPU between invocations.
+    #[arg(long, env = "NUBO_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_idle: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +98,10 @@ pub struct WorkerArgs {
     /// how much was dropped).
     #[arg(long, env = "NUBO_LOG_BYTES_PER_INVOCATION", default_value_t = nubo_worker::config::LOG_BYTES_PER_INVOCATION)]
     pub log_bytes_per_invocation: usize,
+    /// Freeze idle sandboxes (their cgroup), so background processes get
+    /// no CPU between invocations.
+    #[arg(long, env = "NUBO_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_idle: bool,
     /// Code cache and worker id. Default: /var/lib/nubo/worker.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -272,6 +280,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.max_sandboxes = args.max_sandboxes;
     cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
     cfg.log_bytes_per_invocation = args.log_bytes_per_invocation;
+    cfg.freeze_idle = args.freeze_idle;
     cfg.oci_runtime = args.oci_runtime;
     cfg.metrics_listen = args.metrics_listen;
     let zone = cfg.zone.clone();
@@ -340,6 +349,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         cfg.memory_mb = args.worker_memory_mb;
         cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
         cfg.log_bytes_per_invocation = args.log_bytes_per_invocation;
+        cfg.freeze_idle = args.freeze_idle;
         cfg.oci_runtime = args.oci_runtime;
         let secret = cfg.worker_secret.clone();
         let (w, worker) = nubo_worker::start(cfg).await.context(

@@ -154,7 +154,12 @@ fn runc_is_selectable() {
 #[ignore = "needs root"]
 fn noisy_output_is_bounded_in_memory_and_on_disk() {
     let p = Platform::start();
-    probe(&p, "noisy", "big_log", &["--memory", "256", "--timeout", "120"]);
+    probe(
+        &p,
+        "noisy",
+        "big_log",
+        &["--memory", "256", "--timeout", "120"],
+    );
     p.result("noisy", r#"{"lines": 1, "kb": 1}"#);
     let before = support::proc_status_kb(p.pid(), "VmHWM");
     for _ in 0..3 {
@@ -176,4 +181,82 @@ fn noisy_output_is_bounded_in_memory_and_on_disk() {
     let out = p.ok(&["logs", "noisy", "--limit", "10000"]);
     assert!(out.contains("big_log done"), "the tail is kept");
     assert!(out.contains("bytes of output dropped"), "the drop is said");
+}
+
+/// CPU time (µs) of the cgroup of the process whose command line holds
+/// `marker`.
+fn sandbox_cpu_usec(marker: &str) -> Option<u64> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmd.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        for line in cg.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if ctrl.split(',').any(|c| c == "cpuacct") {
+                let ns: u64 =
+                    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{path}/cpuacct.usage"))
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                return Some(ns / 1000);
+            }
+            if ctrl.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            {
+                let stat =
+                    std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.stat")).ok()?;
+                return stat
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse().ok());
+            }
+        }
+    }
+    None
+}
+
+/// An idle sandbox is frozen: a handler that leaves a process spinning
+/// on the CPU gets no CPU time between invocations (its cgroup's CPU
+/// usage does not grow over a second), and the next invocation, which
+/// thaws it, still works.
+#[test]
+#[ignore = "needs root"]
+fn idle_sandboxes_are_frozen() {
+    let p = Platform::start();
+    let name = format!("bgbusy{}", std::process::id());
+    probe(&p, &name, "background_busy", &["--timeout", "10"]);
+    let marker = format!("spin-{name}");
+    let start = serde_json::json!({ "start": marker }).to_string();
+    assert_eq!(p.result(&name, &start)["ok"], true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let before = loop {
+        if let Some(u) = sandbox_cpu_usec(&marker) {
+            break u;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox cgroup not found"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after = sandbox_cpu_usec(&marker).expect("the sandbox is still there");
+    eprintln!("idle sandbox CPU: {before} us -> {after} us over 1.5 s");
+    assert!(
+        after - before < 100_000,
+        "the idle sandbox used {} ms of CPU in 1.5 s",
+        (after - before) / 1000
+    );
+    // Thawed for the next event: it runs (the spinning child with it).
+    assert_eq!(p.result(&name, "{}")["ok"], true);
+    assert_eq!(p.result(&name, "{}")["ok"], true);
 }

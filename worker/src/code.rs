@@ -168,7 +168,8 @@ fn unpack(data: &[u8], tmp: &Path, final_dir: &Path, sha256: &str) -> Result<(),
         sha256: sha256.into(),
         message: m,
     };
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| bad(e.to_string()))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::Cursor::new(data)).map_err(|e| bad(e.to_string()))?;
     std::fs::create_dir_all(tmp).map_err(|e| err(e.to_string()))?;
     // `extract` refuses entries that escape the directory.
     zip.extract(tmp).map_err(|e| match e {
@@ -300,7 +301,11 @@ mod tests {
             assert_eq!(leftovers(dir.path()), Vec::<String>::new());
             assert!(!dir.path().join(&bad_sha).exists());
         }
-        assert_eq!(src.1.load(Ordering::Relaxed), 1, "fetched once, not per call");
+        assert_eq!(
+            src.1.load(Ordering::Relaxed),
+            1,
+            "fetched once, not per call"
+        );
         let ok = cache.ensure(&good_sha).await.unwrap();
         assert!(ok.join("app.py").is_file());
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());

@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     pub generic_classes: Vec<(u32, u32)>,
     /// Function output kept per invocation, bytes.
     pub log_bytes_per_invocation: usize,
+    /// Freeze a sandbox's cgroup while it is idle, so background processes
+    /// a handler leaves behind get no CPU between invocations.
+    pub freeze_idle: bool,
 }
 
 impl WorkerConfig {
@@ -89,6 +92,7 @@ impl WorkerConfig {
             generic_per_class: GENERIC_PER_CLASS,
             generic_classes: GENERIC_CLASSES.to_vec(),
             log_bytes_per_invocation: LOG_BYTES_PER_INVOCATION,
+            freeze_idle: true,
         }
     }
 }

@@ -98,7 +98,10 @@ fn read_tail(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
     f.take(max as u64).read_to_end(&mut buf)?;
     if from > 0 {
         // The first line is (most likely) cut: start after it.
-        let skip = buf.iter().position(|b| *b == b'\n').map_or(buf.len(), |i| i + 1);
+        let skip = buf
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(buf.len(), |i| i + 1);
         buf.drain(..skip);
     }
     Ok(buf)
@@ -452,7 +455,9 @@ mod tests {
     fn huge_output_stays_within_the_bounds_in_memory_and_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let bound = 4 << 20;
-        let big: Vec<String> = (0..200).map(|i| format!("{i:04}{}", "x".repeat(1 << 20))).collect();
+        let big: Vec<String> = (0..200)
+            .map(|i| format!("{i:04}{}", "x".repeat(1 << 20)))
+            .collect();
         {
             let s = LogStore::open(dir.path(), 10_000, bound).unwrap();
             for r in 0..20 {
@@ -472,7 +477,12 @@ mod tests {
         }
         let s = LogStore::open(dir.path(), 10_000, bound).unwrap();
         assert!(s.held_bytes("f") <= bound);
-        assert!(s.read("f", 0, 10).last().unwrap().message.starts_with("0199"));
+        assert!(s
+            .read("f", 0, 10)
+            .last()
+            .unwrap()
+            .message
+            .starts_with("0199"));
     }
 
     /// A file left by an older worker, far past the bound, is read back
@@ -482,9 +492,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bound = 1 << 20;
         {
-            let mut f = std::io::BufWriter::new(
-                std::fs::File::create(dir.path().join("f.jsonl")).unwrap(),
-            );
+            let mut f =
+                std::io::BufWriter::new(std::fs::File::create(dir.path().join("f.jsonl")).unwrap());
             for i in 0..200_000u64 {
                 let l = Line {
                     timestamp_ms: 1,

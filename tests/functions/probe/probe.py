@@ -301,3 +301,21 @@ def socket_families(event, context):
         "AF_UNIX": attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
         "socketpair": attempt(lambda: socket.socketpair(socket.AF_UNIX)),
     }
+
+
+def background_busy(event, context):
+    """With "start": MARKER, leave a child process spinning on the CPU
+    forever (it outlives the invocation; MARKER is in its command line,
+    for the host to find it); return at once either way."""
+    marker = event.get("start")
+    if marker:
+        # The pipe is close-on-exec: its end of file says the child has
+        # exec'd (its command line holds the marker) before we return.
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.close(r)
+            os.execv(sys.executable, [sys.executable, "-c", "while True: pass", marker])
+        os.close(w)
+        os.read(r, 1)
+        os.close(r)
+    return {"ok": True}

@@ -223,7 +223,12 @@ mod tests {
         b.push_bytes(&vec![b'z'; MAX_LINE]);
         b.push_bytes(b"\nnext\n");
         let lines = b.take();
-        assert_eq!(lines.len(), 2, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!(
+            lines.len(),
+            2,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
         assert_eq!(lines[1], "next");
     }
 

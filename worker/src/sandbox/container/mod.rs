@@ -32,6 +32,7 @@ use logpipe::LogPipe;
 use oci::Oci;
 
 mod boot;
+mod freezer;
 mod generic;
 pub mod host;
 mod logpipe;
@@ -67,6 +68,8 @@ pub struct LinuxConfig {
     pub generic_per_class: usize,
     /// Function output kept per invocation, bytes.
     pub log_bytes: usize,
+    /// Freeze a sandbox's cgroup while it waits for an event.
+    pub freeze_idle: bool,
 }
 
 pub struct LinuxFactory {
@@ -210,7 +213,7 @@ impl SandboxFactory for Arc<LinuxFactory> {
             // Replace what was taken while this one specialises.
             self.tasks
                 .spawn("generic-refill", self.clone().fill_generic());
-            return self.specialize(g, s, &code_dir, started).await;
+            return self.specialize(g, s, &code_dir, started).await.map(frozen);
         }
         let name = format!("nubo-{}-{id}", self.cfg.tag);
         let (sb, api) = self
@@ -222,8 +225,15 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 },
             )
             .await?;
-        LinuxFactory::wait_init(sb, started, &api).await
+        LinuxFactory::wait_init(sb, started, &api).await.map(frozen)
     }
+}
+
+/// A sandbox that finished its init waits frozen for its first event
+/// (what the init started in the background included).
+fn frozen(c: Created<LinuxSandbox>) -> Created<LinuxSandbox> {
+    c.sandbox.freezer.idle();
+    c
 }
 
 /// A package that can never be unpacked fails like a broken init: a
@@ -290,6 +300,8 @@ pub struct LinuxSandbox {
     spec: FunctionSpec,
     pending_specialize: Mutex<Option<tokio::sync::oneshot::Sender<Bytes>>>,
     destroyed: std::sync::atomic::AtomicBool,
+    /// Freezes its cgroup while it is idle.
+    freezer: Arc<freezer::Freezer>,
 }
 
 impl LinuxSandbox {
@@ -304,6 +316,7 @@ impl LinuxSandbox {
     }
 
     async fn kill(&self) {
+        self.freezer.busy();
         self.factory.oci.kill(&self.name).await;
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -321,6 +334,7 @@ impl Drop for LinuxSandbox {
             return;
         }
         tracing::warn!(sandbox = %self.name, "sandbox dropped without destroy: cleaning up");
+        self.freezer.busy();
         self.ch.stop.cancel();
         self.tasks.abort();
         if let Some(p) = &self.netns {
@@ -342,8 +356,9 @@ impl Drop for LinuxSandbox {
     }
 }
 
-impl Sandbox for LinuxSandbox {
-    async fn invoke(&self, inv: Invocation) -> InvokeResult {
+impl LinuxSandbox {
+    /// One event, the sandbox thawed.
+    async fn run(&self, inv: Invocation) -> InvokeResult {
         // Max Memory Used is the sandbox's peak since it started, as on
         // Lambda: no reset between invocations.
         let layout = self.factory.cfg.cgroup;
@@ -434,12 +449,24 @@ impl Sandbox for LinuxSandbox {
             }
         }
     }
+}
+
+impl Sandbox for LinuxSandbox {
+    async fn invoke(&self, inv: Invocation) -> InvokeResult {
+        self.freezer.busy();
+        let r = self.run(inv).await;
+        if r.reusable {
+            self.freezer.idle();
+        }
+        r
+    }
 
     fn alive(&self) -> bool {
         self.exit.borrow().is_none()
     }
 
     async fn destroy(self) {
+        self.freezer.busy();
         self.ch.stop.cancel();
         if self.exit.borrow().is_none() {
             self.kill().await;

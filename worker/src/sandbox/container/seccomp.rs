@@ -361,9 +361,12 @@ mod tests {
         assert_eq!(families("socket"), vec![1, 2, 10]);
         assert_eq!(families("socketpair"), vec![1]);
         assert!(
-            !rules
-                .iter()
-                .any(|r| r["args"].is_null() && r["names"].as_array().unwrap().iter().any(|n| n == "socket" || n == "socketcall")),
+            !rules.iter().any(|r| r["args"].is_null()
+                && r["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n == "socket" || n == "socketcall")),
             "socket is never allowed without its family check"
         );
     }
