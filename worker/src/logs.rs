@@ -248,6 +248,16 @@ impl LogStore {
         }
     }
 
+    /// Forgets every line of `function`, in memory and (after the lines
+    /// queued before) on disk: the function was deleted.
+    pub fn remove(&self, function: &str) {
+        self.inner.lock().expect("lock poisoned").1.remove(function);
+        if let Some(disk) = &self.disk {
+            // Blocks while the queue is full: a removal must not be lost.
+            let _ = disk.send(DiskBatch::Remove(function.to_string()));
+        }
+    }
+
     /// Bytes held for `function`'s lines (as the bound counts them).
     pub fn held_bytes(&self, function: &str) -> usize {
         let g = self.inner.lock().expect("lock poisoned");
@@ -516,5 +526,32 @@ mod tests {
         // New lines number after the old ones.
         s.append("f", "1", "r", &["new".into()]);
         assert_eq!(s.read("f", 0, 1)[0].seq, 200_001);
+    }
+
+    /// A removed function's lines are gone from memory and its files from
+    /// disk; other functions keep theirs; a new function of the same name
+    /// starts empty.
+    #[test]
+    fn remove_forgets_memory_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LogStore::open(dir.path(), 100, 300).unwrap();
+        for i in 0..20 {
+            s.append("f", "1", "r", &[format!("secret {i:02}")]);
+        }
+        s.append("g", "1", "r", &["kept".into()]);
+        assert!(s.flush(std::time::Duration::from_secs(5)));
+        assert!(dir.path().join("f.jsonl.1").exists());
+        s.remove("f");
+        assert!(s.flush(std::time::Duration::from_secs(5)));
+        assert!(s.read("f", 0, 100).is_empty());
+        assert!(!dir.path().join("f.jsonl").exists());
+        assert!(!dir.path().join("f.jsonl.1").exists());
+        assert_eq!(s.read("g", 0, 100).len(), 1);
+        s.append("f", "1", "r", &["new".into()]);
+        assert!(s.flush(std::time::Duration::from_secs(5)));
+        drop(s);
+        let s = LogStore::open(dir.path(), 100, 300).unwrap();
+        let got: Vec<String> = s.read("f", 0, 100).into_iter().map(|l| l.message).collect();
+        assert_eq!(got, vec!["new".to_string()]);
     }
 }
