@@ -72,12 +72,15 @@ pub trait CodeSource: Send + Sync + 'static {
     fn fetch(&self, sha256: &str) -> FetchFuture;
 }
 
+/// One package: its directory once unpacked, or its permanent error.
+type Entry = OnceCell<Result<PathBuf, CodeError>>;
+
 pub struct CodeCache {
     dir: PathBuf,
     source: Arc<dyn CodeSource>,
     /// Unpacked directories, and packages known never to unpack (their
     /// error is kept: no fetch and no extraction again for them).
-    entries: Mutex<HashMap<String, Arc<OnceCell<Result<PathBuf, CodeError>>>>>,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
 impl CodeCache {
