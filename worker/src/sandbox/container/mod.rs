@@ -151,6 +151,10 @@ impl LinuxFactory {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(&prefix) {
+                    // A predecessor killed while the sandbox was idle left
+                    // it frozen: frozen processes do not die (v1) until
+                    // thawed.
+                    let _ = host::set_frozen(self.cfg.cgroup, &format!("/nubo/{name}"), false);
                     self.oci.delete(&name).await;
                     let _ = std::fs::remove_dir_all(e.path());
                 }
