@@ -50,6 +50,14 @@ pub struct UpArgs {
     /// seconds (provisioned ones, `--min-warm`, are kept).
     #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = nubo_worker::config::KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
+    /// Function output kept per invocation, bytes (the newest; the log says
+    /// how much was dropped).
+    #[arg(long, env = "NUBO_LOG_BYTES_PER_INVOCATION", default_value_t = nubo_worker::config::LOG_BYTES_PER_INVOCATION)]
+    pub log_bytes_per_invocation: usize,
+    /// Freeze idle sandboxes (their cgroup), so background processes get
+    /// no CPU between invocations.
+    #[arg(long, env = "NUBO_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_idle: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +94,14 @@ pub struct WorkerArgs {
     /// Idle sandboxes are destroyed after this many seconds.
     #[arg(long, env = "NUBO_KEEP_ALIVE_SECS", default_value_t = nubo_worker::config::KEEP_ALIVE_SECS)]
     pub keep_alive_secs: u64,
+    /// Function output kept per invocation, bytes (the newest; the log says
+    /// how much was dropped).
+    #[arg(long, env = "NUBO_LOG_BYTES_PER_INVOCATION", default_value_t = nubo_worker::config::LOG_BYTES_PER_INVOCATION)]
+    pub log_bytes_per_invocation: usize,
+    /// Freeze idle sandboxes (their cgroup), so background processes get
+    /// no CPU between invocations.
+    #[arg(long, env = "NUBO_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub freeze_idle: bool,
     /// Code cache and worker id. Default: /var/lib/nubo/worker.
     #[arg(long, env = "NUBO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -263,6 +279,8 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.memory_mb = args.memory_mb;
     cfg.max_sandboxes = args.max_sandboxes;
     cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
+    cfg.log_bytes_per_invocation = args.log_bytes_per_invocation;
+    cfg.freeze_idle = args.freeze_idle;
     cfg.oci_runtime = args.oci_runtime;
     cfg.metrics_listen = args.metrics_listen;
     let zone = cfg.zone.clone();
@@ -330,6 +348,8 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         cfg.listen = "127.0.0.1:0".into();
         cfg.memory_mb = args.worker_memory_mb;
         cfg.keep_alive = std::time::Duration::from_secs(args.keep_alive_secs);
+        cfg.log_bytes_per_invocation = args.log_bytes_per_invocation;
+        cfg.freeze_idle = args.freeze_idle;
         cfg.oci_runtime = args.oci_runtime;
         let secret = cfg.worker_secret.clone();
         let (w, worker) = nubo_worker::start(cfg).await.context(

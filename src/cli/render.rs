@@ -114,7 +114,12 @@ pub(super) fn config_pairs(c: &pb::FunctionConfiguration) -> Vec<(String, String
         ("timeout".into(), format!("{} s", c.timeout_seconds)),
         (
             "ephemeral_storage".into(),
-            format!("{} MB", c.ephemeral_storage_mb),
+            // /tmp is a tmpfs: its pages are charged to the sandbox's
+            // memory cgroup (ARCHITECTURE.md, "Ephemeral storage").
+            format!(
+                "{} MB /tmp, in memory: counts toward the {} MB memory limit",
+                c.ephemeral_storage_mb, c.memory_mb
+            ),
         ),
         (
             "reserved_concurrency".into(),
@@ -297,6 +302,25 @@ mod tests {
             ("e".into(), "".into()),
         ]);
         assert_eq!(t, "a:      1\nlonger: 2\n        3\ne:\n");
+    }
+
+    /// `function get` says that /tmp counts toward the memory limit.
+    #[test]
+    fn ephemeral_storage_says_it_counts_toward_memory() {
+        let c = pb::FunctionConfiguration {
+            memory_mb: 256,
+            ephemeral_storage_mb: 512,
+            ..Default::default()
+        };
+        let pairs = config_pairs(&c);
+        let (_, v) = pairs
+            .iter()
+            .find(|(k, _)| k == "ephemeral_storage")
+            .unwrap();
+        assert_eq!(
+            v,
+            "512 MB /tmp, in memory: counts toward the 256 MB memory limit"
+        );
     }
 
     #[test]

@@ -105,6 +105,21 @@ fn sandbox_containment() {
     assert_eq!(r["status"]["CapBnd"], "0000000000000000", "{r}");
     assert_eq!(r["status"]["Seccomp"], "2", "{r}");
     assert_ne!(r["uid"], 0, "{r}");
+
+    // Sockets only of the families a function needs: vsock (which a
+    // network namespace does not cut off), netlink and packet sockets do
+    // not even open; nothing is connected to find out.
+    probe(&p, "families", "socket_families", &[]);
+    let r = p.result("families", "{}");
+    for f in ["AF_VSOCK", "AF_NETLINK", "AF_PACKET"] {
+        assert!(
+            r[f] == "EPERM" || r[f] == "EAFNOSUPPORT",
+            "{f} must fail: {r}"
+        );
+    }
+    for f in ["AF_INET", "AF_INET6", "AF_UNIX", "socketpair"] {
+        assert_eq!(r[f], "ok", "{f} must work: {r}");
+    }
 }
 
 /// runc is selectable instead of crun: the same function runs, cold
@@ -128,4 +143,120 @@ fn runc_is_selectable() {
     assert_eq!(r["status"]["NoNewPrivs"], "1", "{r}");
     assert_eq!(r["status"]["CapEff"], "0000000000000000", "{r}");
     assert_eq!(r["status"]["Seccomp"], "2", "{r}");
+}
+
+/// What a function prints costs the worker a bounded amount: three
+/// invocations printing 200 lines of 1 MB each raise the peak RSS of
+/// `nubo up` (VmHWM) by far less than what was printed, the function's
+/// log files stay within their 4 MB bound, and the log keeps the tail
+/// of the output with a line saying how much was dropped.
+#[test]
+#[ignore = "needs root"]
+fn noisy_output_is_bounded_in_memory_and_on_disk() {
+    let p = Platform::start();
+    probe(
+        &p,
+        "noisy",
+        "big_log",
+        &["--memory", "256", "--timeout", "120"],
+    );
+    p.result("noisy", r#"{"lines": 1, "kb": 1}"#);
+    let before = support::proc_status_kb(p.pid(), "VmHWM");
+    for _ in 0..3 {
+        assert_eq!(p.result("noisy", r#"{"lines": 200}"#)["printed"], 200);
+    }
+    let after = support::proc_status_kb(p.pid(), "VmHWM");
+    let rss = support::proc_status_kb(p.pid(), "VmRSS");
+    eprintln!("nubo up VmHWM {before} kB -> {after} kB, VmRSS {rss} kB, after 600 MB of output");
+    assert!(
+        after < before + 150 * 1024,
+        "peak RSS grew from {before} kB to {after} kB"
+    );
+    let logs = p.env.dir.path().join("data/worker/logs");
+    for n in ["noisy.jsonl", "noisy.jsonl.1"] {
+        if let Ok(m) = std::fs::metadata(logs.join(n)) {
+            assert!(m.len() <= 4 << 20, "{n}: {} bytes", m.len());
+        }
+    }
+    let out = p.ok(&["logs", "noisy", "--limit", "10000"]);
+    assert!(out.contains("big_log done"), "the tail is kept");
+    assert!(out.contains("bytes of output dropped"), "the drop is said");
+}
+
+/// CPU time (µs) of the cgroup of the process whose command line holds
+/// `marker`.
+fn sandbox_cpu_usec(marker: &str) -> Option<u64> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmd.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            continue;
+        }
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        for line in cg.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            if ctrl.split(',').any(|c| c == "cpuacct") {
+                let ns: u64 =
+                    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{path}/cpuacct.usage"))
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()?;
+                return Some(ns / 1000);
+            }
+            if ctrl.is_empty() && std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+            {
+                let stat =
+                    std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.stat")).ok()?;
+                return stat
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse().ok());
+            }
+        }
+    }
+    None
+}
+
+/// An idle sandbox is frozen: a handler that leaves a process spinning
+/// on the CPU gets no CPU time between invocations (its cgroup's CPU
+/// usage does not grow over a second), and the next invocation, which
+/// thaws it, still works.
+#[test]
+#[ignore = "needs root"]
+fn idle_sandboxes_are_frozen() {
+    let p = Platform::start();
+    let name = format!("bgbusy{}", std::process::id());
+    probe(&p, &name, "background_busy", &["--timeout", "10"]);
+    let marker = format!("spin-{name}");
+    let start = serde_json::json!({ "start": marker }).to_string();
+    assert_eq!(p.result(&name, &start)["ok"], true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let before = loop {
+        if let Some(u) = sandbox_cpu_usec(&marker) {
+            break u;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sandbox cgroup not found"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let after = sandbox_cpu_usec(&marker).expect("the sandbox is still there");
+    eprintln!("idle sandbox CPU: {before} us -> {after} us over 1.5 s");
+    assert!(
+        after - before < 100_000,
+        "the idle sandbox used {} ms of CPU in 1.5 s",
+        (after - before) / 1000
+    );
+    // Thawed for the next event: it runs (the spinning child with it).
+    assert_eq!(p.result(&name, "{}")["ok"], true);
+    assert_eq!(p.result(&name, "{}")["ok"], true);
 }

@@ -159,6 +159,11 @@ impl Platform {
         }
     }
 
+    /// The pid of `nubo up` (controller and embedded worker in one).
+    pub fn pid(&self) -> i32 {
+        self._up.pid()
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         self.env.cli(&self.endpoint, None, args)
     }
@@ -216,6 +221,15 @@ impl Drop for Platform {
     fn drop(&mut self) {
         self._up.terminate(Duration::from_secs(20));
     }
+}
+
+/// A field of /proc/PID/status in kB (VmRSS, VmHWM, ...).
+pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Creates function `name` from `tests/functions/probe` with handler

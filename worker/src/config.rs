@@ -26,6 +26,10 @@ pub const HEARTBEAT: Duration = Duration::from_millis(250);
 /// The sandbox user and group (`nobody`).
 pub const SANDBOX_UID: u32 = 65534;
 pub const SANDBOX_GID: u32 = 65534;
+/// Function output kept per invocation, bytes (the newest; what is dropped
+/// is said in the log). The worker's memory must not follow what a
+/// function prints.
+pub const LOG_BYTES_PER_INVOCATION: usize = 2 * 1024 * 1024;
 /// Generic Python sandboxes kept ready per class.
 pub const GENERIC_PER_CLASS: usize = 2;
 /// (memory MB, /tmp MB) classes of generic sandboxes: Lambda's defaults.
@@ -58,6 +62,11 @@ pub struct WorkerConfig {
     /// specialised when a cold call arrives. 0 disables prewarming.
     pub generic_per_class: usize,
     pub generic_classes: Vec<(u32, u32)>,
+    /// Function output kept per invocation, bytes.
+    pub log_bytes_per_invocation: usize,
+    /// Freeze a sandbox's cgroup while it is idle, so background processes
+    /// a handler leaves behind get no CPU between invocations.
+    pub freeze_idle: bool,
 }
 
 impl WorkerConfig {
@@ -82,6 +91,8 @@ impl WorkerConfig {
             gid: SANDBOX_GID,
             generic_per_class: GENERIC_PER_CLASS,
             generic_classes: GENERIC_CLASSES.to_vec(),
+            log_bytes_per_invocation: LOG_BYTES_PER_INVOCATION,
+            freeze_idle: true,
         }
     }
 }

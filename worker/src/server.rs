@@ -312,6 +312,20 @@ impl<F: SandboxFactory> pb::worker_api_server::WorkerApi for WorkerService<F> {
             .collect();
         Ok(Response::new(pb::GetLogsResponse { lines }))
     }
+
+    async fn drop_logs(
+        &self,
+        request: Request<pb::DropLogsRequest>,
+    ) -> Result<Response<pb::DropLogsResponse>, Status> {
+        self.check(&request)?;
+        let name = request.into_inner().function_name;
+        let logs = self.worker.logs.clone();
+        // `remove` may wait for room in the disk queue.
+        tokio::task::spawn_blocking(move || logs.remove(&name))
+            .await
+            .map_err(|e| Status::internal(format!("dropping logs failed: {e}")))?;
+        Ok(Response::new(pb::DropLogsResponse {}))
+    }
 }
 
 /// A started worker's background tasks and server.

@@ -70,6 +70,8 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
                 stage_dir: cfg.data_dir.join("stage"),
                 generic_classes: cfg.generic_classes.clone(),
                 generic_per_class: cfg.generic_per_class,
+                log_bytes: cfg.log_bytes_per_invocation,
+                freeze_idle: cfg.freeze_idle,
             },
             code,
             tasks.clone(),

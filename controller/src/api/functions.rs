@@ -240,7 +240,16 @@ impl pb::functions_server::Functions for Api {
                     }
                 }
             };
+            let deleted = match &cmd {
+                Command::DeleteFunction { name } => Some(name.clone()),
+                _ => None,
+            };
             self.write(&rid, cmd).await?;
+            if let Some(name) = deleted {
+                // Committed: the function's logs go with it (best effort;
+                // reads also hide lines older than a new namesake).
+                self.invoker.drop_logs(&name).await;
+            }
             Ok(pb::DeleteFunctionResponse {})
         })
         .await

@@ -193,6 +193,11 @@ pub struct Function {
     pub latest: FunctionConfig,
     pub latest_revision: String,
     pub last_modified_ms: u64,
+    /// When this function (this incarnation of the name) was created; log
+    /// lines older than it belong to a deleted namesake. 0 in a registry
+    /// written before it was recorded.
+    #[serde(default)]
+    pub created_ms: u64,
     pub versions: BTreeMap<u64, Version>,
     /// Next version number; never decreases, so numbers are never reused.
     pub next_version: u64,

@@ -131,6 +131,7 @@ impl Registry {
                     latest: config,
                     latest_revision: revision(index),
                     last_modified_ms: now_ms,
+                    created_ms: now_ms,
                     versions: BTreeMap::new(),
                     next_version: 1,
                     aliases: BTreeMap::new(),

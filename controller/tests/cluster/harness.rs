@@ -346,6 +346,8 @@ pub struct FakeWorker {
     /// Shares its counters and run record with the worker's sandboxes.
     pub fake: FakeFactory,
     pub worker: Arc<Worker<FakeFactory>>,
+    /// Where its function logs persist (kept across `start_in`).
+    pub logs_dir: Arc<tempfile::TempDir>,
     running: Option<nubo_worker::server::Running>,
 }
 
@@ -353,6 +355,18 @@ impl FakeWorker {
     /// Serves a fake worker on a free loopback port, heartbeating to
     /// `controllers` with the worker credential of `SECRET`.
     pub async fn start(id: &str, zone: &str, controllers: Vec<String>) -> FakeWorker {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        FakeWorker::start_in(id, zone, controllers, dir).await
+    }
+
+    /// The same, its function logs in `logs_dir` (a restarted worker
+    /// reloads what its predecessor wrote there).
+    pub async fn start_in(
+        id: &str,
+        zone: &str,
+        controllers: Vec<String>,
+        logs_dir: Arc<tempfile::TempDir>,
+    ) -> FakeWorker {
         let fake = FakeFactory::programmable();
         let pool = nubo_worker::pool::Pool::new(
             fake.clone(),
@@ -362,7 +376,16 @@ impl FakeWorker {
                 keep_alive: Duration::from_secs(600),
             },
         );
-        let worker = Arc::new(Worker::new(pool));
+        let mut worker = Worker::new(pool);
+        worker.logs = Arc::new(
+            nubo_worker::logs::LogStore::open(
+                logs_dir.path(),
+                nubo_worker::core::LOG_LINES,
+                nubo_worker::core::LOG_BYTES,
+            )
+            .unwrap(),
+        );
+        let worker = Arc::new(worker);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ident = nubo_worker::server::WorkerIdentity {
@@ -387,6 +410,7 @@ impl FakeWorker {
             addr,
             fake,
             worker,
+            logs_dir,
             running: Some(running),
         }
     }

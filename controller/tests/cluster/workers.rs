@@ -767,3 +767,107 @@ async fn async_events_survive_the_leader_being_killed_and_run_once() {
     })
     .await
 }
+
+async fn delete_function(fleet: &Fleet, name: &str) {
+    fleet
+        .functions(1)
+        .delete_function(bearer(
+            pb::DeleteFunctionRequest {
+                function_name: name.into(),
+                ..Default::default()
+            },
+            FLEET_ADMIN,
+        ))
+        .await
+        .unwrap_or_else(|s| panic!("deleting {name}: {s:?}"));
+}
+
+/// Every log line of `function` through node 1's API.
+async fn log_text(fleet: &Fleet, function: &str) -> String {
+    fleet
+        .invocations(1)
+        .get_logs(bearer(
+            pb::GetLogsRequest {
+                function_name: function.into(),
+                start_time_ms: 0,
+                limit: 10_000,
+            },
+            FLEET_ADMIN,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+        .into_iter()
+        .map(|l| l.message)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A deleted function's logs go with it: the live worker forgets them
+/// (memory and files) when the delete commits, and a new function of the
+/// same name never shows them. Also when the worker was down at the
+/// delete (it reloads the old lines from disk when it comes back): reads
+/// keep only lines from the current function's creation on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_a_deleted_function_never_show_under_a_new_one() {
+    bounded(90, async {
+        let mut fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        let secret = r#"{"print":"secret-7f3a of the old function"}"#;
+
+        // The worker is live at the delete: told to drop the logs.
+        fleet
+            .create_function(1, "f", pb::FunctionConfig::default())
+            .await;
+        fleet.invoke(1, "f", secret, RequestResponse).await.unwrap();
+        assert!(log_text(&fleet, "f").await.contains("secret-7f3a"));
+        let w = &fleet.workers[0];
+        assert!(w.worker.logs.flush(Duration::from_secs(5)));
+        assert!(w.logs_dir.path().join("f.jsonl").exists());
+        delete_function(&fleet, "f").await;
+        assert!(
+            w.worker.logs.read("f", 0, 100).is_empty(),
+            "dropped from memory"
+        );
+        assert!(w.worker.logs.flush(Duration::from_secs(5)));
+        assert!(!w.logs_dir.path().join("f.jsonl").exists(), "file removed");
+        fleet
+            .create_function(1, "f", pb::FunctionConfig::default())
+            .await;
+        fleet.invoke(1, "f", "{}", RequestResponse).await.unwrap();
+        let text = log_text(&fleet, "f").await;
+        assert!(text.contains("START RequestId"), "{text}");
+        assert!(!text.contains("secret-7f3a"), "{text}");
+
+        // The worker is down at the delete and comes back with the old
+        // lines on disk.
+        fleet
+            .create_function(1, "g", pb::FunctionConfig::default())
+            .await;
+        fleet.invoke(1, "g", secret, RequestResponse).await.unwrap();
+        let dir = fleet.workers[0].logs_dir.clone();
+        fleet.workers[0].stop().await;
+        delete_function(&fleet, "g").await;
+        let addrs: Vec<String> = fleet.cluster.members.values().cloned().collect();
+        fleet.workers[0] = crate::harness::FakeWorker::start_in("w-a", "a", addrs, dir).await;
+        fleet.wait_workers_live(Duration::from_secs(10)).await;
+        assert!(
+            fleet.workers[0]
+                .worker
+                .logs
+                .read("g", 0, 100)
+                .iter()
+                .any(|l| l.message.contains("secret-7f3a")),
+            "the restarted worker still holds the old lines"
+        );
+        fleet
+            .create_function(1, "g", pb::FunctionConfig::default())
+            .await;
+        fleet.invoke(1, "g", "{}", RequestResponse).await.unwrap();
+        let text = log_text(&fleet, "g").await;
+        assert!(text.contains("START RequestId"), "{text}");
+        assert!(!text.contains("secret-7f3a"), "{text}");
+        fleet.shutdown().await;
+    })
+    .await
+}

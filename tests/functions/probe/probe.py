@@ -264,3 +264,58 @@ def record(event, context):
     import json
     print("EVENT " + json.dumps(event, sort_keys=True))
     return {"recorded": True}
+
+
+def big_log(event, context):
+    """Print event['lines'] lines of event['kb'] KB each (default 200 x 1 MB)."""
+    lines = int(event.get("lines", 200))
+    line = "x" * (int(event.get("kb", 1024)) * 1024)
+    for i in range(lines):
+        print("%06d %s" % (i, line))
+    print("big_log done")
+    return {"printed": lines}
+
+
+def socket_families(event, context):
+    """Open (never connect) a socket of each family; report errno or ok."""
+    import errno
+
+    def attempt(make):
+        try:
+            s = make()
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+        if isinstance(s, tuple):
+            for x in s:
+                x.close()
+        else:
+            s.close()
+        return "ok"
+
+    return {
+        "AF_VSOCK": attempt(lambda: socket.socket(40, socket.SOCK_STREAM)),
+        "AF_NETLINK": attempt(lambda: socket.socket(16, socket.SOCK_RAW, 0)),
+        "AF_PACKET": attempt(lambda: socket.socket(17, socket.SOCK_RAW, 0)),
+        "AF_INET": attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)),
+        "AF_INET6": attempt(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)),
+        "AF_UNIX": attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)),
+        "socketpair": attempt(lambda: socket.socketpair(socket.AF_UNIX)),
+    }
+
+
+def background_busy(event, context):
+    """With "start": MARKER, leave a child process spinning on the CPU
+    forever (it outlives the invocation; MARKER is in its command line,
+    for the host to find it); return at once either way."""
+    marker = event.get("start")
+    if marker:
+        # The pipe is close-on-exec: its end of file says the child has
+        # exec'd (its command line holds the marker) before we return.
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.close(r)
+            os.execv(sys.executable, [sys.executable, "-c", "while True: pass", marker])
+        os.close(w)
+        os.read(r, 1)
+        os.close(r)
+    return {"ok": True}

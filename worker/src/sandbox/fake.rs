@@ -51,6 +51,9 @@ struct Program {
     sleep_ms: u64,
     #[serde(default)]
     error: Option<String>,
+    /// A line to print (beside the usual one).
+    #[serde(default)]
+    print: Option<String>,
 }
 
 impl FakeFactory {
@@ -162,11 +165,13 @@ impl Sandbox for FakeSandbox {
             Some(message) => Completion::unhandled("FakeError", &message),
             None => (self.handler)(&self.spec, &inv.payload),
         };
+        let mut lines = vec![format!("fake {}", inv.request_id)];
+        lines.extend(program.print);
         InvokeResult {
             completion: c,
             reusable: true,
             max_memory_mb: Some(1),
-            lines: vec![format!("fake {}", inv.request_id)],
+            lines,
             platform_line: None,
         }
     }

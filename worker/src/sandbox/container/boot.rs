@@ -210,7 +210,8 @@ impl LinuxFactory {
             .oci
             .run(&bundle, &name, wr, wr2)
             .map_err(|e| setup(&format!("starting {}", self.oci.runtime().display()), e))?;
-        let logs = Arc::new(LogPipe::new(rd).map_err(|e| setup("log pipe", e))?);
+        let logs =
+            Arc::new(LogPipe::new(rd, self.cfg.log_bytes).map_err(|e| setup("log pipe", e))?);
         tasks.spawn(format!("{name}/log-pipe"), logs.clone().run());
         let (exit_tx, exit_rx) = watch::channel(None::<ExitStatus>);
         tasks.spawn(format!("{name}/exit"), async move {
@@ -226,6 +227,15 @@ impl LinuxFactory {
             bundle_ms = t_bundle.as_secs_f64() * 1e3,
             spawned_ms = t0.elapsed().as_secs_f64() * 1e3,
             "sandbox booting"
+        );
+        let freezer = Arc::new(super::freezer::Freezer::new(
+            self.cfg.cgroup,
+            cgroups_path.clone(),
+            self.cfg.freeze_idle,
+        ));
+        tasks.spawn(
+            format!("{name}/freezer"),
+            freezer.clone().run(ch.stop.clone()),
         );
         let (stage, specialize) = match stage {
             Some((p, tx)) => (Some(p), Some(tx)),
@@ -245,6 +255,7 @@ impl LinuxFactory {
             spec: s.clone(),
             pending_specialize: Mutex::new(None),
             destroyed: Default::default(),
+            freezer,
         };
         if let Some(tx) = specialize {
             // Stash the sender in the channel's slot for `take_generic`.

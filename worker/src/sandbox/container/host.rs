@@ -304,6 +304,43 @@ pub fn oom_kills(layout: CgroupLayout, cgroups_path: &str) -> Option<u64> {
     parse_keyed(&text, "oom_kill")
 }
 
+/// Freezes (`true`) or thaws a sandbox's cgroup: v2 `cgroup.freeze`, v1
+/// the freezer's `freezer.state`. A frozen sandbox's processes (a
+/// function's background work included) get no CPU until thawed; a
+/// runtime blocked in `GET /next` does not notice.
+pub fn set_frozen(layout: CgroupLayout, cgroups_path: &str, frozen: bool) -> io::Result<()> {
+    let (file, value) = match layout {
+        CgroupLayout::V1 => (
+            cgroup_file(layout, "freezer", cgroups_path, "freezer.state"),
+            if frozen { "FROZEN" } else { "THAWED" },
+        ),
+        CgroupLayout::V2 => (
+            cgroup_file(layout, "", cgroups_path, "cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        ),
+    };
+    std::fs::write(file, value)
+}
+
+/// CPU time used by a sandbox's cgroup so far, in microseconds (v2
+/// `cpu.stat` usage_usec, v1 `cpuacct.usage`).
+pub fn cpu_usage_usec(layout: CgroupLayout, cgroups_path: &str) -> Option<u64> {
+    match layout {
+        CgroupLayout::V1 => read_u64(&cgroup_file(
+            layout,
+            "cpuacct",
+            cgroups_path,
+            "cpuacct.usage",
+        ))
+        .map(|ns| ns / 1000),
+        CgroupLayout::V2 => {
+            let text =
+                std::fs::read_to_string(cgroup_file(layout, "", cgroups_path, "cpu.stat")).ok()?;
+            parse_keyed(&text, "usage_usec")
+        }
+    }
+}
+
 /// The `cgroup.procs` file of a sandbox's cgroup (host pids).
 pub fn procs_file(layout: CgroupLayout, cgroups_path: &str) -> PathBuf {
     cgroup_file(layout, "memory", cgroups_path, "cgroup.procs")

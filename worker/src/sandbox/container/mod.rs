@@ -32,6 +32,7 @@ use logpipe::LogPipe;
 use oci::Oci;
 
 mod boot;
+mod freezer;
 mod generic;
 pub mod host;
 mod logpipe;
@@ -65,6 +66,10 @@ pub struct LinuxConfig {
     /// sandboxes, and how many of each.
     pub generic_classes: Vec<(u32, u32)>,
     pub generic_per_class: usize,
+    /// Function output kept per invocation, bytes.
+    pub log_bytes: usize,
+    /// Freeze a sandbox's cgroup while it waits for an event.
+    pub freeze_idle: bool,
 }
 
 pub struct LinuxFactory {
@@ -146,6 +151,10 @@ impl LinuxFactory {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(&prefix) {
+                    // A predecessor killed while the sandbox was idle left
+                    // it frozen: frozen processes do not die (v1) until
+                    // thawed.
+                    let _ = host::set_frozen(self.cfg.cgroup, &format!("/nubo/{name}"), false);
                     self.oci.delete(&name).await;
                     let _ = std::fs::remove_dir_all(e.path());
                 }
@@ -203,12 +212,12 @@ impl SandboxFactory for Arc<LinuxFactory> {
             .code
             .ensure(&s.code_sha256)
             .await
-            .map_err(|e| CreateError::Setup(e.to_string()))?;
+            .map_err(|e| code_error(e, started))?;
         if let Some(g) = self.take_generic(s) {
             // Replace what was taken while this one specialises.
             self.tasks
                 .spawn("generic-refill", self.clone().fill_generic());
-            return self.specialize(g, s, &code_dir, started).await;
+            return self.specialize(g, s, &code_dir, started).await.map(frozen);
         }
         let name = format!("nubo-{}-{id}", self.cfg.tag);
         let (sb, api) = self
@@ -220,7 +229,31 @@ impl SandboxFactory for Arc<LinuxFactory> {
                 },
             )
             .await?;
-        LinuxFactory::wait_init(sb, started, &api).await
+        LinuxFactory::wait_init(sb, started, &api).await.map(frozen)
+    }
+}
+
+/// A sandbox that finished its init waits frozen for its first event
+/// (what the init started in the background included).
+fn frozen(c: Created<LinuxSandbox>) -> Created<LinuxSandbox> {
+    c.sandbox.freezer.idle();
+    c
+}
+
+/// A package that can never be unpacked fails like a broken init: a
+/// function error the caller sees (async: retried twice, then the DLQ),
+/// not a "could not start a sandbox" the controller would try on every
+/// worker; other code errors (fetch, disk) are the platform's, retried.
+fn code_error(e: crate::code::CodeError, started: Instant) -> CreateError {
+    if !e.is_permanent() {
+        return CreateError::Setup(e.to_string());
+    }
+    let msg = e.to_string();
+    CreateError::Init {
+        error_type: "Runtime.InvalidPackage".into(),
+        body: err_body("Runtime.InvalidPackage", &msg),
+        lines: vec![format!("[nubo] {msg}")],
+        init_duration: started.elapsed(),
     }
 }
 
@@ -271,6 +304,8 @@ pub struct LinuxSandbox {
     spec: FunctionSpec,
     pending_specialize: Mutex<Option<tokio::sync::oneshot::Sender<Bytes>>>,
     destroyed: std::sync::atomic::AtomicBool,
+    /// Freezes its cgroup while it is idle.
+    freezer: Arc<freezer::Freezer>,
 }
 
 impl LinuxSandbox {
@@ -285,6 +320,7 @@ impl LinuxSandbox {
     }
 
     async fn kill(&self) {
+        self.freezer.busy();
         self.factory.oci.kill(&self.name).await;
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -302,6 +338,7 @@ impl Drop for LinuxSandbox {
             return;
         }
         tracing::warn!(sandbox = %self.name, "sandbox dropped without destroy: cleaning up");
+        self.freezer.busy();
         self.ch.stop.cancel();
         self.tasks.abort();
         if let Some(p) = &self.netns {
@@ -323,8 +360,9 @@ impl Drop for LinuxSandbox {
     }
 }
 
-impl Sandbox for LinuxSandbox {
-    async fn invoke(&self, inv: Invocation) -> InvokeResult {
+impl LinuxSandbox {
+    /// One event, the sandbox thawed.
+    async fn run(&self, inv: Invocation) -> InvokeResult {
         // Max Memory Used is the sandbox's peak since it started, as on
         // Lambda: no reset between invocations.
         let layout = self.factory.cfg.cgroup;
@@ -415,12 +453,24 @@ impl Sandbox for LinuxSandbox {
             }
         }
     }
+}
+
+impl Sandbox for LinuxSandbox {
+    async fn invoke(&self, inv: Invocation) -> InvokeResult {
+        self.freezer.busy();
+        let r = self.run(inv).await;
+        if r.reusable {
+            self.freezer.idle();
+        }
+        r
+    }
 
     fn alive(&self) -> bool {
         self.exit.borrow().is_none()
     }
 
     async fn destroy(self) {
+        self.freezer.busy();
         self.ch.stop.cancel();
         if self.exit.borrow().is_none() {
             self.kill().await;

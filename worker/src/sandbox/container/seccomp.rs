@@ -50,6 +50,12 @@ const SAFE_PERSONALITIES: [u64; 5] = [
     0xffff_ffff,
 ];
 
+/// Address families a function may open sockets of: local, IPv4, IPv6.
+/// Everything else (vsock, which a network namespace does not cut off;
+/// netlink; packet; bluetooth; ...) fails with `EPERM`, without any
+/// connection attempt reaching the kernel's code for that family.
+pub const SOCKET_FAMILIES: [i32; 3] = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+
 /// System calls allowed without conditions.
 #[rustfmt::skip]
 pub const ALLOWED: &[&str] = &[
@@ -118,10 +124,12 @@ pub const ALLOWED: &[&str] = &[
     // asynchronous I/O (the old interface; io_uring stays out)
     "io_setup", "io_destroy", "io_submit", "io_getevents", "io_pgetevents",
     "io_pgetevents_time64", "io_cancel",
-    // sockets
-    "socket", "socketpair", "bind", "connect", "listen", "accept", "accept4", "getsockname",
+    // sockets (socket and socketpair are conditional, below; socketcall,
+    // the 32-bit multiplexer, is left out: its arguments are in memory,
+    // where the filter cannot check the address family)
+    "bind", "connect", "listen", "accept", "accept4", "getsockname",
     "getpeername", "sendto", "recvfrom", "send", "recv", "sendmsg", "recvmsg", "sendmmsg",
-    "recvmmsg", "recvmmsg_time64", "shutdown", "setsockopt", "getsockopt", "socketcall",
+    "recvmmsg", "recvmmsg_time64", "shutdown", "setsockopt", "getsockopt",
     // System V and POSIX IPC (private to the sandbox's IPC namespace)
     "shmget", "shmat", "shmdt", "shmctl", "semget", "semop", "semtimedop",
     "semtimedop_time64", "semctl", "msgget", "msgsnd", "msgrcv", "msgctl", "ipc", "mq_open",
@@ -232,6 +240,29 @@ pub fn profile() -> LinuxSeccomp {
 
     // One rule per value: rules on the same syscall are alternatives,
     // conditions within one rule must all hold.
+    for family in SOCKET_FAMILIES {
+        let mut r = LinuxSyscall::default();
+        r.set_names(vec!["socket".into()]);
+        r.set_action(LinuxSeccompAction::ScmpActAllow);
+        r.set_args(Some(vec![arg(
+            0,
+            family as u64,
+            None,
+            LinuxSeccompOperator::ScmpCmpEq,
+        )]));
+        syscalls.push(r);
+    }
+    let mut pair = LinuxSyscall::default();
+    pair.set_names(vec!["socketpair".into()]);
+    pair.set_action(LinuxSeccompAction::ScmpActAllow);
+    pair.set_args(Some(vec![arg(
+        0,
+        libc::AF_UNIX as u64,
+        None,
+        LinuxSeccompOperator::ScmpCmpEq,
+    )]));
+    syscalls.push(pair);
+
     for value in SAFE_PERSONALITIES {
         let mut p = LinuxSyscall::default();
         p.set_names(vec!["personality".into()]);
@@ -295,7 +326,7 @@ mod tests {
         for name in DENIED {
             assert!(!seen.contains(name), "{name} must not be allowed");
         }
-        for name in ["clone", "clone3", "personality"] {
+        for name in ["clone", "clone3", "personality", "socket", "socketpair"] {
             assert!(!seen.contains(name), "{name} is only allowed conditionally");
         }
     }
@@ -314,6 +345,30 @@ mod tests {
         let clone3 = rules.iter().find(|r| r["names"][0] == "clone3").unwrap();
         assert_eq!(clone3["action"], "SCMP_ACT_ERRNO");
         assert_eq!(clone3["errnoRet"], 38);
+        // socket only for AF_UNIX (1), AF_INET (2), AF_INET6 (10);
+        // socketpair only for AF_UNIX.
+        let families = |name: &str| -> Vec<u64> {
+            rules
+                .iter()
+                .filter(|r| r["names"][0] == name)
+                .map(|r| {
+                    assert_eq!(r["args"][0]["index"], 0);
+                    assert_eq!(r["args"][0]["op"], "SCMP_CMP_EQ");
+                    r["args"][0]["value"].as_u64().unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(families("socket"), vec![1, 2, 10]);
+        assert_eq!(families("socketpair"), vec![1]);
+        assert!(
+            !rules.iter().any(|r| r["args"].is_null()
+                && r["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|n| n == "socket" || n == "socketcall")),
+            "socket is never allowed without its family check"
+        );
     }
 
     /// Resolves every name with the host's libseccomp, because crun rejects
@@ -341,7 +396,7 @@ mod tests {
         let mut unknown = Vec::new();
         for name in ALLOWED
             .iter()
-            .chain(["clone", "clone3", "personality"].iter())
+            .chain(["clone", "clone3", "personality", "socket", "socketpair"].iter())
         {
             let c = std::ffi::CString::new(*name).unwrap();
             // SAFETY: c is a valid C string for the duration of the call.
