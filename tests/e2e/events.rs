@@ -69,8 +69,10 @@ fn an_async_event_committed_before_a_crash_runs_once() {
         });
         r.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r.metadata_mut()
-            .insert(nubo_proto::headers::REQUEST_ID, "e2e-crash-retry-1".parse().unwrap());
+        r.metadata_mut().insert(
+            nubo_proto::headers::REQUEST_ID,
+            "e2e-crash-retry-1".parse().unwrap(),
+        );
         r
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -346,43 +346,6 @@ pub fn procs_file(layout: CgroupLayout, cgroups_path: &str) -> PathBuf {
     cgroup_file(layout, "memory", cgroups_path, "cgroup.procs")
 }
 
-/// Whether the local TCP connection from 127.0.0.1:`peer_port` to
-/// `server_port` belongs to a process of the cgroup listed in `procs`:
-/// the connecting socket's inode (from /proc/net/tcp) is open in one of
-/// those processes.
-pub fn local_peer_in_cgroup(peer_port: u16, server_port: u16, procs: &Path) -> bool {
-    let want_local = format!("0100007F:{peer_port:04X}");
-    let want_remote = format!("0100007F:{server_port:04X}");
-    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let inode = tcp.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 9 && f[1] == want_local && f[2] == want_remote).then(|| f[9].to_string())
-    });
-    let Some(inode) = inode else {
-        return false;
-    };
-    let target = format!("socket:[{inode}]");
-    let Ok(pids) = std::fs::read_to_string(procs) else {
-        return false;
-    };
-    for pid in pids.split_whitespace() {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path())
-                .map(|l| l.as_os_str() == target.as_str())
-                .unwrap_or(false)
-            {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 /// The value of a `key value` line.
 fn parse_keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -395,29 +358,6 @@ fn parse_keyed(text: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
-    /// The egress Runtime API's guard: a loopback connection is matched to
-    /// the process holding its socket; processes of other cgroups (here:
-    /// a procs file that does not list us) are refused.
-    #[test]
-    fn local_peer_is_matched_to_its_process() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_s, peer) = l.accept().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mine = dir.path().join("mine");
-        std::fs::write(&mine, format!("{}\n", std::process::id())).unwrap();
-        let other = dir.path().join("other");
-        std::fs::write(&other, "1\n").unwrap();
-        assert!(local_peer_in_cgroup(peer.port(), port, &mine));
-        assert!(!local_peer_in_cgroup(peer.port(), port, &other));
-        assert!(!local_peer_in_cgroup(
-            peer.port(),
-            port,
-            &dir.path().join("missing")
-        ));
-        drop(c);
-    }
     use crate::sandbox::container::{netns, spec};
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
