@@ -19,8 +19,8 @@ pub enum Access {
     Token(Scope),
     /// The cluster secret (controller to controller).
     Cluster,
-    /// The worker credential, or the cluster secret (a controller
-    /// forwarding an invoke to the leader).
+    /// The worker credential (or the cluster secret: a worker started
+    /// with it derives the credential).
     Worker,
 }
 
@@ -154,10 +154,12 @@ pub const RPCS: &[Rpc] = &[
     rpc("/nubo.v1.BlobInternal/FetchBlob", "FetchBlob", Cluster),
     rpc("/nubo.v1.WorkerControl/Heartbeat", "Heartbeat", Worker),
     rpc("/nubo.v1.WorkerControl/FetchCode", "FetchCode", Worker),
+    // Controllers only: a worker host must not run any function with any
+    // payload without a token.
     rpc(
         "/nubo.v1.WorkerControl/ForwardInvoke",
         "ForwardInvoke",
-        Worker,
+        Cluster,
     ),
 ];
 
@@ -233,10 +235,10 @@ impl Api {
 impl Internal {
     /// Checks the caller's secret against the table's entry for `path`.
     pub(crate) fn authorize(&self, md: &MetadataMap, path: &str) -> Result<(), Status> {
-        match lookup(path).map(|r| r.access) {
-            Some(Access::Cluster) => self.check_cluster(md),
-            Some(Access::Worker) => self.check_worker(md),
-            Some(Access::Token(_)) | None => {
+        match lookup(path) {
+            Some(r) if r.access == Access::Cluster => self.check_cluster(md, r.name),
+            Some(r) if r.access == Access::Worker => self.check_worker(md),
+            _ => {
                 Err(Status::internal(format!("{path} has no secret rule")))
             }
         }
@@ -255,12 +257,17 @@ impl Internal {
         }
     }
 
-    fn check_cluster(&self, md: &MetadataMap) -> Result<(), Status> {
+    fn check_cluster(&self, md: &MetadataMap, method: &str) -> Result<(), Status> {
         let got = nubo_proto::presented_secret(md);
         let want = self.node.config.cluster_secret.as_str();
         // Constant-time comparison: the secret guards cluster membership.
         if nubo_proto::secret_matches(got, want) {
             Ok(())
+        } else if nubo_proto::secret_matches(got, &self.invoker.worker_secret) {
+            // UNAUTHENTICATED like any wrong secret, saying which it was.
+            Err(Status::unauthenticated(format!(
+                "the worker credential cannot call {method}: only controllers (the cluster secret) may"
+            )))
         } else {
             Err(Status::unauthenticated(
                 "wrong cluster secret: every controller must share the same cluster_secret",

@@ -767,3 +767,46 @@ async fn async_events_survive_the_leader_being_killed_and_run_once() {
     })
     .await
 }
+
+/// `WorkerControl.ForwardInvoke` is for controllers only: the worker
+/// credential (which every worker host holds) is refused with
+/// UNAUTHENTICATED and nothing runs; the cluster secret, as a follower
+/// forwarding a reserved-concurrency call presents it, is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_invoke_takes_the_cluster_secret_not_the_worker_credential() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "fwd", pb::FunctionConfig::default())
+            .await;
+        let ch = tonic::transport::Channel::from_shared(format!(
+            "http://{}",
+            fleet.cluster.members[&1]
+        ))
+        .unwrap()
+        .connect_lazy();
+        let mut wc = pb::worker_control_client::WorkerControlClient::new(ch);
+        let req = || pb::InvokeRequest {
+            function_name: "fwd".into(),
+            payload: br#"{"from":"a worker host"}"#.to_vec(),
+            ..Default::default()
+        };
+        let ws = nubo_proto::worker_secret(crate::harness::SECRET);
+        let e = wc
+            .forward_invoke(nubo_proto::with_secret(req(), &ws))
+            .await
+            .expect_err("the worker credential on ForwardInvoke");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("worker credential"), "{e:?}");
+        assert!(fleet.workers[0].fake.runs_of_function("fwd").is_empty());
+        let r = wc
+            .forward_invoke(nubo_proto::with_secret(req(), crate::harness::SECRET))
+            .await
+            .expect("the cluster secret on ForwardInvoke")
+            .into_inner();
+        assert!(r.function_error.is_empty(), "{r:?}");
+        assert_eq!(fleet.workers[0].fake.runs_of_function("fwd").len(), 1);
+        fleet.shutdown().await;
+    })
+    .await
+}
