@@ -39,7 +39,10 @@ const fn rpc(path: &'static str, name: &'static str, access: Access) -> Rpc {
 use Access::{Cluster, Token, Worker};
 use Scope::{Admin, Deploy, Invoke};
 
-/// Every method the controller serves.
+/// Every method the controller serves. An `invoke` token may only invoke
+/// (Lambda's `lambda:InvokeFunction` grants no GetFunction): reading a
+/// configuration, whose environment often holds secrets, or listing
+/// functions, versions and aliases needs `deploy`.
 pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/CreateFunction",
@@ -49,12 +52,12 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/GetFunction",
         "GetFunction",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/ListFunctions",
         "ListFunctions",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/UpdateFunctionCode",
@@ -80,14 +83,14 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/ListVersionsByFunction",
         "ListVersionsByFunction",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/CreateAlias",
         "CreateAlias",
         Token(Deploy),
     ),
-    rpc("/nubo.v1.Functions/GetAlias", "GetAlias", Token(Invoke)),
+    rpc("/nubo.v1.Functions/GetAlias", "GetAlias", Token(Deploy)),
     rpc(
         "/nubo.v1.Functions/UpdateAlias",
         "UpdateAlias",
@@ -101,7 +104,7 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/ListAliases",
         "ListAliases",
-        Token(Invoke),
+        Token(Deploy),
     ),
     // Named ClusterStatus in metrics, as before the table.
     rpc("/nubo.v1.Cluster/Status", "ClusterStatus", Token(Deploy)),
