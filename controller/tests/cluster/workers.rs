@@ -810,3 +810,74 @@ async fn forward_invoke_takes_the_cluster_secret_not_the_worker_credential() {
     })
     .await
 }
+
+/// Payloads that are JSON to a lax parser but break runtimes are refused
+/// at the API with INVALID_ARGUMENT naming the problem, for sync and async
+/// invokes alike, and never run: 3 M nested `[]` (refused fast, by the
+/// depth scan), and invalid UTF-8 inside a string; a 100-deep document
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_or_non_utf8_payloads_are_refused_for_sync_and_async() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "parse", pb::FunctionConfig::default())
+            .await;
+        let call = |payload: Vec<u8>, kind: pb::InvocationType| {
+            let mut c = fleet.invocations(1);
+            async move {
+                c.invoke(bearer(
+                    pb::InvokeRequest {
+                        function_name: "parse".into(),
+                        payload,
+                        invocation_type: kind as i32,
+                        ..Default::default()
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+            }
+        };
+        // Balanced, so a parser that walks any depth calls it JSON.
+        let nested = |n: usize| {
+            let mut v = vec![b'['; n];
+            v.extend(std::iter::repeat_n(b']', n));
+            v
+        };
+        let deep = nested(3_000_000);
+        let t = Instant::now();
+        let s = call(deep, RequestResponse)
+            .await
+            .expect_err("3 M nested [");
+        let took = t.elapsed();
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("more than 128 levels deep"), "{s:?}");
+        assert!(took < Duration::from_secs(5), "refused in {took:?}");
+        eprintln!("3 M nested '[' refused in {took:?} (sent over loopback)");
+        // Async: the same depth check (under the 256 KB async limit).
+        let s = call(nested(100_000), Event)
+            .await
+            .expect_err("100 k nested [ as an Event");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("levels deep"), "{s:?}");
+        for kind in [RequestResponse, Event] {
+            let s = call(b"{\"name\":\"\xff\xfe\"}".to_vec(), kind)
+                .await
+                .expect_err("invalid UTF-8");
+            assert_eq!(s.code(), Code::InvalidArgument, "{kind:?}: {s:?}");
+            assert!(s.message().contains("not valid UTF-8"), "{kind:?}: {s:?}");
+        }
+        assert!(
+            fleet.workers[0].fake.runs_of_function("parse").is_empty(),
+            "refused payloads do not run"
+        );
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let r = call(ok.clone().into_bytes(), RequestResponse)
+            .await
+            .expect("a 100-deep document")
+            .into_inner();
+        assert_eq!(r.payload, ok.as_bytes());
+        fleet.shutdown().await;
+    })
+    .await
+}
