@@ -374,6 +374,12 @@ impl Invoker {
                     &exclude,
                 )
             }) else {
+                // Full workers are not picked: say so, with the numbers,
+                // rather than "no worker" (a throttle, to retry later).
+                if let Some(full) = self.workers.full_summary(view.config.memory_mb, &exclude) {
+                    last_error = full;
+                    saw_full = true;
+                }
                 break;
             };
             let call = pb::WorkerInvokeRequest {
@@ -415,7 +421,7 @@ impl Invoker {
                 Err(s) if s.code() == Code::ResourceExhausted => {
                     // Full: try another worker.
                     placed.finish(None, false);
-                    last_error = format!("worker {id} is full: {}", s.message());
+                    last_error = format!("worker {id}: {}", s.message());
                     saw_full = true;
                     exclude.push(id);
                 }
@@ -444,8 +450,10 @@ impl Invoker {
             .with_reason(Reason::NoWorker))
         } else if saw_full {
             Err(ApiError::throttled(format!(
-                "throttled: every worker is full ({last_error}); retry later or add workers"
-            )))
+                "throttled: worker capacity exhausted for {} ({} MB): {last_error}",
+                view.function_name, view.config.memory_mb
+            ))
+            .with_reason(Reason::CapacityExhausted))
         } else {
             Err(ApiError::unavailable(
                 format!("no worker could take the call ({last_error}); retry"),

@@ -353,15 +353,23 @@ impl FakeWorker {
     /// Serves a fake worker on a free loopback port, heartbeating to
     /// `controllers` with the worker credential of `SECRET`.
     pub async fn start(id: &str, zone: &str, controllers: Vec<String>) -> FakeWorker {
+        let pool = nubo_worker::pool::PoolConfig {
+            memory_mb: 8192,
+            max_sandboxes: 64,
+            keep_alive: Duration::from_secs(600),
+        };
+        Self::start_with(id, zone, controllers, pool).await
+    }
+
+    /// Like `start`, with the pool's capacity given.
+    pub async fn start_with(
+        id: &str,
+        zone: &str,
+        controllers: Vec<String>,
+        pool: nubo_worker::pool::PoolConfig,
+    ) -> FakeWorker {
         let fake = FakeFactory::programmable();
-        let pool = nubo_worker::pool::Pool::new(
-            fake.clone(),
-            nubo_worker::pool::PoolConfig {
-                memory_mb: 8192,
-                max_sandboxes: 64,
-                keep_alive: Duration::from_secs(600),
-            },
-        );
+        let pool = nubo_worker::pool::Pool::new(fake.clone(), pool);
         let worker = Arc::new(Worker::new(pool));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

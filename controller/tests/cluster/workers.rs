@@ -881,3 +881,92 @@ async fn deep_or_non_utf8_payloads_are_refused_for_sync_and_async() {
     })
     .await
 }
+
+/// A full worker is a throttle, not a missing one: with one worker of one
+/// sandbox busy on a slow call, further calls get RESOURCE_EXHAUSTED with
+/// the reason `capacity-exhausted` and the numbers (1 of 1 sandboxes), both
+/// when the worker itself refuses (before its next heartbeat says it is
+/// full) and when placement skips it on its heartbeat; never UNAVAILABLE
+/// "no live worker". After the slow call the next one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_throttles_with_capacity_exhausted() {
+    bounded(60, async {
+        let mut fleet = Fleet::start(1, &[], &|_| {}).await;
+        let addrs: Vec<String> = fleet.cluster.members.values().cloned().collect();
+        fleet.workers.push(
+            crate::harness::FakeWorker::start_with(
+                "w-tiny",
+                "a",
+                addrs,
+                nubo_worker::pool::PoolConfig {
+                    memory_mb: 1024,
+                    max_sandboxes: 1,
+                    keep_alive: Duration::from_secs(600),
+                },
+            )
+            .await,
+        );
+        fleet.wait_workers_live(Duration::from_secs(10)).await;
+        fleet
+            .create_function(
+                1,
+                "busy",
+                pb::FunctionConfig {
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut c = fleet.invocations(1);
+        let slow = tokio::spawn(async move {
+            c.invoke(bearer(
+                pb::InvokeRequest {
+                    function_name: "busy".into(),
+                    payload: br#"{"sleep_ms":2500}"#.to_vec(),
+                    ..Default::default()
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+        });
+        let worker = fleet.workers[0].worker.clone();
+        wait_for("the slow call to run", 10, || async {
+            (worker.pool.snapshot().busy == 1).then_some(())
+        })
+        .await;
+        let expect_full = |r: Result<pb::InvokeResponse, tonic::Status>, what: &str| match r {
+            Ok(v) => panic!("{what}: expected RESOURCE_EXHAUSTED, got {v:?}"),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{what}: {s:?}");
+                assert_eq!(
+                    nubo_proto::Reason::of(&s),
+                    Some(nubo_proto::Reason::CapacityExhausted),
+                    "{what}: {s:?}"
+                );
+                assert!(s.message().contains("capacity exhausted"), "{what}: {s:?}");
+                assert!(s.message().contains("1 of 1 sandboxes"), "{what}: {s:?}");
+            }
+        };
+        // At once: the worker may not have reported itself full yet.
+        expect_full(
+            fleet.invoke(1, "busy", "{}", RequestResponse).await,
+            "right after the slow call started",
+        );
+        // After heartbeats saying it is full: placement skips it.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for _ in 0..3 {
+            expect_full(
+                fleet.invoke(1, "busy", "{}", RequestResponse).await,
+                "with the worker reported full",
+            );
+        }
+        let r = slow.await.unwrap().expect("the slow call");
+        assert!(r.get_ref().function_error.is_empty());
+        fleet
+            .invoke(1, "busy", "{}", RequestResponse)
+            .await
+            .expect("a call once the sandbox is free");
+        fleet.shutdown().await;
+    })
+    .await
+}
