@@ -970,3 +970,170 @@ async fn a_full_worker_throttles_with_capacity_exhausted() {
     })
     .await
 }
+
+/// Destinations cannot loop: a function that names itself as its
+/// on-failure or on-success destination is refused (INVALID_ARGUMENT
+/// naming the field), and so is one naming no function (NOT_FOUND,
+/// `destination-not-found`), at create and at update-config.
+/// Two functions that are each other's on-success destination (ping ->
+/// pong -> ping ...) run exactly 16 times from one event, then the record
+/// is stopped: it lands unattempted in the next target's dead-letter queue
+/// (RecursiveLoop), `recursion_stopped` is counted, the queue empties and
+/// nothing more runs. Every record stays within the async payload limit
+/// (each embeds the last twice, so it grows until cut) and says
+/// `truncated`; so does the failure record of a 255 KB failing event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
+    bounded(90, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        let targets = |on_failure: &str, on_success: &str| pb::FunctionConfig {
+            async_config: Some(pb::AsyncConfig {
+                maximum_retry_attempts: Some(0),
+                dead_letter_target: on_failure.into(),
+                on_success_target: on_success.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (_, code) = crate::harness::code("loopfn");
+        let create = |name: &str, config: pb::FunctionConfig| {
+            let mut c = fleet.functions(1);
+            let msgs = vec![
+                pb::CreateFunctionChunk {
+                    part: Some(pb::create_function_chunk::Part::Header(
+                        pb::CreateFunctionHeader {
+                            function_name: name.into(),
+                            config: Some(pb::FunctionConfig {
+                                runtime: "python3.11".into(),
+                                handler: "app.handler".into(),
+                                ..config
+                            }),
+                            publish: false,
+                            code_size: code.len() as u64,
+                        },
+                    )),
+                },
+                pb::CreateFunctionChunk {
+                    part: Some(pb::create_function_chunk::Part::Code(code.clone())),
+                },
+            ];
+            async move {
+                c.create_function(bearer(tokio_stream::iter(msgs), FLEET_ADMIN))
+                    .await
+            }
+        };
+        for (config, field) in [
+            (targets("loopfn", ""), "dead_letter_target"),
+            (targets("", "loopfn"), "on_success_target"),
+        ] {
+            let s = create("loopfn", config).await.expect_err("a self-target");
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(s.message().contains(field), "{s:?}");
+            assert!(s.message().contains("loopfn itself"), "{s:?}");
+        }
+        let s = create("loopfn", targets("nowhere", ""))
+            .await
+            .expect_err("a missing target");
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+        assert_eq!(
+            nubo_proto::Reason::of(&s),
+            Some(nubo_proto::Reason::DestinationNotFound),
+            "{s:?}"
+        );
+        assert!(s.message().contains("nowhere"), "{s:?}");
+
+        fleet.create_function(1, "ping", targets("", "")).await;
+        fleet.create_function(1, "pong", targets("", "ping")).await;
+        for (config, code) in [
+            (targets("ping", ""), Code::InvalidArgument),
+            (targets("", "ping"), Code::InvalidArgument),
+            (targets("", "nowhere"), Code::NotFound),
+        ] {
+            let s = fleet
+                .functions(1)
+                .update_function_configuration(bearer(
+                    pb::UpdateFunctionConfigurationRequest {
+                        function_name: "ping".into(),
+                        config: Some(config),
+                        revision_id: String::new(),
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+                .expect_err("a bad target on update");
+            assert_eq!(s.code(), code, "{s:?}");
+        }
+        // A longer cycle cannot be refused at deploy (ping -> pong is fine
+        // until pong -> ping exists): it is stopped at run time.
+        fleet.update_config(1, "ping", targets("", "pong")).await;
+        let limit = 256 * 1024;
+        let blob = "z".repeat(60_000);
+        let first = fleet
+            .invoke(1, "ping", &format!(r#"{{"blob":"{blob}"}}"#), Event)
+            .await
+            .unwrap();
+        let stopped = wait_for("the loop's stopped record", 30, || async {
+            fleet.dead_letters(1, "ping").await.into_iter().next()
+        })
+        .await;
+        assert_eq!(stopped.condition, "RecursiveLoop", "{stopped:?}");
+        assert_eq!(stopped.error_type, "RecursiveInvocationException");
+        assert_eq!(stopped.attempts, 0);
+        assert!(stopped.error_message.contains("pong -> ping"), "{stopped:?}");
+        // Nothing more runs, and the queue empties.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let runs: Vec<_> = ["ping", "pong"]
+            .iter()
+            .flat_map(|f| fake.runs_of_function(f))
+            .collect();
+        assert_eq!(runs.len(), 16, "16 invocations in one chain, then stopped");
+        assert_eq!(fake.runs_of(&first.request_id), 1);
+        for f in ["ping", "pong"] {
+            assert_eq!(fleet.async_status(1, f).await.queued, 0, "{f}");
+        }
+        assert!(fleet.dead_letters(1, "pong").await.is_empty());
+        let node = fleet.cluster.node(1);
+        let (events, bytes) = node.with_registry(|r| (r.queues.events.len(), r.queues.bytes));
+        assert_eq!((events, bytes), (0, 0), "nothing left in the replicated queue");
+        use nubo_controller::metrics::AsyncStage;
+        assert_eq!(node.metrics.async_count(AsyncStage::RecursionStopped), 1);
+        assert_eq!(node.metrics.async_count(AsyncStage::SentToDestination), 15);
+        let mut truncated = 0;
+        for r in &runs {
+            assert!(r.payload.len() <= limit, "a record of {} bytes", r.payload.len());
+            let v = json_of(&r.payload);
+            if v["truncated"] == true {
+                truncated += 1;
+            }
+        }
+        eprintln!(
+            "destination loop: {} runs, largest record {} bytes, {truncated} truncated",
+            runs.len(),
+            runs.iter().map(|r| r.payload.len()).max().unwrap_or(0)
+        );
+        assert!(truncated >= 10, "records grow until cut: {truncated} truncated");
+        assert!(stopped.payload.len() <= limit);
+
+        // A failing event at the async limit: its failure record is cut.
+        fleet.create_function(1, "sink", targets("", "")).await;
+        fleet.create_function(1, "heavy", targets("sink", "")).await;
+        let pad = "p".repeat(limit - 100);
+        let payload = format!(r#"{{"error":"boom","pad":"{pad}"}}"#);
+        assert!(payload.len() <= limit);
+        fleet.invoke(1, "heavy", &payload, Event).await.unwrap();
+        let record = wait_for("the heavy failure record", 15, || async {
+            fake.runs_of_function("sink").first().map(|r| r.payload.clone())
+        })
+        .await;
+        assert!(record.len() <= limit, "{} bytes", record.len());
+        let v = json_of(&record);
+        assert_eq!(v["truncated"], true, "{}", &v.to_string()[..300]);
+        assert_eq!(v["truncatedFields"], serde_json::json!(["requestPayload"]));
+        assert!(payload.starts_with(v["requestPayload"].as_str().unwrap()));
+        assert_eq!(v["responsePayload"]["errorMessage"], "boom");
+        assert_eq!(v["requestContext"]["condition"], "RetriesExhausted");
+        fleet.shutdown().await;
+    })
+    .await
+}
