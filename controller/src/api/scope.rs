@@ -241,9 +241,7 @@ impl Internal {
         match lookup(path) {
             Some(r) if r.access == Access::Cluster => self.check_cluster(md, r.name),
             Some(r) if r.access == Access::Worker => self.check_worker(md),
-            _ => {
-                Err(Status::internal(format!("{path} has no secret rule")))
-            }
+            _ => Err(Status::internal(format!("{path} has no secret rule"))),
         }
     }
 

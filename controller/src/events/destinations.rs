@@ -218,7 +218,12 @@ mod tests {
     /// mark, one hop deeper than the event.
     #[test]
     fn small_records_are_whole_and_one_hop_deeper() {
-        let r = failure_record(&dead_letter(r#"{"k":[1,2]}"#.into(), 3), &view(), "g", LIMIT);
+        let r = failure_record(
+            &dead_letter(r#"{"k":[1,2]}"#.into(), 3),
+            &view(),
+            "g",
+            LIMIT,
+        );
         assert_eq!((r.function.as_str(), r.depth), ("g", 4));
         let v: Value = serde_json::from_str(&r.payload).unwrap();
         assert_eq!(v["requestPayload"]["k"][1], 2);
@@ -239,7 +244,11 @@ mod tests {
         assert_eq!(v["truncated"], true);
         assert_eq!(v["truncatedFields"], json!(["requestPayload"]));
         let kept = v["requestPayload"].as_str().unwrap();
-        assert!(big.starts_with(kept) && kept.len() > 200_000, "{}", kept.len());
+        assert!(
+            big.starts_with(kept) && kept.len() > 200_000,
+            "{}",
+            kept.len()
+        );
         assert_eq!(v["responsePayload"]["errorMessage"], "boom", "small: whole");
 
         let ev = AsyncEvent::new("r".into(), "f".into(), LATEST.into(), big.clone(), 0);
@@ -247,7 +256,10 @@ mod tests {
         let r = success_record(&ev, &view(), "g", result.as_bytes(), LIMIT);
         assert!(r.payload.len() as u64 <= LIMIT, "{} bytes", r.payload.len());
         let v: Value = serde_json::from_str(&r.payload).unwrap();
-        assert_eq!(v["truncatedFields"], json!(["requestPayload", "responsePayload"]));
+        assert_eq!(
+            v["truncatedFields"],
+            json!(["requestPayload", "responsePayload"])
+        );
         assert!(result.starts_with(v["responsePayload"].as_str().unwrap()));
         assert_eq!(r.depth, 1);
     }

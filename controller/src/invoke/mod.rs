@@ -571,10 +571,15 @@ mod tests {
         let deep = vec![b'['; 3_000_000];
         let t = std::time::Instant::now();
         let e = check_payload(&deep, 64).unwrap_err();
-        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
         assert!(matches!(e, RegistryError::InvalidArgument(_)), "{e:?}");
         assert!(
-            e.to_string().contains("more than 64 levels deep (at byte 64 of 3000000)"),
+            e.to_string()
+                .contains("more than 64 levels deep (at byte 64 of 3000000)"),
             "{e}"
         );
         check_payload(&nested(64), 64).unwrap();
@@ -595,7 +600,11 @@ mod tests {
             "serde alone lets it through"
         );
         let e = check_payload(bad, 64).unwrap_err();
-        assert!(e.to_string().contains("not valid UTF-8 (an invalid byte sequence at byte 9"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("not valid UTF-8 (an invalid byte sequence at byte 9"),
+            "{e}"
+        );
         assert_eq!(e.reason(), Some(Reason::PayloadNotJson));
         check_payload("{\"name\":\"Adélaïde 🌍\"}".as_bytes(), 64).unwrap();
     }

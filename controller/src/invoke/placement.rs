@@ -332,7 +332,11 @@ impl WorkerRegistry {
         Some(format!(
             "{} live worker{} in use: {} of {} sandboxes, {} of {} MB",
             fitting.len(),
-            if fitting.len() == 1 { " is full, all capacity" } else { "s are full, all capacity" },
+            if fitting.len() == 1 {
+                " is full, all capacity"
+            } else {
+                "s are full, all capacity"
+            },
             sum(|e| e.hb.sandboxes),
             sum(|e| e.hb.max_sandboxes),
             sum(|e| e.hb.used_memory_mb),

@@ -151,7 +151,11 @@ fn entry_path(name: &str) -> Result<Vec<String>, RegistryError> {
             c.chars().take(32).collect::<String>()
         )));
     }
-    let len = path.iter().map(|c| c.len() + 1).sum::<usize>().saturating_sub(1);
+    let len = path
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
     if len > MAX_PATH_BYTES {
         return Err(bad(&format!(
             "has a path of {len} bytes: paths are at most {MAX_PATH_BYTES} bytes \
@@ -167,7 +171,10 @@ fn entry_path(name: &str) -> Result<Vec<String>, RegistryError> {
 /// extra field and comment).
 fn duplicate_raw_name(zip: &[u8], start: u64) -> Option<String> {
     const CENTRAL: [u8; 4] = 0x0201_4b50u32.to_le_bytes();
-    let u16_at = |i: usize| zip.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u16_at = |i: usize| {
+        zip.get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
     let mut seen: HashSet<&[u8]> = HashSet::new();
     let mut i = usize::try_from(start).ok()?;
     while zip.get(i..i + 4) == Some(&CENTRAL[..]) {
@@ -1084,7 +1091,12 @@ mod tests {
             E::File("app.py", b"def lambda_handler(e, c): return 1\n"),
             E::File("apq.py", b"def lambda_handler(e, c): return 2\n"),
         ]);
-        for (i, _) in zip.clone().windows(6).enumerate().filter(|(_, w)| *w == b"apq.py") {
+        for (i, _) in zip
+            .clone()
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| *w == b"apq.py")
+        {
             zip[i + 2] = b'p';
         }
         assert_eq!(
@@ -1098,11 +1110,20 @@ mod tests {
             &["\"app.py\" and \"./app.py\" are the same path"],
         );
         bad_reason(
-            py(&build(&[E::File("app.py", b""), E::File("lib", b""), E::File("lib/x.py", b"")])),
+            py(&build(&[
+                E::File("app.py", b""),
+                E::File("lib", b""),
+                E::File("lib/x.py", b""),
+            ])),
             &["\"lib/x.py\" needs \"lib\" to be a directory"],
         );
-        py(&build(&[E::File("app.py", b""), E::Dir("lib/"), E::Dir("./lib/"), E::File("lib/x.py", b"")]))
-            .expect("a directory listed twice");
+        py(&build(&[
+            E::File("app.py", b""),
+            E::Dir("lib/"),
+            E::Dir("./lib/"),
+            E::File("lib/x.py", b""),
+        ]))
+        .expect("a directory listed twice");
     }
 
     #[test]

@@ -1166,11 +1166,19 @@ mod tests {
         assert_eq!(r, before, "refused updates change nothing");
         // Deleting the destination is allowed (Lambda allows it too); an
         // update that leaves the targets alone still works, clearing too.
-        r.apply(5, Command::DeleteFunction { name: "sink".into() })
-            .unwrap();
+        r.apply(
+            5,
+            Command::DeleteFunction {
+                name: "sink".into(),
+            },
+        )
+        .unwrap();
         set_memory(&mut r, 6, "loopfn", 256).unwrap();
         r.apply(7, update(Some(""), Some(""))).unwrap();
-        assert_eq!(r.functions["loopfn"].latest.async_config.dead_letter_target, "");
+        assert_eq!(
+            r.functions["loopfn"].latest.async_config.dead_letter_target,
+            ""
+        );
     }
 
     /// A dead letter written directly (a stopped destination record)

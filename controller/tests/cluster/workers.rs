@@ -779,12 +779,10 @@ async fn forward_invoke_takes_the_cluster_secret_not_the_worker_credential() {
         fleet
             .create_function(1, "fwd", pb::FunctionConfig::default())
             .await;
-        let ch = tonic::transport::Channel::from_shared(format!(
-            "http://{}",
-            fleet.cluster.members[&1]
-        ))
-        .unwrap()
-        .connect_lazy();
+        let ch =
+            tonic::transport::Channel::from_shared(format!("http://{}", fleet.cluster.members[&1]))
+                .unwrap()
+                .connect_lazy();
         let mut wc = pb::worker_control_client::WorkerControlClient::new(ch);
         let req = || pb::InvokeRequest {
             function_name: "fwd".into(),
@@ -846,9 +844,7 @@ async fn deep_or_non_utf8_payloads_are_refused_for_sync_and_async() {
         };
         let deep = nested(3_000_000);
         let t = Instant::now();
-        let s = call(deep, RequestResponse)
-            .await
-            .expect_err("3 M nested [");
+        let s = call(deep, RequestResponse).await.expect_err("3 M nested [");
         let took = t.elapsed();
         assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
         assert!(s.message().contains("more than 128 levels deep"), "{s:?}");
@@ -981,7 +977,9 @@ async fn a_full_worker_throttles_with_capacity_exhausted() {
 /// (RecursiveLoop), `recursion_stopped` is counted, the queue empties and
 /// nothing more runs. Every record stays within the async payload limit
 /// (each embeds the last twice, so it grows until cut) and says
-/// `truncated`; so does the failure record of a 255 KB failing event.
+/// `truncated`; so does the failure record of a 256 KB failing event.
+/// Deleting a function that is a destination is allowed; the records meant
+/// for it are dropped and counted (`destination_failed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
     bounded(90, async {
@@ -1080,7 +1078,10 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
         assert_eq!(stopped.condition, "RecursiveLoop", "{stopped:?}");
         assert_eq!(stopped.error_type, "RecursiveInvocationException");
         assert_eq!(stopped.attempts, 0);
-        assert!(stopped.error_message.contains("pong -> ping"), "{stopped:?}");
+        assert!(
+            stopped.error_message.contains("pong -> ping"),
+            "{stopped:?}"
+        );
         // Nothing more runs, and the queue empties.
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         let runs: Vec<_> = ["ping", "pong"]
@@ -1095,13 +1096,21 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
         assert!(fleet.dead_letters(1, "pong").await.is_empty());
         let node = fleet.cluster.node(1);
         let (events, bytes) = node.with_registry(|r| (r.queues.events.len(), r.queues.bytes));
-        assert_eq!((events, bytes), (0, 0), "nothing left in the replicated queue");
+        assert_eq!(
+            (events, bytes),
+            (0, 0),
+            "nothing left in the replicated queue"
+        );
         use nubo_controller::metrics::AsyncStage;
         assert_eq!(node.metrics.async_count(AsyncStage::RecursionStopped), 1);
         assert_eq!(node.metrics.async_count(AsyncStage::SentToDestination), 15);
         let mut truncated = 0;
         for r in &runs {
-            assert!(r.payload.len() <= limit, "a record of {} bytes", r.payload.len());
+            assert!(
+                r.payload.len() <= limit,
+                "a record of {} bytes",
+                r.payload.len()
+            );
             let v = json_of(&r.payload);
             if v["truncated"] == true {
                 truncated += 1;
@@ -1112,7 +1121,10 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
             runs.len(),
             runs.iter().map(|r| r.payload.len()).max().unwrap_or(0)
         );
-        assert!(truncated >= 10, "records grow until cut: {truncated} truncated");
+        assert!(
+            truncated >= 10,
+            "records grow until cut: {truncated} truncated"
+        );
         assert!(stopped.payload.len() <= limit);
 
         // A failing event at the async limit: its failure record is cut.
@@ -1123,7 +1135,9 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
         assert!(payload.len() <= limit);
         fleet.invoke(1, "heavy", &payload, Event).await.unwrap();
         let record = wait_for("the heavy failure record", 15, || async {
-            fake.runs_of_function("sink").first().map(|r| r.payload.clone())
+            fake.runs_of_function("sink")
+                .first()
+                .map(|r| r.payload.clone())
         })
         .await;
         assert!(record.len() <= limit, "{} bytes", record.len());
@@ -1133,6 +1147,30 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
         assert!(payload.starts_with(v["requestPayload"].as_str().unwrap()));
         assert_eq!(v["responsePayload"]["errorMessage"], "boom");
         assert_eq!(v["requestContext"]["condition"], "RetriesExhausted");
+
+        // Deleting a destination is allowed (as on Lambda): the next
+        // record has nowhere to go and is dropped, counted; the failed
+        // event is still dead-lettered.
+        fleet
+            .functions(1)
+            .delete_function(bearer(
+                pb::DeleteFunctionRequest {
+                    function_name: "sink".into(),
+                    qualifier: String::new(),
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .expect("deleting a function that is a destination");
+        fleet
+            .invoke(1, "heavy", r#"{"error":"again"}"#, Event)
+            .await
+            .unwrap();
+        wait_for("the undeliverable record counted", 15, || async {
+            (node.metrics.async_count(AsyncStage::DestinationFailed) == 1).then_some(())
+        })
+        .await;
+        assert_eq!(fleet.dead_letters(1, "heavy").await.len(), 2);
         fleet.shutdown().await;
     })
     .await
