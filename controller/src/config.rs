@@ -65,6 +65,11 @@ pub struct ControllerConfig {
     pub blob_gc_grace_secs: u64,
     /// Largest synchronous invoke payload (Lambda: 6 MB).
     pub max_sync_payload_bytes: u64,
+    /// Deepest nesting of arrays and objects in an invoke payload (sync
+    /// and async): runtimes parse events recursively, and 3 M nested `[`
+    /// crashed Python's. 128 by default (serde_json's own limit), at most
+    /// 512 (well inside Python's recursion limit of 1000).
+    pub max_payload_depth: u32,
     /// How often workers are asked to heartbeat.
     pub worker_heartbeat_ms: u64,
     /// A worker silent for this long is dead: nothing is placed on it.
@@ -108,6 +113,7 @@ impl Default for ControllerConfig {
             worker_heartbeat_ms: 250,
             worker_dead_after_ms: 1_000,
             max_async_payload_bytes: 256 * 1024,
+            max_payload_depth: 128,
             async_base_wait_ms: 60_000,
             idempotency_window_ms: 3_600_000,
             max_async_queue_bytes: 512 << 20,
@@ -223,6 +229,12 @@ impl ControllerConfig {
             return Err(ConfigError::Invalid(format!(
                 "max_async_payload_bytes {} is out of range: use 1024 up to max_sync_payload_bytes ({})",
                 self.max_async_payload_bytes, self.max_sync_payload_bytes
+            )));
+        }
+        if !(1..=512).contains(&self.max_payload_depth) {
+            return Err(ConfigError::Invalid(format!(
+                "max_payload_depth {} is out of range: use 1 to 512",
+                self.max_payload_depth
             )));
         }
         if !(1_000..=7 * 86_400_000).contains(&self.idempotency_window_ms) {

@@ -41,6 +41,11 @@ pub enum AsyncStage {
     DeadLettered,
     /// A destination record (on-success or on-failure) was enqueued.
     SentToDestination,
+    /// A destination record stopped at the recursion bound (a loop of
+    /// destinations): kept in its target's dead-letter queue, not run.
+    RecursionStopped,
+    /// A destination record whose target no longer exists: dropped.
+    DestinationFailed,
 }
 
 impl AsyncStage {
@@ -56,6 +61,8 @@ impl AsyncStage {
         AsyncStage::Expired,
         AsyncStage::DeadLettered,
         AsyncStage::SentToDestination,
+        AsyncStage::RecursionStopped,
+        AsyncStage::DestinationFailed,
     ];
 
     /// The `stage` label.
@@ -72,6 +79,8 @@ impl AsyncStage {
             AsyncStage::Expired => "expired",
             AsyncStage::DeadLettered => "dead_lettered",
             AsyncStage::SentToDestination => "sent_to_destination",
+            AsyncStage::RecursionStopped => "recursion_stopped",
+            AsyncStage::DestinationFailed => "destination_failed",
         }
     }
 }
@@ -114,6 +123,16 @@ impl Metrics {
     }
 
     /// Renders the API metrics plus the given Raft metrics.
+    /// How many async events reached `stage` on this node.
+    pub fn async_count(&self, stage: AsyncStage) -> u64 {
+        self.async_events
+            .lock()
+            .expect("lock")
+            .get(stage.as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn render(&self, raft: &openraft::RaftMetrics<u64, openraft::BasicNode>) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP nubo_raft_term Current Raft term.\n# TYPE nubo_raft_term gauge\nnubo_raft_term {}", raft.current_term);

@@ -45,6 +45,11 @@ pub enum Reason {
     ReservedConcurrency,
     /// No live worker can run the function.
     NoWorker,
+    /// Every live worker that could run the function is full (sandboxes
+    /// or memory): a throttle, retry later.
+    CapacityExhausted,
+    /// An on-failure / on-success destination names no function.
+    DestinationNotFound,
     /// The write was not committed by a majority in time.
     NoQuorum,
     /// A code package did not reach a majority of controllers.
@@ -88,6 +93,8 @@ impl Reason {
         Reason::NoCode,
         Reason::ReservedConcurrency,
         Reason::NoWorker,
+        Reason::CapacityExhausted,
+        Reason::DestinationNotFound,
         Reason::NoQuorum,
         Reason::CodeNotReplicated,
         Reason::AsyncQueueFull,
@@ -117,6 +124,8 @@ impl Reason {
             Reason::NoCode => "no-code",
             Reason::ReservedConcurrency => "reserved-concurrency",
             Reason::NoWorker => "no-worker",
+            Reason::CapacityExhausted => "capacity-exhausted",
+            Reason::DestinationNotFound => "destination-not-found",
             Reason::NoQuorum => "no-quorum",
             Reason::CodeNotReplicated => "code-not-replicated",
             Reason::AsyncQueueFull => "async-queue-full",
@@ -246,7 +255,9 @@ mod tests {
                 | Reason::TokenMissing
                 | Reason::TokenUnknown
                 | Reason::TokenScope
-                | Reason::ReadUnconfirmed => true,
+                | Reason::ReadUnconfirmed
+                | Reason::CapacityExhausted
+                | Reason::DestinationNotFound => true,
             };
             assert!(listed);
         }

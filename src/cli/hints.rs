@@ -234,6 +234,14 @@ fn reason_hint(r: Reason, message: &str, ctx: Option<&ErrorContext>) -> String {
              `nubo function update-config {f} --reserved-concurrency N`"
         ),
         Reason::NoWorker => NO_WORKER_HINT.to_string(),
+        Reason::CapacityExhausted => "retry later (with backoff), or add worker capacity: \
+             `nubo cluster status` shows each worker's sandboxes and memory in use"
+            .to_string(),
+        Reason::DestinationNotFound => {
+            "create the destination function first (`nubo function create NAME ...`), \
+             or pick an existing one from `nubo function list`"
+                .to_string()
+        }
         Reason::NoQuorum => "a majority of controllers must be up and connected: check \
              `nubo cluster status`"
             .to_string(),

@@ -19,8 +19,8 @@ pub enum Access {
     Token(Scope),
     /// The cluster secret (controller to controller).
     Cluster,
-    /// The worker credential, or the cluster secret (a controller
-    /// forwarding an invoke to the leader).
+    /// The worker credential (or the cluster secret: a worker started
+    /// with it derives the credential).
     Worker,
 }
 
@@ -39,7 +39,10 @@ const fn rpc(path: &'static str, name: &'static str, access: Access) -> Rpc {
 use Access::{Cluster, Token, Worker};
 use Scope::{Admin, Deploy, Invoke};
 
-/// Every method the controller serves.
+/// Every method the controller serves. An `invoke` token may only invoke
+/// (Lambda's `lambda:InvokeFunction` grants no GetFunction): reading a
+/// configuration, whose environment often holds secrets, or listing
+/// functions, versions and aliases needs `deploy`.
 pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/CreateFunction",
@@ -49,12 +52,12 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/GetFunction",
         "GetFunction",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/ListFunctions",
         "ListFunctions",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/UpdateFunctionCode",
@@ -80,14 +83,14 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/ListVersionsByFunction",
         "ListVersionsByFunction",
-        Token(Invoke),
+        Token(Deploy),
     ),
     rpc(
         "/nubo.v1.Functions/CreateAlias",
         "CreateAlias",
         Token(Deploy),
     ),
-    rpc("/nubo.v1.Functions/GetAlias", "GetAlias", Token(Invoke)),
+    rpc("/nubo.v1.Functions/GetAlias", "GetAlias", Token(Deploy)),
     rpc(
         "/nubo.v1.Functions/UpdateAlias",
         "UpdateAlias",
@@ -101,7 +104,7 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/nubo.v1.Functions/ListAliases",
         "ListAliases",
-        Token(Invoke),
+        Token(Deploy),
     ),
     // Named ClusterStatus in metrics, as before the table.
     rpc("/nubo.v1.Cluster/Status", "ClusterStatus", Token(Deploy)),
@@ -154,10 +157,12 @@ pub const RPCS: &[Rpc] = &[
     rpc("/nubo.v1.BlobInternal/FetchBlob", "FetchBlob", Cluster),
     rpc("/nubo.v1.WorkerControl/Heartbeat", "Heartbeat", Worker),
     rpc("/nubo.v1.WorkerControl/FetchCode", "FetchCode", Worker),
+    // Controllers only: a worker host must not run any function with any
+    // payload without a token.
     rpc(
         "/nubo.v1.WorkerControl/ForwardInvoke",
         "ForwardInvoke",
-        Worker,
+        Cluster,
     ),
 ];
 
@@ -233,12 +238,10 @@ impl Api {
 impl Internal {
     /// Checks the caller's secret against the table's entry for `path`.
     pub(crate) fn authorize(&self, md: &MetadataMap, path: &str) -> Result<(), Status> {
-        match lookup(path).map(|r| r.access) {
-            Some(Access::Cluster) => self.check_cluster(md),
-            Some(Access::Worker) => self.check_worker(md),
-            Some(Access::Token(_)) | None => {
-                Err(Status::internal(format!("{path} has no secret rule")))
-            }
+        match lookup(path) {
+            Some(r) if r.access == Access::Cluster => self.check_cluster(md, r.name),
+            Some(r) if r.access == Access::Worker => self.check_worker(md),
+            _ => Err(Status::internal(format!("{path} has no secret rule"))),
         }
     }
 
@@ -255,12 +258,17 @@ impl Internal {
         }
     }
 
-    fn check_cluster(&self, md: &MetadataMap) -> Result<(), Status> {
+    fn check_cluster(&self, md: &MetadataMap, method: &str) -> Result<(), Status> {
         let got = nubo_proto::presented_secret(md);
         let want = self.node.config.cluster_secret.as_str();
         // Constant-time comparison: the secret guards cluster membership.
         if nubo_proto::secret_matches(got, want) {
             Ok(())
+        } else if nubo_proto::secret_matches(got, &self.invoker.worker_secret) {
+            // UNAUTHENTICATED like any wrong secret, saying which it was.
+            Err(Status::unauthenticated(format!(
+                "the worker credential cannot call {method}: only controllers (the cluster secret) may"
+            )))
         } else {
             Err(Status::unauthenticated(
                 "wrong cluster secret: every controller must share the same cluster_secret",

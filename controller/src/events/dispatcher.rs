@@ -19,8 +19,10 @@ use crate::invoke::concurrency::Slot;
 use crate::invoke::{new_request_id, AsyncAttempt, Invoker};
 use crate::metrics::AsyncStage;
 use crate::raft::node::{ControllerNode, LeaderReads};
-use crate::registry::asyncq::{next_step, Admit, AsyncEvent, Attempt, Policy, Step};
-use crate::registry::model::{Command, ConfigView};
+use crate::registry::asyncq::{
+    next_step, stop_recursion, Admit, AsyncEvent, Attempt, Policy, Step, MAX_DESTINATION_DEPTH,
+};
+use crate::registry::model::{Command, ConfigView, Outcome};
 
 /// The async path's state on one controller. Only the leader dispatches;
 /// any node accepts events (`enqueue_event`).
@@ -285,17 +287,20 @@ impl Dispatcher {
         step: Step,
         ran: Option<(&ConfigView, Option<Vec<u8>>)>,
     ) {
+        // Records are held to the async payload limit like any event.
+        let limit = self.node.config.max_async_payload_bytes;
         let destination = ran.and_then(|(view, result)| {
             let a = &view.config.async_config;
             match &step {
                 Step::DeadLetter(d) if !a.dead_letter_target.is_empty() => {
-                    Some(failure_record(d, view, &a.dead_letter_target))
+                    Some(failure_record(d, view, &a.dead_letter_target, limit))
                 }
                 Step::Done if !a.on_success_target.is_empty() => Some(success_record(
                     ev,
                     view,
                     &a.on_success_target,
                     result.as_deref().unwrap_or(b"null"),
+                    limit,
                 )),
                 _ => None,
             }
@@ -305,16 +310,40 @@ impl Dispatcher {
             step,
         };
         let cmd = match destination {
+            Some(dest) if dest.depth >= MAX_DESTINATION_DEPTH => {
+                // A chain of destinations (A -> B -> A ...) as long as
+                // Lambda lets one run: the record is not sent on but kept,
+                // unattempted, in its target's dead-letter queue.
+                tracing::warn!(
+                    event = %ev.request_id,
+                    function = %ev.function,
+                    target = %dest.function,
+                    depth = dest.depth,
+                    "recursive loop of destinations stopped: the record goes to the target's dead-letter queue, not to the target"
+                );
+                self.node.metrics.async_event(AsyncStage::RecursionStopped);
+                let stopped = stop_recursion(dest, &ev.function, now_ms());
+                Command::Batch(vec![step_cmd, Command::DeadLetter(stopped)])
+            }
             Some(dest) => {
                 self.node.metrics.async_event(AsyncStage::SentToDestination);
                 Command::Batch(vec![step_cmd, Command::EnqueueEvent(dest)])
             }
             None => step_cmd,
         };
-        if let Err(e) = self.node.write(cmd).await {
+        match self.node.write(cmd).await {
+            Ok(Outcome::Batch(results)) => {
+                if let Some(Err(e)) = results.get(1) {
+                    // The target went (deleted since it was set): as on
+                    // Lambda, the record is lost; the step committed.
+                    self.node.metrics.async_event(AsyncStage::DestinationFailed);
+                    tracing::warn!(event = %ev.request_id, function = %ev.function, "destination record not delivered: {e}");
+                }
+            }
+            Ok(_) => {}
             // Not committed: the event stays queued and runs again (here or
             // on the next leader).
-            tracing::warn!(event = %ev.request_id, "recording an async attempt: {e}");
+            Err(e) => tracing::warn!(event = %ev.request_id, "recording an async attempt: {e}"),
         }
     }
 

@@ -156,6 +156,71 @@ fn not_sent(s: &tonic::Status) -> bool {
     }
 }
 
+/// Checks an invoke payload (empty means `{}`): UTF-8, nested at most
+/// `max_depth` arrays and objects deep, and JSON. The depth is found by
+/// one byte scan before anything parses it: serde's `IgnoredAny` walks any
+/// depth without a limit, and 3 M nested `[` passed the JSON check and then
+/// killed the Python runtime's parser (and its sandbox). serde's
+/// `IgnoredAny` does not check the UTF-8 inside strings either, hence
+/// `from_utf8` first (both are linear and allocate nothing).
+pub(crate) fn check_payload(payload: &[u8], max_depth: u32) -> Result<(), RegistryError> {
+    if payload.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = std::str::from_utf8(payload) {
+        return Err(RegistryError::invalid(format!(
+            "payload is not valid UTF-8 (an invalid byte sequence at byte {} of {}): JSON text must be UTF-8",
+            e.valid_up_to(),
+            payload.len()
+        ))
+        .with_reason(Reason::PayloadNotJson));
+    }
+    if let Some(at) = too_deep(payload, max_depth) {
+        return Err(RegistryError::invalid(format!(
+            "payload nests arrays and objects more than {max_depth} levels deep (at byte {at} of {}): the limit is {max_depth} (max_payload_depth)",
+            payload.len()
+        )));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload).map_err(|e| {
+        RegistryError::invalid(format!("payload is not valid JSON ({e})"))
+            .with_reason(Reason::PayloadNotJson)
+    })?;
+    Ok(())
+}
+
+/// The offset of the first `[` or `{` (outside strings) that opens level
+/// `max_depth + 1`, if any. Exact for valid JSON; on invalid JSON it may
+/// say anything, and the parse after it refuses the payload anyway.
+fn too_deep(payload: &[u8], max_depth: u32) -> Option<usize> {
+    let mut depth = 0u32;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in payload.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 impl Invoker {
     pub fn new(node: Arc<ControllerNode>) -> Self {
         let c = &node.config;
@@ -216,12 +281,7 @@ impl Invoker {
             ))
             .into());
         }
-        if !req.payload.is_empty() {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&req.payload).map_err(|e| {
-                RegistryError::invalid(format!("payload is not valid JSON ({e})"))
-                    .with_reason(Reason::PayloadNotJson)
-            })?;
-        }
+        check_payload(&req.payload, self.node.config.max_payload_depth)?;
         let qualifier = if req.qualifier.is_empty() {
             LATEST.to_string()
         } else {
@@ -314,6 +374,12 @@ impl Invoker {
                     &exclude,
                 )
             }) else {
+                // Full workers are not picked: say so, with the numbers,
+                // rather than "no worker" (a throttle, to retry later).
+                if let Some(full) = self.workers.full_summary(view.config.memory_mb, &exclude) {
+                    last_error = full;
+                    saw_full = true;
+                }
                 break;
             };
             let call = pb::WorkerInvokeRequest {
@@ -355,7 +421,7 @@ impl Invoker {
                 Err(s) if s.code() == Code::ResourceExhausted => {
                     // Full: try another worker.
                     placed.finish(None, false);
-                    last_error = format!("worker {id} is full: {}", s.message());
+                    last_error = format!("worker {id}: {}", s.message());
                     saw_full = true;
                     exclude.push(id);
                 }
@@ -384,8 +450,10 @@ impl Invoker {
             .with_reason(Reason::NoWorker))
         } else if saw_full {
             Err(ApiError::throttled(format!(
-                "throttled: every worker is full ({last_error}); retry later or add workers"
-            )))
+                "throttled: worker capacity exhausted for {} ({} MB): {last_error}",
+                view.function_name, view.config.memory_mb
+            ))
+            .with_reason(Reason::CapacityExhausted))
         } else {
             Err(ApiError::unavailable(
                 format!("no worker could take the call ({last_error}); retry"),
@@ -481,5 +549,83 @@ impl Invoker {
                 }
             })?;
         Ok(r.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut v = vec![b'['; depth];
+        v.extend(std::iter::repeat_n(b']', depth));
+        v
+    }
+
+    /// 3 M nested `[` are refused by the depth scan, fast, naming the
+    /// limit; 64 levels pass and 65 do not; brackets inside strings (also
+    /// after escaped quotes) do not count; a 100-deep document passes a
+    /// limit of 128.
+    #[test]
+    fn deep_payloads_are_refused_and_strings_do_not_count() {
+        let deep = vec![b'['; 3_000_000];
+        let t = std::time::Instant::now();
+        let e = check_payload(&deep, 64).unwrap_err();
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(matches!(e, RegistryError::InvalidArgument(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("more than 64 levels deep (at byte 64 of 3000000)"),
+            "{e}"
+        );
+        check_payload(&nested(64), 64).unwrap();
+        check_payload(&nested(65), 64).unwrap_err();
+        check_payload(&nested(100), 128).unwrap();
+        check_payload(br#"{"a":"[[[[[[[[[[\"[[[[[[[[","b":[1,{"c":[]}]}"#, 4).unwrap();
+        assert!(check_payload(br#"{"a":{"b":{"c":{}}}}"#, 3).is_err());
+        check_payload(b"", 1).unwrap();
+    }
+
+    /// Invalid UTF-8 is refused even inside a string, where serde's
+    /// IgnoredAny does not look; valid multi-byte text passes.
+    #[test]
+    fn invalid_utf8_is_refused() {
+        let bad = b"{\"name\":\"\xff\xfe\"}";
+        assert!(
+            serde_json::from_slice::<serde::de::IgnoredAny>(bad).is_ok(),
+            "serde alone lets it through"
+        );
+        let e = check_payload(bad, 64).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not valid UTF-8 (an invalid byte sequence at byte 9"),
+            "{e}"
+        );
+        assert_eq!(e.reason(), Some(Reason::PayloadNotJson));
+        check_payload("{\"name\":\"Adélaïde 🌍\"}".as_bytes(), 64).unwrap();
+    }
+
+    /// The cost of the checks on a 6 MB payload (the sync limit), printed:
+    /// linear, no allocation.
+    #[test]
+    fn checking_a_6_mb_payload_is_cheap() {
+        let mut p = Vec::with_capacity(6 << 20);
+        p.extend_from_slice(b"[");
+        while p.len() < (6 << 20) - 64 {
+            p.extend_from_slice(br#"{"k":"v\"[","n":[1,2,3]},"#);
+        }
+        p.extend_from_slice(b"0]");
+        let t = std::time::Instant::now();
+        check_payload(&p, 64).unwrap();
+        let all = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(too_deep(&p, 64), None);
+        let scan = t.elapsed();
+        eprintln!("6 MB payload: depth scan {scan:?}, all checks (UTF-8, depth, JSON) {all:?}");
+        assert!(all < std::time::Duration::from_secs(5), "{all:?}");
     }
 }

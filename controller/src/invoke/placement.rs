@@ -311,6 +311,39 @@ impl WorkerRegistry {
         })
     }
 
+    /// Why [`pick`](Self::pick) found no worker, when the reason is that
+    /// every live worker able to hold `memory_mb` is full (sandboxes or
+    /// memory, as last reported): the numbers summed over them, for a
+    /// throttle's message. `None` when no live worker could take the
+    /// function at all (none live, or all too small, or excluded).
+    pub fn full_summary(&self, memory_mb: u32, exclude: &[String]) -> Option<String> {
+        let now = Instant::now();
+        let g = self.inner.lock().expect("lock poisoned");
+        let fitting: Vec<&Entry> = g
+            .iter()
+            .filter(|(id, e)| self.live(e, now) && !exclude.contains(id))
+            .map(|(_, e)| e)
+            .filter(|e| memory_mb <= e.hb.memory_mb)
+            .collect();
+        if fitting.is_empty() {
+            return None;
+        }
+        let sum = |f: fn(&Entry) -> u32| fitting.iter().map(|e| f(e) as u64).sum::<u64>();
+        Some(format!(
+            "{} live worker{} in use: {} of {} sandboxes, {} of {} MB",
+            fitting.len(),
+            if fitting.len() == 1 {
+                " is full, all capacity"
+            } else {
+                "s are full, all capacity"
+            },
+            sum(|e| e.hb.sandboxes),
+            sum(|e| e.hb.max_sandboxes),
+            sum(|e| e.hb.used_memory_mb),
+            sum(|e| e.hb.memory_mb),
+        ))
+    }
+
     /// Places a call on worker `id` itself when it is live (an async
     /// attempt it is already running or has the result of).
     pub fn pick_pinned(&self, id: &str, function: &str, version: &str) -> Option<Pick> {
@@ -537,6 +570,11 @@ mod tests {
         full.sandboxes = 8;
         r.heartbeat(full.clone()).unwrap();
         assert!(r.pick("f", "1", 128, &[]).is_none());
+        assert_eq!(
+            r.full_summary(128, &[]).as_deref(),
+            Some("1 live worker is full, all capacity in use: 8 of 8 sandboxes, 1024 of 1024 MB")
+        );
+        assert_eq!(r.full_summary(2048, &[]), None, "too big is not full");
         full.pools = vec![pool("other", "1", 2)];
         r.heartbeat(full).unwrap();
         assert_eq!(r.pick("f", "1", 128, &[]).unwrap().id, "full");

@@ -17,6 +17,15 @@ pub const DLQ_BOUND: usize = 10_000;
 pub const DLQ_BYTES: usize = 64 << 20;
 /// Longest error message kept in a dead-letter record.
 pub const ERROR_MESSAGE_BOUND: usize = 1024;
+/// Longest error type kept (a function names it; Lambda's are short).
+pub const ERROR_TYPE_BOUND: usize = 256;
+/// Destination hops one event may start, like Lambda's recursive-loop
+/// detection (which stops after about 16 invocations in a chain): an
+/// event accepted from a client has depth 0, the destination record of an
+/// event of depth d has d + 1, and a record that would reach this depth
+/// is not sent on (see [`stop_recursion`]). So a cycle of destinations
+/// (A -> B -> A, or A -> A) runs at most this many times per event.
+pub const MAX_DESTINATION_DEPTH: u32 = 16;
 /// Backoff of throttled / system-error attempts: 1 s doubling to 5 min.
 pub const SYSTEM_BACKOFF_START_MS: u64 = 1_000;
 pub const SYSTEM_BACKOFF_MAX_MS: u64 = 300_000;
@@ -42,6 +51,11 @@ pub struct AsyncEvent {
     pub last_attempt_ms: u64,
     pub last_error_type: String,
     pub last_error_message: String,
+    /// Destination hops that led to this event (0 for a client's event):
+    /// replicated with it, never in the payload, so a function cannot
+    /// reset it.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 impl AsyncEvent {
@@ -66,6 +80,7 @@ impl AsyncEvent {
             last_attempt_ms: 0,
             last_error_type: String::new(),
             last_error_message: String::new(),
+            depth: 0,
         }
     }
 }
@@ -75,6 +90,9 @@ impl AsyncEvent {
 pub enum Condition {
     RetriesExhausted,
     EventAgeExceeded,
+    /// A destination record stopped at [`MAX_DESTINATION_DEPTH`]: never
+    /// attempted, kept in its target's dead-letter queue.
+    RecursiveLoop,
 }
 
 impl Condition {
@@ -82,6 +100,7 @@ impl Condition {
         match self {
             Condition::RetriesExhausted => "RetriesExhausted",
             Condition::EventAgeExceeded => "EventAgeExceeded",
+            Condition::RecursiveLoop => "RecursiveLoop",
         }
     }
 }
@@ -102,6 +121,10 @@ pub struct DeadLetter {
     pub last_attempt_ms: u64,
     pub enqueued_ms: u64,
     pub dead_lettered_ms: u64,
+    /// The event's destination depth, kept so a redrive does not restart
+    /// a loop's count.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 /// How one attempt ended.
@@ -158,13 +181,30 @@ fn dead(ev: AsyncEvent, condition: Condition, now_ms: u64) -> DeadLetter {
         payload: ev.payload,
         condition,
         attempts: ev.attempts,
-        error_type: ev.last_error_type,
+        error_type: truncate(&ev.last_error_type, ERROR_TYPE_BOUND),
         error_message: truncate(&ev.last_error_message, ERROR_MESSAGE_BOUND),
         first_attempt_ms: ev.first_attempt_ms,
         last_attempt_ms: ev.last_attempt_ms,
         enqueued_ms: ev.enqueued_ms,
         dead_lettered_ms: now_ms,
+        depth: ev.depth,
     }
+}
+
+/// The dead letter of a destination record that reached
+/// [`MAX_DESTINATION_DEPTH`] (sent by `from`): it goes to its target's
+/// dead-letter queue unattempted, and no destination fires for it, so
+/// the loop ends there.
+pub fn stop_recursion(record: AsyncEvent, from: &str, now_ms: u64) -> DeadLetter {
+    let message = format!(
+        "recursive loop stopped: this event would be the {}th invocation of one chain of destinations (last hop {from} -> {}); at most {MAX_DESTINATION_DEPTH} are run",
+        record.depth + 1,
+        record.function
+    );
+    let mut ev = record;
+    ev.last_error_type = "RecursiveInvocationException".into();
+    ev.last_error_message = message;
+    dead(ev, Condition::RecursiveLoop, now_ms)
 }
 
 /// Lambda's rules for the attempt made at `now_ms`:
@@ -402,13 +442,10 @@ impl Queues {
         q.extend(staying);
         let n = moving.len();
         for d in moving {
-            self.enqueue(AsyncEvent::new(
-                d.request_id,
-                d.function,
-                d.qualifier,
-                d.payload,
-                now_ms,
-            ));
+            let depth = d.depth;
+            let mut ev = AsyncEvent::new(d.request_id, d.function, d.qualifier, d.payload, now_ms);
+            ev.depth = depth;
+            self.enqueue(ev);
         }
         Ok(n)
     }

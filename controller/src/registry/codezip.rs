@@ -34,6 +34,11 @@ const BOMB_MIN_BYTES: u64 = 1024 * 1024;
 const MAX_LINK_TARGET: u64 = 4096;
 /// Symlinks followed while resolving one path (Linux's MAXSYMLINKS).
 const MAX_LINK_HOPS: usize = 40;
+/// Longest file name (path component) Linux filesystems take (NAME_MAX).
+const MAX_NAME_BYTES: usize = 255;
+/// Longest entry path: the function sees it under `/var/task/`, and that
+/// path with its terminating NUL must fit Linux's PATH_MAX (4096).
+const MAX_PATH_BYTES: usize = 4096 - "/var/task/".len() - 1;
 /// Root entries listed in a "handler file not found" message.
 const ROOT_LISTING: usize = 10;
 
@@ -132,11 +137,55 @@ fn entry_path(name: &str) -> Result<Vec<String>, RegistryError> {
         // would not be importable as pkg/mod.py.
         return Err(bad("uses '\\' as a path separator: zip paths must use '/'"));
     }
-    Ok(name
+    let path: Vec<String> = name
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .map(str::to_string)
-        .collect())
+        .collect();
+    // What the worker could never create: refused here rather than failing
+    // every invoke's extraction.
+    if let Some(c) = path.iter().find(|c| c.len() > MAX_NAME_BYTES) {
+        return Err(bad(&format!(
+            "has a path component of {} bytes ({:?}...): file names are at most {MAX_NAME_BYTES} bytes",
+            c.len(),
+            c.chars().take(32).collect::<String>()
+        )));
+    }
+    let len = path
+        .iter()
+        .map(|c| c.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    if len > MAX_PATH_BYTES {
+        return Err(bad(&format!(
+            "has a path of {len} bytes: paths are at most {MAX_PATH_BYTES} bytes \
+             (/var/task/ plus the path must fit Linux's PATH_MAX of 4096)"
+        )));
+    }
+    Ok(path)
+}
+
+/// The first entry name the central directory lists twice. The zip reader
+/// keeps only the last entry of a name, so duplicates are invisible through
+/// it; the directory is walked here (its records are 46 bytes plus name,
+/// extra field and comment).
+fn duplicate_raw_name(zip: &[u8], start: u64) -> Option<String> {
+    const CENTRAL: [u8; 4] = 0x0201_4b50u32.to_le_bytes();
+    let u16_at = |i: usize| {
+        zip.get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let mut seen: HashSet<&[u8]> = HashSet::new();
+    let mut i = usize::try_from(start).ok()?;
+    while zip.get(i..i + 4) == Some(&CENTRAL[..]) {
+        let (n, m, k) = (u16_at(i + 28)?, u16_at(i + 30)?, u16_at(i + 32)?);
+        let name = zip.get(i + 46..i + 46 + n)?;
+        if !seen.insert(name) {
+            return Some(String::from_utf8_lossy(name).into_owned());
+        }
+        i += 46 + n + m + k;
+    }
+    None
 }
 
 /// Why resolving a symlink failed.
@@ -248,9 +297,19 @@ pub fn inspect(
     let mut archive =
         ZipArchive::new(Cursor::new(zip_bytes)).map_err(|e| not_zip(e.to_string()))?;
 
+    if let Some(name) = duplicate_raw_name(zip_bytes, archive.central_directory_start()) {
+        return Err(bad_package(format!(
+            "code package entry {name:?} appears more than once: each path may appear once"
+        )));
+    }
+
     // Pass 1: headers only. Refuse what is unsafe before decompressing
     // anything.
     let mut entries = Vec::with_capacity(archive.len());
+    // Normalized path -> (entry name, whether a directory): two entries
+    // for one path (`a/b` and `a//b`, or a file and a directory) cannot
+    // both be extracted.
+    let mut paths: HashMap<String, (String, Kind)> = HashMap::new();
     let mut declared: u64 = 0;
     for i in 0..archive.len() {
         let file = archive
@@ -289,6 +348,16 @@ pub fn inspect(
                 "code package entry {name:?} has no file name"
             )));
         }
+        let key = path.join("/");
+        if let Some((first, was)) = paths.get(&key) {
+            if !(*was == Kind::Dir && kind == Kind::Dir) {
+                return Err(bad_package(format!(
+                    "code package entries {first:?} and {name:?} are the same path: each path may appear once"
+                )));
+            }
+        } else {
+            paths.insert(key, (name.clone(), kind));
+        }
         let (unzipped, compressed) = (file.size(), file.compressed_size());
         if is_bomb(unzipped, compressed, limits) {
             return Err(bomb(&name, unzipped, compressed, false, limits));
@@ -306,6 +375,18 @@ pub fn inspect(
             kind,
             compressed,
         });
+    }
+
+    // A file cannot also be a directory on the way to another entry.
+    for entry in &entries {
+        for end in 1..entry.path.len() {
+            if let Some((file, Kind::File)) = paths.get(&entry.path[..end].join("/")) {
+                return Err(bad_package(format!(
+                    "code package entry {:?} needs {file:?} to be a directory, but it is a file",
+                    entry.name
+                )));
+            }
+        }
     }
 
     // Pass 2: decompress everything, counting real bytes: headers can lie.
@@ -957,6 +1038,92 @@ mod tests {
             inspect(&zip, "provided", "x", &Limits::default()),
             &["bootstrap not found", "cd myfunc"],
         );
+    }
+
+    fn bad_reason(r: Result<CodeInfo, RegistryError>, needles: &[&str]) {
+        assert_eq!(
+            r.as_ref().err().and_then(|e| e.reason()),
+            Some(Reason::BadCodePackage),
+            "{r:?}"
+        );
+        assert_err(r, needles);
+    }
+
+    /// What no worker could extract is refused at deploy, naming the
+    /// entry: a file name over 255 bytes, a path over 4085 bytes (4096
+    /// with `/var/task/` and the NUL), a NUL in a name (also one written
+    /// into the raw headers, which ZipWriter would not do).
+    #[test]
+    fn names_and_paths_linux_cannot_hold_are_refused() {
+        let ok = format!("{}.py", "n".repeat(252));
+        py(&build(&[E::File("app.py", b""), E::File(&ok, b"")])).expect("255 bytes");
+        let long = format!("lib/{}.py", "n".repeat(297));
+        bad_reason(
+            py(&build(&[E::File("app.py", b""), E::File(&long, b"")])),
+            &["lib/nnn", "path component of 300 bytes", "at most 255"],
+        );
+        let deep = |parts: usize| {
+            let mut p = vec!["d".repeat(200); parts].join("/");
+            p.push_str("/x.py");
+            p
+        };
+        // 20 x 201 + 4 = 4024 bytes: fine; 21 x 201 + 4 = 4225: too long.
+        py(&build(&[E::File("app.py", b""), E::File(&deep(20), b"")])).expect("4024 bytes");
+        bad_reason(
+            py(&build(&[E::File("app.py", b""), E::File(&deep(21), b"")])),
+            &["path of 4225 bytes", "at most 4085"],
+        );
+        let mut zip = build(&[E::File("app.py", b""), E::File("evilx.py", b"")]);
+        let at = zip.windows(8).position(|w| w == b"evilx.py").unwrap();
+        zip[at + 4] = 0;
+        let at = zip.windows(8).rposition(|w| w == b"evilx.py").unwrap();
+        zip[at + 4] = 0;
+        bad_reason(py(&zip), &["NUL"]);
+    }
+
+    /// Two entries for one path are refused (the zip reader would keep the
+    /// last one silently): the same raw name (crafted: ZipWriter refuses
+    /// to write it), names that normalize to one path, a file that another
+    /// entry needs as its directory; a directory listed twice is harmless.
+    #[test]
+    fn duplicate_entries_are_refused() {
+        let mut zip = build(&[
+            E::File("app.py", b"def lambda_handler(e, c): return 1\n"),
+            E::File("apq.py", b"def lambda_handler(e, c): return 2\n"),
+        ]);
+        for (i, _) in zip
+            .clone()
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| *w == b"apq.py")
+        {
+            zip[i + 2] = b'p';
+        }
+        assert_eq!(
+            ZipArchive::new(Cursor::new(&zip[..])).unwrap().len(),
+            1,
+            "the reader sees one entry"
+        );
+        bad_reason(py(&zip), &["\"app.py\" appears more than once"]);
+        bad_reason(
+            py(&build(&[E::File("app.py", b""), E::File("./app.py", b"")])),
+            &["\"app.py\" and \"./app.py\" are the same path"],
+        );
+        bad_reason(
+            py(&build(&[
+                E::File("app.py", b""),
+                E::File("lib", b""),
+                E::File("lib/x.py", b""),
+            ])),
+            &["\"lib/x.py\" needs \"lib\" to be a directory"],
+        );
+        py(&build(&[
+            E::File("app.py", b""),
+            E::Dir("lib/"),
+            E::Dir("./lib/"),
+            E::File("lib/x.py", b""),
+        ]))
+        .expect("a directory listed twice");
     }
 
     #[test]

@@ -338,6 +338,9 @@ pub enum Command {
     DlqPurge {
         function: String,
     },
+    /// A record straight into a dead-letter queue, unattempted (a
+    /// destination record stopped by the recursion bound).
+    DeadLetter(crate::registry::asyncq::DeadLetter),
     /// A no-op entry (used to probe that the log accepts writes).
     Noop,
     /// `cmd` tagged with a request id: applying the same id again returns
@@ -373,6 +376,7 @@ impl Command {
             Command::EventStep { .. } => "EventStep",
             Command::DlqRedrive { .. } => "DlqRedrive",
             Command::DlqPurge { .. } => "DlqPurge",
+            Command::DeadLetter(_) => "DeadLetter",
             Command::Noop => "Noop",
             Command::Idempotent { cmd, .. } => cmd.kind(),
             Command::Batch(_) => "Batch",

@@ -90,6 +90,11 @@ impl Registry {
             Command::DlqPurge { function } => {
                 Ok(Outcome::Count(self.queues.purge(&function) as u64))
             }
+            Command::DeadLetter(d) => {
+                self.function(&d.function)?;
+                self.queues.dead_letter(d);
+                Ok(Outcome::Done)
+            }
             Command::Batch(cmds) => Ok(Outcome::Batch(
                 cmds.into_iter().map(|c| self.apply(index, c)).collect(),
             )),
@@ -124,6 +129,12 @@ impl Registry {
                             .with_reason(Reason::FunctionExists),
                     );
                 }
+                let a = &config.async_config;
+                self.check_destinations(
+                    &name,
+                    Some(a.dead_letter_target.as_str()),
+                    Some(a.on_success_target.as_str()),
+                )?;
                 self.ensure_blob(&config.code_sha256, config.code_size, code_stored)?;
                 self.add_ref(&config.code_sha256);
                 let mut f = Function {
@@ -183,9 +194,15 @@ impl Registry {
             } => {
                 let f = self
                     .functions
-                    .get_mut(&name)
+                    .get(&name)
                     .ok_or_else(|| missing_function(&name))?;
                 check_revision(&f.latest_revision, expected_revision.as_deref(), "$LATEST")?;
+                self.check_destinations(
+                    &name,
+                    patch.dead_letter_target.as_deref(),
+                    patch.on_success_target.as_deref(),
+                )?;
+                let f = self.functions.get_mut(&name).expect("checked above");
                 f.latest = patch.apply_to(&f.latest);
                 f.latest_revision = revision(index);
                 f.last_modified_ms = now_ms;
@@ -356,6 +373,42 @@ impl Registry {
                 Ok(Outcome::Done)
             }
         }
+    }
+
+    /// Destinations being set on function `name` must name another
+    /// function that exists. A function that is its own destination feeds
+    /// every failure (or success) back to itself, each record embedding
+    /// the last; longer cycles (A -> B -> A) are stopped at run time by
+    /// the destination depth (`asyncq::MAX_DESTINATION_DEPTH`). A target
+    /// deleted later is allowed, as on Lambda: its records are then
+    /// dropped (logged and counted as `destination_failed`).
+    fn check_destinations(
+        &self,
+        name: &str,
+        on_failure: Option<&str>,
+        on_success: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let fields = [
+            ("dead_letter_target (on-failure destination)", on_failure),
+            ("on_success_target (on-success destination)", on_success),
+        ];
+        for (field, target) in fields {
+            let Some(target) = target.filter(|t| !t.is_empty()) else {
+                continue;
+            };
+            if target == name {
+                return Err(RegistryError::invalid(format!(
+                    "{field} names function {name} itself: its records would invoke it again, each one embedding the last; name another function"
+                )));
+            }
+            if !self.functions.contains_key(target) {
+                return Err(RegistryError::not_found(format!(
+                    "{field} names function {target}, which does not exist"
+                ))
+                .with_reason(Reason::DestinationNotFound));
+            }
+        }
+        Ok(())
     }
 
     /// Makes sure the blob may be referenced: it already is, or the
@@ -1041,6 +1094,127 @@ mod tests {
             1,
             "one failure does not undo the rest"
         );
+    }
+
+    /// A destination equal to the function itself is INVALID_ARGUMENT
+    /// naming the field, one naming no function is NOT_FOUND
+    /// (DestinationNotFound), at create and at update-config, and neither
+    /// changes anything; another existing function is fine, clearing is
+    /// fine, and deleting a function that is a destination is allowed.
+    #[test]
+    fn destinations_must_name_another_existing_function() {
+        let mut r = Registry::default();
+        create(&mut r, 1, "sink", "aa").unwrap();
+        let with = |dlq: &str, ok: &str| {
+            let mut c = cfg("aa");
+            c.async_config.dead_letter_target = dlq.into();
+            c.async_config.on_success_target = ok.into();
+            Command::CreateFunction {
+                name: "loopfn".into(),
+                config: c,
+                code_stored: true,
+                publish: false,
+                now_ms: 2,
+            }
+        };
+        let before = r.clone();
+        for (cmd, field) in [
+            (with("loopfn", ""), "dead_letter_target"),
+            (with("", "loopfn"), "on_success_target"),
+        ] {
+            match r.apply(2, cmd) {
+                Err(RegistryError::InvalidArgument(d)) => {
+                    assert!(d.message.contains(field), "{d}");
+                    assert!(d.message.contains("loopfn itself"), "{d}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        match r.apply(2, with("nope", "")) {
+            Err(e @ RegistryError::NotFound(_)) => {
+                assert_eq!(e.reason(), Some(Reason::DestinationNotFound));
+                assert!(e.to_string().contains("dead_letter_target"), "{e}");
+                assert!(e.to_string().contains("nope"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r, before, "refused creates change nothing");
+        r.apply(3, with("sink", "sink")).unwrap();
+
+        let update = |dlq: Option<&str>, ok: Option<&str>| Command::UpdateFunctionConfiguration {
+            name: "loopfn".into(),
+            patch: ConfigPatch {
+                dead_letter_target: dlq.map(str::to_string),
+                on_success_target: ok.map(str::to_string),
+                ..Default::default()
+            },
+            expected_revision: None,
+            now_ms: 4,
+        };
+        let before = r.clone();
+        assert!(matches!(
+            r.apply(4, update(Some("loopfn"), None)),
+            Err(RegistryError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            r.apply(4, update(None, Some("loopfn"))),
+            Err(RegistryError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            r.apply(4, update(None, Some("gone"))),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert_eq!(r, before, "refused updates change nothing");
+        // Deleting the destination is allowed (Lambda allows it too); an
+        // update that leaves the targets alone still works, clearing too.
+        r.apply(
+            5,
+            Command::DeleteFunction {
+                name: "sink".into(),
+            },
+        )
+        .unwrap();
+        set_memory(&mut r, 6, "loopfn", 256).unwrap();
+        r.apply(7, update(Some(""), Some(""))).unwrap();
+        assert_eq!(
+            r.functions["loopfn"].latest.async_config.dead_letter_target,
+            ""
+        );
+    }
+
+    /// A dead letter written directly (a stopped destination record)
+    /// lands in its function's queue; for a function that is gone it is
+    /// NOT_FOUND.
+    #[test]
+    fn a_direct_dead_letter_lands_in_its_functions_queue() {
+        use crate::registry::asyncq::{stop_recursion, AsyncEvent, Condition};
+        let mut r = Registry::default();
+        create(&mut r, 1, "b", "aa").unwrap();
+        let mut rec = AsyncEvent::new("x".into(), "b".into(), LATEST.into(), "{}".into(), 1);
+        rec.depth = 16;
+        let d = stop_recursion(rec, "a", 2);
+        assert_eq!(d.condition, Condition::RecursiveLoop);
+        assert_eq!(d.error_type, "RecursiveInvocationException");
+        assert!(d.error_message.contains("a -> b"), "{}", d.error_message);
+        r.apply(2, Command::DeadLetter(d.clone())).unwrap();
+        assert_eq!(r.queues.dlq["b"].len(), 1);
+        // A redrive keeps the depth: its next record is stopped again.
+        r.apply(
+            3,
+            Command::DlqRedrive {
+                function: "b".into(),
+                ids: None,
+                now_ms: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.queues.events["x"].depth, 16);
+        let mut gone = d;
+        gone.function = "nope".into();
+        assert!(matches!(
+            r.apply(4, Command::DeadLetter(gone)),
+            Err(RegistryError::NotFound(_))
+        ));
     }
 
     #[test]

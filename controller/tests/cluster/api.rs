@@ -457,10 +457,94 @@ async fn tokens_and_scopes_are_enforced() {
         Code::InvalidArgument,
         "scope",
     );
-    // invoke can read, cannot deploy.
-    fc.list_functions(authed(list.clone(), &invoke.token))
+    // invoke can invoke only: it cannot deploy, nor read a configuration
+    // (whose environment may hold secrets) or list functions, versions or
+    // aliases (Lambda's invoke permission grants no GetFunction).
+    let mut secret_cfg = config("python3.11", "app.lambda_handler");
+    secret_cfg
+        .environment
+        .insert("DB_PASSWORD".into(), "hunter2-secret".into());
+    create(&api, ADMIN, "secretive", secret_cfg, app_zip())
         .await
         .unwrap();
+    let name = || "secretive".to_string();
+    let reads: Vec<(&str, Result<String, tonic::Status>)> = vec![
+        (
+            "GetFunction",
+            fc.get_function(authed(
+                pb::GetFunctionRequest {
+                    function_name: name(),
+                    ..Default::default()
+                },
+                &invoke.token,
+            ))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+        ),
+        (
+            "ListFunctions",
+            fc.list_functions(authed(list.clone(), &invoke.token))
+                .await
+                .map(|r| format!("{:?}", r.into_inner())),
+        ),
+        (
+            "ListVersionsByFunction",
+            fc.list_versions_by_function(authed(
+                pb::ListVersionsRequest {
+                    function_name: name(),
+                    ..Default::default()
+                },
+                &invoke.token,
+            ))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+        ),
+        (
+            "ListAliases",
+            fc.list_aliases(authed(
+                pb::ListAliasesRequest {
+                    function_name: name(),
+                    ..Default::default()
+                },
+                &invoke.token,
+            ))
+            .await
+            .map(|r| format!("{:?}", r.into_inner())),
+        ),
+    ];
+    for (method, r) in reads {
+        match r {
+            Ok(body) => panic!(
+                "an invoke token read {method}{}",
+                if body.contains("hunter2-secret") {
+                    ", environment included"
+                } else {
+                    ""
+                }
+            ),
+            Err(s) => {
+                assert_eq!(s.code(), Code::PermissionDenied, "{method}: {s:?}");
+                assert!(s.message().contains("needs `deploy`"), "{method}: {s:?}");
+                assert!(!s.message().contains("hunter2"), "{method}: {s:?}");
+            }
+        }
+    }
+    // deploy reads it, environment included.
+    let got = fc
+        .get_function(authed(
+            pb::GetFunctionRequest {
+                function_name: name(),
+                ..Default::default()
+            },
+            &deploy.token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        got.configuration.unwrap().environment["DB_PASSWORD"],
+        "hunter2-secret"
+    );
     expect_err(
         create(
             &api,

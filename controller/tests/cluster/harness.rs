@@ -351,15 +351,34 @@ pub struct FakeWorker {
     running: Option<nubo_worker::server::Running>,
 }
 
+/// The fake workers' default capacity: room for every test's sandboxes.
+fn default_pool() -> nubo_worker::pool::PoolConfig {
+    nubo_worker::pool::PoolConfig {
+        memory_mb: 8192,
+        max_sandboxes: 64,
+        keep_alive: Duration::from_secs(600),
+    }
+}
+
 impl FakeWorker {
     /// Serves a fake worker on a free loopback port, heartbeating to
     /// `controllers` with the worker credential of `SECRET`.
     pub async fn start(id: &str, zone: &str, controllers: Vec<String>) -> FakeWorker {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        FakeWorker::start_in(id, zone, controllers, dir).await
+        FakeWorker::start_with(id, zone, controllers, default_pool()).await
     }
 
-    /// The same, its function logs in `logs_dir` (a restarted worker
+    /// Like `start`, with the pool's capacity given.
+    pub async fn start_with(
+        id: &str,
+        zone: &str,
+        controllers: Vec<String>,
+        pool: nubo_worker::pool::PoolConfig,
+    ) -> FakeWorker {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        FakeWorker::start_opts(id, zone, controllers, pool, dir).await
+    }
+
+    /// Like `start`, its function logs in `logs_dir` (a restarted worker
     /// reloads what its predecessor wrote there).
     pub async fn start_in(
         id: &str,
@@ -367,15 +386,18 @@ impl FakeWorker {
         controllers: Vec<String>,
         logs_dir: Arc<tempfile::TempDir>,
     ) -> FakeWorker {
+        FakeWorker::start_opts(id, zone, controllers, default_pool(), logs_dir).await
+    }
+
+    async fn start_opts(
+        id: &str,
+        zone: &str,
+        controllers: Vec<String>,
+        pool: nubo_worker::pool::PoolConfig,
+        logs_dir: Arc<tempfile::TempDir>,
+    ) -> FakeWorker {
         let fake = FakeFactory::programmable();
-        let pool = nubo_worker::pool::Pool::new(
-            fake.clone(),
-            nubo_worker::pool::PoolConfig {
-                memory_mb: 8192,
-                max_sandboxes: 64,
-                keep_alive: Duration::from_secs(600),
-            },
-        );
+        let pool = nubo_worker::pool::Pool::new(fake.clone(), pool);
         let mut worker = Worker::new(pool);
         worker.logs = Arc::new(
             nubo_worker::logs::LogStore::open(

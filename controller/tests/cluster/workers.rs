@@ -871,3 +871,411 @@ async fn logs_of_a_deleted_function_never_show_under_a_new_one() {
     })
     .await
 }
+
+/// `WorkerControl.ForwardInvoke` is for controllers only: the worker
+/// credential (which every worker host holds) is refused with
+/// UNAUTHENTICATED and nothing runs; the cluster secret, as a follower
+/// forwarding a reserved-concurrency call presents it, is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_invoke_takes_the_cluster_secret_not_the_worker_credential() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "fwd", pb::FunctionConfig::default())
+            .await;
+        let ch =
+            tonic::transport::Channel::from_shared(format!("http://{}", fleet.cluster.members[&1]))
+                .unwrap()
+                .connect_lazy();
+        let mut wc = pb::worker_control_client::WorkerControlClient::new(ch);
+        let req = || pb::InvokeRequest {
+            function_name: "fwd".into(),
+            payload: br#"{"from":"a worker host"}"#.to_vec(),
+            ..Default::default()
+        };
+        let ws = nubo_proto::worker_secret(crate::harness::SECRET);
+        let e = wc
+            .forward_invoke(nubo_proto::with_secret(req(), &ws))
+            .await
+            .expect_err("the worker credential on ForwardInvoke");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("worker credential"), "{e:?}");
+        assert!(fleet.workers[0].fake.runs_of_function("fwd").is_empty());
+        let r = wc
+            .forward_invoke(nubo_proto::with_secret(req(), crate::harness::SECRET))
+            .await
+            .expect("the cluster secret on ForwardInvoke")
+            .into_inner();
+        assert!(r.function_error.is_empty(), "{r:?}");
+        assert_eq!(fleet.workers[0].fake.runs_of_function("fwd").len(), 1);
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Payloads that are JSON to a lax parser but break runtimes are refused
+/// at the API with INVALID_ARGUMENT naming the problem, for sync and async
+/// invokes alike, and never run: 3 M nested `[]` (refused fast, by the
+/// depth scan), and invalid UTF-8 inside a string; a 100-deep document
+/// runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_or_non_utf8_payloads_are_refused_for_sync_and_async() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        fleet
+            .create_function(1, "parse", pb::FunctionConfig::default())
+            .await;
+        let call = |payload: Vec<u8>, kind: pb::InvocationType| {
+            let mut c = fleet.invocations(1);
+            async move {
+                c.invoke(bearer(
+                    pb::InvokeRequest {
+                        function_name: "parse".into(),
+                        payload,
+                        invocation_type: kind as i32,
+                        ..Default::default()
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+            }
+        };
+        // Balanced, so a parser that walks any depth calls it JSON.
+        let nested = |n: usize| {
+            let mut v = vec![b'['; n];
+            v.extend(std::iter::repeat_n(b']', n));
+            v
+        };
+        let deep = nested(3_000_000);
+        let t = Instant::now();
+        let s = call(deep, RequestResponse).await.expect_err("3 M nested [");
+        let took = t.elapsed();
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("more than 128 levels deep"), "{s:?}");
+        assert!(took < Duration::from_secs(5), "refused in {took:?}");
+        eprintln!("3 M nested '[' refused in {took:?} (sent over loopback)");
+        // Async: the same depth check (under the 256 KB async limit).
+        let s = call(nested(100_000), Event)
+            .await
+            .expect_err("100 k nested [ as an Event");
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("levels deep"), "{s:?}");
+        for kind in [RequestResponse, Event] {
+            let s = call(b"{\"name\":\"\xff\xfe\"}".to_vec(), kind)
+                .await
+                .expect_err("invalid UTF-8");
+            assert_eq!(s.code(), Code::InvalidArgument, "{kind:?}: {s:?}");
+            assert!(s.message().contains("not valid UTF-8"), "{kind:?}: {s:?}");
+        }
+        assert!(
+            fleet.workers[0].fake.runs_of_function("parse").is_empty(),
+            "refused payloads do not run"
+        );
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let r = call(ok.clone().into_bytes(), RequestResponse)
+            .await
+            .expect("a 100-deep document")
+            .into_inner();
+        assert_eq!(r.payload, ok.as_bytes());
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// A full worker is a throttle, not a missing one: with one worker of one
+/// sandbox busy on a slow call, further calls get RESOURCE_EXHAUSTED with
+/// the reason `capacity-exhausted` and the numbers (1 of 1 sandboxes), both
+/// when the worker itself refuses (before its next heartbeat says it is
+/// full) and when placement skips it on its heartbeat; never UNAVAILABLE
+/// "no live worker". After the slow call the next one runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_worker_throttles_with_capacity_exhausted() {
+    bounded(60, async {
+        let mut fleet = Fleet::start(1, &[], &|_| {}).await;
+        let addrs: Vec<String> = fleet.cluster.members.values().cloned().collect();
+        fleet.workers.push(
+            crate::harness::FakeWorker::start_with(
+                "w-tiny",
+                "a",
+                addrs,
+                nubo_worker::pool::PoolConfig {
+                    memory_mb: 1024,
+                    max_sandboxes: 1,
+                    keep_alive: Duration::from_secs(600),
+                },
+            )
+            .await,
+        );
+        fleet.wait_workers_live(Duration::from_secs(10)).await;
+        fleet
+            .create_function(
+                1,
+                "busy",
+                pb::FunctionConfig {
+                    timeout_seconds: Some(10),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let mut c = fleet.invocations(1);
+        let slow = tokio::spawn(async move {
+            c.invoke(bearer(
+                pb::InvokeRequest {
+                    function_name: "busy".into(),
+                    payload: br#"{"sleep_ms":2500}"#.to_vec(),
+                    ..Default::default()
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+        });
+        let worker = fleet.workers[0].worker.clone();
+        wait_for("the slow call to run", 10, || async {
+            (worker.pool.snapshot().busy == 1).then_some(())
+        })
+        .await;
+        let expect_full = |r: Result<pb::InvokeResponse, tonic::Status>, what: &str| match r {
+            Ok(v) => panic!("{what}: expected RESOURCE_EXHAUSTED, got {v:?}"),
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{what}: {s:?}");
+                assert_eq!(
+                    nubo_proto::Reason::of(&s),
+                    Some(nubo_proto::Reason::CapacityExhausted),
+                    "{what}: {s:?}"
+                );
+                assert!(s.message().contains("capacity exhausted"), "{what}: {s:?}");
+                assert!(s.message().contains("1 of 1 sandboxes"), "{what}: {s:?}");
+            }
+        };
+        // At once: the worker may not have reported itself full yet.
+        expect_full(
+            fleet.invoke(1, "busy", "{}", RequestResponse).await,
+            "right after the slow call started",
+        );
+        // After heartbeats saying it is full: placement skips it.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for _ in 0..3 {
+            expect_full(
+                fleet.invoke(1, "busy", "{}", RequestResponse).await,
+                "with the worker reported full",
+            );
+        }
+        let r = slow.await.unwrap().expect("the slow call");
+        assert!(r.get_ref().function_error.is_empty());
+        fleet
+            .invoke(1, "busy", "{}", RequestResponse)
+            .await
+            .expect("a call once the sandbox is free");
+        fleet.shutdown().await;
+    })
+    .await
+}
+
+/// Destinations cannot loop: a function that names itself as its
+/// on-failure or on-success destination is refused (INVALID_ARGUMENT
+/// naming the field), and so is one naming no function (NOT_FOUND,
+/// `destination-not-found`), at create and at update-config.
+/// Two functions that are each other's on-success destination (ping ->
+/// pong -> ping ...) run exactly 16 times from one event, then the record
+/// is stopped: it lands unattempted in the next target's dead-letter queue
+/// (RecursiveLoop), `recursion_stopped` is counted, the queue empties and
+/// nothing more runs. Every record stays within the async payload limit
+/// (each embeds the last twice, so it grows until cut) and says
+/// `truncated`; so does the failure record of a 256 KB failing event.
+/// Deleting a function that is a destination is allowed; the records meant
+/// for it are dropped and counted (`destination_failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
+    bounded(90, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        let targets = |on_failure: &str, on_success: &str| pb::FunctionConfig {
+            async_config: Some(pb::AsyncConfig {
+                maximum_retry_attempts: Some(0),
+                dead_letter_target: on_failure.into(),
+                on_success_target: on_success.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (_, code) = crate::harness::code("loopfn");
+        let create = |name: &str, config: pb::FunctionConfig| {
+            let mut c = fleet.functions(1);
+            let msgs = vec![
+                pb::CreateFunctionChunk {
+                    part: Some(pb::create_function_chunk::Part::Header(
+                        pb::CreateFunctionHeader {
+                            function_name: name.into(),
+                            config: Some(pb::FunctionConfig {
+                                runtime: "python3.11".into(),
+                                handler: "app.handler".into(),
+                                ..config
+                            }),
+                            publish: false,
+                            code_size: code.len() as u64,
+                        },
+                    )),
+                },
+                pb::CreateFunctionChunk {
+                    part: Some(pb::create_function_chunk::Part::Code(code.clone())),
+                },
+            ];
+            async move {
+                c.create_function(bearer(tokio_stream::iter(msgs), FLEET_ADMIN))
+                    .await
+            }
+        };
+        for (config, field) in [
+            (targets("loopfn", ""), "dead_letter_target"),
+            (targets("", "loopfn"), "on_success_target"),
+        ] {
+            let s = create("loopfn", config).await.expect_err("a self-target");
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(s.message().contains(field), "{s:?}");
+            assert!(s.message().contains("loopfn itself"), "{s:?}");
+        }
+        let s = create("loopfn", targets("nowhere", ""))
+            .await
+            .expect_err("a missing target");
+        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+        assert_eq!(
+            nubo_proto::Reason::of(&s),
+            Some(nubo_proto::Reason::DestinationNotFound),
+            "{s:?}"
+        );
+        assert!(s.message().contains("nowhere"), "{s:?}");
+
+        fleet.create_function(1, "ping", targets("", "")).await;
+        fleet.create_function(1, "pong", targets("", "ping")).await;
+        for (config, code) in [
+            (targets("ping", ""), Code::InvalidArgument),
+            (targets("", "ping"), Code::InvalidArgument),
+            (targets("", "nowhere"), Code::NotFound),
+        ] {
+            let s = fleet
+                .functions(1)
+                .update_function_configuration(bearer(
+                    pb::UpdateFunctionConfigurationRequest {
+                        function_name: "ping".into(),
+                        config: Some(config),
+                        revision_id: String::new(),
+                    },
+                    FLEET_ADMIN,
+                ))
+                .await
+                .expect_err("a bad target on update");
+            assert_eq!(s.code(), code, "{s:?}");
+        }
+        // A longer cycle cannot be refused at deploy (ping -> pong is fine
+        // until pong -> ping exists): it is stopped at run time.
+        fleet.update_config(1, "ping", targets("", "pong")).await;
+        let limit = 256 * 1024;
+        let blob = "z".repeat(60_000);
+        let first = fleet
+            .invoke(1, "ping", &format!(r#"{{"blob":"{blob}"}}"#), Event)
+            .await
+            .unwrap();
+        let stopped = wait_for("the loop's stopped record", 30, || async {
+            fleet.dead_letters(1, "ping").await.into_iter().next()
+        })
+        .await;
+        assert_eq!(stopped.condition, "RecursiveLoop", "{stopped:?}");
+        assert_eq!(stopped.error_type, "RecursiveInvocationException");
+        assert_eq!(stopped.attempts, 0);
+        assert!(
+            stopped.error_message.contains("pong -> ping"),
+            "{stopped:?}"
+        );
+        // Nothing more runs, and the queue empties.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let runs: Vec<_> = ["ping", "pong"]
+            .iter()
+            .flat_map(|f| fake.runs_of_function(f))
+            .collect();
+        assert_eq!(runs.len(), 16, "16 invocations in one chain, then stopped");
+        assert_eq!(fake.runs_of(&first.request_id), 1);
+        for f in ["ping", "pong"] {
+            assert_eq!(fleet.async_status(1, f).await.queued, 0, "{f}");
+        }
+        assert!(fleet.dead_letters(1, "pong").await.is_empty());
+        let node = fleet.cluster.node(1);
+        let (events, bytes) = node.with_registry(|r| (r.queues.events.len(), r.queues.bytes));
+        assert_eq!(
+            (events, bytes),
+            (0, 0),
+            "nothing left in the replicated queue"
+        );
+        use nubo_controller::metrics::AsyncStage;
+        assert_eq!(node.metrics.async_count(AsyncStage::RecursionStopped), 1);
+        assert_eq!(node.metrics.async_count(AsyncStage::SentToDestination), 15);
+        let mut truncated = 0;
+        for r in &runs {
+            assert!(
+                r.payload.len() <= limit,
+                "a record of {} bytes",
+                r.payload.len()
+            );
+            let v = json_of(&r.payload);
+            if v["truncated"] == true {
+                truncated += 1;
+            }
+        }
+        eprintln!(
+            "destination loop: {} runs, largest record {} bytes, {truncated} truncated",
+            runs.len(),
+            runs.iter().map(|r| r.payload.len()).max().unwrap_or(0)
+        );
+        assert!(
+            truncated >= 10,
+            "records grow until cut: {truncated} truncated"
+        );
+        assert!(stopped.payload.len() <= limit);
+
+        // A failing event at the async limit: its failure record is cut.
+        fleet.create_function(1, "sink", targets("", "")).await;
+        fleet.create_function(1, "heavy", targets("sink", "")).await;
+        let pad = "p".repeat(limit - 100);
+        let payload = format!(r#"{{"error":"boom","pad":"{pad}"}}"#);
+        assert!(payload.len() <= limit);
+        fleet.invoke(1, "heavy", &payload, Event).await.unwrap();
+        let record = wait_for("the heavy failure record", 15, || async {
+            fake.runs_of_function("sink")
+                .first()
+                .map(|r| r.payload.clone())
+        })
+        .await;
+        assert!(record.len() <= limit, "{} bytes", record.len());
+        let v = json_of(&record);
+        assert_eq!(v["truncated"], true, "{}", &v.to_string()[..300]);
+        assert_eq!(v["truncatedFields"], serde_json::json!(["requestPayload"]));
+        assert!(payload.starts_with(v["requestPayload"].as_str().unwrap()));
+        assert_eq!(v["responsePayload"]["errorMessage"], "boom");
+        assert_eq!(v["requestContext"]["condition"], "RetriesExhausted");
+
+        // Deleting a destination is allowed (as on Lambda): the next
+        // record has nowhere to go and is dropped, counted; the failed
+        // event is still dead-lettered.
+        fleet
+            .functions(1)
+            .delete_function(bearer(
+                pb::DeleteFunctionRequest {
+                    function_name: "sink".into(),
+                    qualifier: String::new(),
+                },
+                FLEET_ADMIN,
+            ))
+            .await
+            .expect("deleting a function that is a destination");
+        fleet
+            .invoke(1, "heavy", r#"{"error":"again"}"#, Event)
+            .await
+            .unwrap();
+        wait_for("the undeliverable record counted", 15, || async {
+            (node.metrics.async_count(AsyncStage::DestinationFailed) == 1).then_some(())
+        })
+        .await;
+        assert_eq!(fleet.dead_letters(1, "heavy").await.len(), 2);
+        fleet.shutdown().await;
+    })
+    .await
+}
