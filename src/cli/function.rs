@@ -231,7 +231,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: FunctionCommand) -> any
             };
             let progress = upload_progress(code.len());
             let res = client
-                .call(|c| {
+                .call_long(|c| {
                     let stream = chunk_stream(
                         chunk_msg(pb::create_function_chunk::Part::Header(header.clone())),
                         code.clone(),
@@ -351,7 +351,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: FunctionCommand) -> any
             };
             let progress = upload_progress(code.len());
             let res = client
-                .call(|c| {
+                .call_long(|c| {
                     let stream = chunk_stream(
                         code_msg(pb::update_function_code_chunk::Part::Header(header.clone())),
                         code.clone(),

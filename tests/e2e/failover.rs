@@ -419,3 +419,125 @@ fn three_zones_survive_the_loss_of_one() {
     }
     controller.terminate(Duration::from_secs(10));
 }
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test
+/// leaves nothing frozen (the process guard then stops it as usual).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) takes no pointers; the pid is a child of this
+        // test that its `Proc` guard has not reaped yet (the guard drops
+        // after this one).
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// Waits until a three-controller cluster answers `cluster status` with a
+/// leader; returns the leader's id.
+fn wait_for_leader(env: &Env, endpoints: &str) -> u64 {
+    support::wait_for("a leader in cluster status", 30, || {
+        let out = env.cli(endpoints, Some(TOKEN), &["cluster", "status", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["leader_id"].as_u64().filter(|l| *l > 0)
+    })
+}
+
+/// A leader that stops answering without dying (SIGSTOP: a long GC-like
+/// stall, a hung disk, a frozen VM) does not block the CLI: given every
+/// endpoint, the paused leader's first, a write succeeds within 2 s of
+/// the pause (plus a margin for a loaded machine; the figure is printed),
+/// as the CLI leaves the silent controller after its attempt deadline and
+/// the followers follow the new leader instead of waiting on the old one.
+/// Nothing applies twice: the writes' effects are counted afterwards.
+#[test]
+fn a_paused_leader_does_not_block_the_cli() {
+    let env = Env::new();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut procs: Vec<Proc> = (1..=3)
+        .map(|id| start_controller(env.dir.path(), id, &ports))
+        .collect();
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let leader = wait_for_leader(&env, &eps.join(","));
+    let code = example("hello");
+    env.cli_ok(
+        &eps.join(","),
+        Some(TOKEN),
+        &[
+            "function",
+            "create",
+            "paused",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            code.to_str().unwrap(),
+        ],
+    );
+    // The paused leader first: the order a CLI configured with it first
+    // would try, and the slowest one.
+    let mut order = vec![eps[leader as usize - 1].clone()];
+    order.extend(
+        eps.iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 + 1 != leader)
+            .map(|(_, e)| e.clone()),
+    );
+    let all = order.join(",");
+
+    let stopped = &mut procs[leader as usize - 1];
+    stopped.signal(libc::SIGSTOP);
+    let _resume = Resume(stopped.pid());
+    let paused = Instant::now();
+    let mut first_ok = None;
+    let mut attempts = 0;
+    while paused.elapsed() < Duration::from_secs(15) {
+        attempts += 1;
+        let out = env.cli(
+            &all,
+            Some(TOKEN),
+            &["version", "publish", "paused", "--description", "after the pause"],
+        );
+        if out.status.success() {
+            first_ok = Some(paused.elapsed());
+            break;
+        }
+    }
+    let first_ok = first_ok.expect("no write succeeded within 15 s of pausing the leader");
+    println!(
+        "paused leader {leader}: first successful CLI write {:.2} s after SIGSTOP ({attempts} CLI run(s))",
+        first_ok.as_secs_f64()
+    );
+    // Later writes go through at once too.
+    let t = Instant::now();
+    env.cli_ok(
+        &all,
+        Some(TOKEN),
+        &["alias", "create", "paused", "live", "--version", "1"],
+    );
+    println!(
+        "paused leader {leader}: next CLI write {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        first_ok <= Duration::from_secs(3),
+        "the first write after the pause took {first_ok:?} (goal: 2 s)"
+    );
+    // One publish of an unchanged $LATEST makes version 1, however many
+    // attempts it took.
+    let versions = env.cli_ok(&all, Some(TOKEN), &["version", "list", "paused", "-o", "json"]);
+    let v: Value = serde_json::from_str(&versions).unwrap();
+    let n = v["versions"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["version"] != "$LATEST").count());
+    assert_eq!(n, Some(1), "{versions}");
+}

@@ -250,6 +250,11 @@ impl ControllerNode {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
+    /// How long one forwarded attempt waits for the leader it went to.
+    fn forward_attempt(&self) -> Duration {
+        Duration::from_millis(self.config.forward_attempt_ms)
+    }
+
     /// Commits a command and returns its result. On a follower the command
     /// is forwarded to the leader. Retries while there is no leader, up to
     /// the request timeout; then UNAVAILABLE.
@@ -312,8 +317,11 @@ impl ControllerNode {
     /// The one road to the leader, for writes and read-index reads alike:
     /// run `local` when this node leads (bounded: a leader cut off from
     /// its quorum never completes by itself), else send `req` to the
-    /// leader over `method`; retry while there is no leader or it changed,
-    /// until the request timeout, then `timed_out(deadline, last error)`.
+    /// leader over `method`, one attempt at a time (each bounded by
+    /// `forward_attempt_ms`, and given up as soon as this node sees
+    /// another leader or none); retry while there is no leader or it
+    /// changed, until the request timeout, then `timed_out(deadline, last
+    /// error)`.
     #[allow(clippy::too_many_arguments)]
     async fn leader_or_forward<Req, Rep, T, Fut>(
         &self,
@@ -352,16 +360,31 @@ impl ControllerNode {
                     }
                 }
                 Some((leader, addr)) => {
-                    let remaining = deadline
+                    // One attempt lasts until the leader answers, this
+                    // node learns that leadership moved (an election
+                    // after the leader went silent: follow the new one at
+                    // once), or the attempt deadline passes (then ask
+                    // again: the same request, so a write applies once).
+                    let attempt = deadline
                         .saturating_sub(start.elapsed())
+                        .min(self.forward_attempt())
                         .max(Duration::from_millis(50));
-                    match self
-                        .peers
-                        .call::<Req, Rep>(leader, &addr, method, req, remaining)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => Rep::unavailable(e),
+                    let mut metrics = self.raft.metrics();
+                    let moved = async move {
+                        let _ = metrics
+                            .wait_for(|m| m.current_leader != Some(leader))
+                            .await;
+                    };
+                    tokio::select! {
+                        r = self.peers.call::<Req, Rep>(leader, &addr, method, req, attempt) => {
+                            match r {
+                                Ok(r) => r,
+                                Err(e) => Rep::unavailable(e),
+                            }
+                        }
+                        _ = moved => Rep::unavailable(format!(
+                            "leadership moved away from node {leader} while it had the request"
+                        )),
                     }
                 }
                 None => Rep::no_leader(),
