@@ -65,7 +65,14 @@ fn no_answer(endpoint: &str, limit: Duration) -> Status {
 /// A retryable failure that came from a call under way, not from
 /// connecting and not from a controller's own UNAVAILABLE answer.
 fn broke_mid_call(s: &Status) -> bool {
-    !is_connect_error(s) && !is_no_answer(s) && is_transport_failure(s)
+    !is_connect_error(s) && !is_no_answer(s) && !is_reconnect_failure(s) && is_transport_failure(s)
+}
+
+/// A channel whose connection went away reconnects on its own; when that
+/// fails the call gets the transport's connect error: nothing was under way.
+fn is_reconnect_failure(s: &Status) -> bool {
+    let m = s.message();
+    m.contains("tcp connect error") || m.contains("error trying to connect")
 }
 
 /// A status the transport made (it has the transport's error as its
@@ -325,6 +332,11 @@ impl Client {
                             redirected = true;
                             break;
                         }
+                    }
+                    // A transport failure is told as one, so callers
+                    // can say what broke.
+                    Err(status) if broke_mid_call(&status) => {
+                        return Err(broken_call(&endpoint, &status))
                     }
                     Err(status) => return Err(status),
                 }
@@ -690,6 +702,36 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(3));
         assert_eq!(err.code(), Code::Unavailable);
         assert!(err.message().starts_with(NO_ANSWER_PREFIX), "{err:?}");
+    }
+
+    /// A call whose connection breaks under way (the controller was
+    /// killed mid-upload) and whose retries then cannot connect reports
+    /// the break first, and that the retries failed too.
+    #[tokio::test]
+    async fn a_broken_call_is_reported_before_the_failed_retries() {
+        // Port 1 on loopback refuses connections: the retries fail.
+        let c = Client::new(vec!["http://127.0.0.1:1".into()], None)
+            .unwrap()
+            .with_retry_budget(Duration::from_millis(300));
+        with_lazy_channels(&c);
+        let mut first = true;
+        let err = c
+            .call_long(|_| {
+                let broke = std::mem::take(&mut first);
+                async move {
+                    assert!(broke, "later attempts fail to connect, before the call");
+                    let mut s = Status::unknown("h2 protocol error: stream reset");
+                    s.set_source(Arc::new(std::io::Error::other("connection reset")));
+                    Err::<(), _>(s)
+                }
+            })
+            .await
+            .unwrap_err();
+        let m = err.message();
+        assert!(is_broken_call(&err), "{err:?}");
+        assert!(m.contains("stream reset"), "{m}");
+        assert!(m.contains("the retries failed too"), "{m}");
+        assert!(m.contains(CONNECT_ERROR_PREFIX), "{m}");
     }
 
     /// A status other than UNAVAILABLE is the answer: no other controller

@@ -505,7 +505,13 @@ fn a_paused_leader_does_not_block_the_cli() {
         let out = env.cli(
             &all,
             Some(TOKEN),
-            &["version", "publish", "paused", "--description", "after the pause"],
+            &[
+                "version",
+                "publish",
+                "paused",
+                "--description",
+                "after the pause",
+            ],
         );
         if out.status.success() {
             first_ok = Some(paused.elapsed());
@@ -534,10 +540,143 @@ fn a_paused_leader_does_not_block_the_cli() {
     );
     // One publish of an unchanged $LATEST makes version 1, however many
     // attempts it took.
-    let versions = env.cli_ok(&all, Some(TOKEN), &["version", "list", "paused", "-o", "json"]);
+    let versions = env.cli_ok(
+        &all,
+        Some(TOKEN),
+        &["version", "list", "paused", "-o", "json"],
+    );
     let v: Value = serde_json::from_str(&versions).unwrap();
     let n = v["versions"]
         .as_array()
         .map(|a| a.iter().filter(|x| x["version"] != "$LATEST").count());
     assert_eq!(n, Some(1), "{versions}");
+}
+
+/// `nubo up` without a worker on 127.0.0.1:`port`, its data in
+/// `data_dir`, extra `vars`; waits for `ready`.
+fn start_up_no_worker(
+    env: &Env,
+    data_dir: &std::path::Path,
+    port: u16,
+    vars: &[(&str, &str)],
+) -> Proc {
+    let mut cmd = Command::new(NUBO);
+    cmd.args([
+        "up",
+        "--no-worker",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ])
+    .env("NUBO_CONFIG_DIR", env.config_dir())
+    .env("NO_COLOR", "1")
+    .env_remove("NUBO_FAILPOINTS")
+    .envs(vars.iter().copied());
+    Proc::spawn_ready(cmd, "nubo up", Duration::from_secs(30))
+}
+
+/// A `nubo up` SIGKILLed while the CLI streams a big package to it: the
+/// CLI's error is the broken upload (and how far it got), with the retry's
+/// failure to connect after it, not the retry's error alone.
+#[test]
+fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
+    let env = Env::new();
+    let port = free_port();
+    // 50 ms a MiB on the controller: the stream takes 2 s, and is killed
+    // in the middle.
+    let mut up = start_up_no_worker(
+        &env,
+        &env.dir.path().join("data"),
+        port,
+        &[("NUBO_FAILPOINTS", "upload-chunk=sleep(50)")],
+    );
+    let ep = format!("http://127.0.0.1:{port}");
+    // 40 MB that do not compress.
+    let code = env.dir.path().join("big");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::copy(example("hello").join("app.py"), code.join("app.py")).unwrap();
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let noise: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(code.join("data.bin"), noise).unwrap();
+
+    let mut cli = Command::new(NUBO);
+    cli.args([
+        "function",
+        "create",
+        "big",
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.lambda_handler",
+        "--code",
+        code.to_str().unwrap(),
+    ])
+    .env("NUBO_ENDPOINT", &ep)
+    .env("NUBO_CONFIG_DIR", env.config_dir())
+    .env("NUBO_RETRY_SECS", "2")
+    // Plain progress lines on stderr (one a second): they say how far the
+    // stream got.
+    .env("NUBO_PROGRESS", "1")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cli.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // A line past 0 bytes: the package is on its way.
+            if line.starts_with("uploading") && !line.contains("] 0 B/") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let streaming = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    up.signal(libc::SIGKILL);
+    up.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the CLI did not give up within 60 s of the kill");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap();
+    eprintln!("CLI stderr:\n{err}");
+    assert!(streaming, "the upload never started streaming: {err}");
+    assert!(!status.success(), "{err}");
+    let first = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        first.starts_with("error: the upload of the code package (40.0 MiB) broke"),
+        "the error names the broken upload first: {first}"
+    );
+    assert!(
+        first.contains("the retries failed too") && first.contains("cannot connect"),
+        "and that the retry failed too: {first}"
+    );
 }
