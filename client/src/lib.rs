@@ -36,9 +36,8 @@ mod config;
 use std::path::PathBuf;
 
 pub use client::{
-    is_broken_call, is_connect_error, Auth, Client, ClusterApi, Conn, FunctionsApi,
-    InvocationsApi, TokensApi, BROKEN_CALL_PREFIX, CONNECT_ERROR_PREFIX, MAX_MESSAGE_SIZE,
-    NO_ANSWER_PREFIX,
+    is_broken_call, is_connect_error, Auth, Client, ClusterApi, Conn, FunctionsApi, InvocationsApi,
+    TokensApi, BROKEN_CALL_PREFIX, CONNECT_ERROR_PREFIX, MAX_MESSAGE_SIZE, NO_ANSWER_PREFIX,
 };
 pub use config::{
     default_config_dir, load_token, parse_endpoints, Config, DEFAULT_ATTEMPT_TIMEOUT,

@@ -56,6 +56,11 @@ pub struct ControllerConfig {
     pub snapshot_logs: u64,
     /// How long a write or a linearizable read may wait for a quorum.
     pub request_timeout_ms: u64,
+    /// Disk space (MB) on the data directory that writes other than
+    /// deletes leave free: uploads and new entries are refused
+    /// (RESOURCE_EXHAUSTED) before RocksDB runs out of space, and the
+    /// reserve lets deletes through to free it.
+    pub min_free_disk_mb: u64,
     /// How long one forwarded attempt waits for the leader before asking
     /// again (sooner when leadership moves): a paused leader must not hold
     /// a forwarded request for the whole request timeout.
@@ -109,6 +114,7 @@ impl Default for ControllerConfig {
             snapshot_logs: 10_000,
             request_timeout_ms: 8_000,
             forward_attempt_ms: 2_000,
+            min_free_disk_mb: 256,
             max_sync_payload_bytes: 6 * 1024 * 1024,
             worker_heartbeat_ms: 250,
             worker_dead_after_ms: 1_000,

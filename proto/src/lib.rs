@@ -73,6 +73,9 @@ pub enum Reason {
     TokenScope,
     /// A current (linearizable) read could not be confirmed in time.
     ReadUnconfirmed,
+    /// The controller's disk is too full to take the write (deletes are
+    /// still accepted).
+    DiskFull,
 }
 
 impl Reason {
@@ -102,6 +105,7 @@ impl Reason {
         Reason::TokenUnknown,
         Reason::TokenScope,
         Reason::ReadUnconfirmed,
+        Reason::DiskFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Reason {
             Reason::TokenUnknown => "token-unknown",
             Reason::TokenScope => "token-scope",
             Reason::ReadUnconfirmed => "read-unconfirmed",
+            Reason::DiskFull => "disk-full",
         }
     }
 

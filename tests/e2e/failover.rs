@@ -680,3 +680,108 @@ fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
         "and that the retry failed too: {first}"
     );
 }
+
+/// A tmpfs of `mb` MB on a fresh directory, unmounted (lazily) on drop,
+/// also when the test fails.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(mb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "nubo-e2e-disk"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// When the store fails anyway (the data filesystem filled behind the
+/// controller's back, then writes it cannot take), the Raft core quits and
+/// `nubo up` exits non-zero saying why, so a supervisor restarts it,
+/// instead of staying up as a leader that can do nothing. (The reserve is
+/// 0 here, so that writes reach the full disk.)
+#[test]
+#[ignore = "needs root"]
+fn a_fatal_storage_error_makes_the_controller_exit_non_zero() {
+    let env = Env::new();
+    let fs = Tmpfs::mount(64);
+    let config = env.dir.path().join("controller.toml");
+    std::fs::write(&config, "min_free_disk_mb = 0\n").unwrap();
+    let port = free_port();
+    let ep = format!("http://127.0.0.1:{port}");
+    let mut up = start_up_no_worker(
+        &env,
+        &fs.0.path().join("data"),
+        port,
+        &[("NUBO_CONFIG", config.to_str().unwrap())],
+    );
+    let code = example("hello");
+    env.cli_ok(
+        &ep,
+        None,
+        &[
+            "function",
+            "create",
+            "full",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            code.to_str().unwrap(),
+        ],
+    );
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+    }
+    // Async events of ~200 KB each go into the log until it cannot grow.
+    let payload = env.dir.path().join("payload.json");
+    std::fs::write(
+        &payload,
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(200 << 10)),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut sent = 0;
+    let code = loop {
+        if let Some(code) = up.try_wait() {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "nubo up still runs 90 s after its disk filled ({sent} events sent)"
+        );
+        let mut cli = Command::new(NUBO);
+        let _ = cli
+            .args(["invoke", "full", "--async", "--payload-file"])
+            .arg(&payload)
+            .env("NUBO_ENDPOINT", &ep)
+            .env("NUBO_CONFIG_DIR", env.config_dir())
+            .env("NUBO_RETRY_SECS", "1")
+            .output();
+        sent += 1;
+    };
+    let logs = up.logs();
+    println!(
+        "nubo up exited with {code:?} after {sent} events, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_ne!(code, Some(0), "a stopped core must exit non-zero:\n{logs}");
+    assert!(
+        logs.contains("Raft core stopped"),
+        "the exit says why:\n{logs}"
+    );
+}

@@ -239,15 +239,40 @@ impl ControllerNode {
         self.leader_term().is_some()
     }
 
-    /// The Raft term while this node leads it.
+    /// The Raft term while this node leads it (never once its core has
+    /// stopped: the last metrics it published still name it leader).
     pub fn leader_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        (m.current_leader == Some(self.id)).then_some(m.current_term)
+        (m.current_leader == Some(self.id) && m.running_state.is_ok()).then_some(m.current_term)
+    }
+
+    /// Why this node's Raft core no longer runs, if it does not: shut down,
+    /// or quit on a fatal error (a failed log or state machine write, such
+    /// as a full disk). A stopped core never comes back in this process.
+    pub fn stopped(&self) -> Option<String> {
+        stopped_why(&self.raft.metrics().borrow())
     }
 
     pub(crate) fn deadline(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Disk space writes other than deletes leave free, bytes.
+    pub(crate) fn reserve(&self) -> u64 {
+        self.config.min_free_disk_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Refuses a code package of `size` bytes this node's disk cannot take
+    /// with the reserve kept. RocksDB writes it twice (its log, then its
+    /// table) before the log file goes.
+    pub fn ensure_code_room(&self, size: u64) -> Result<(), ApiError> {
+        crate::raft::disk::ensure_room(
+            &self.config.data_dir,
+            "the code package",
+            size.saturating_mul(2),
+            self.reserve(),
+        )
     }
 
     /// How long one forwarded attempt waits for the leader it went to.
@@ -277,6 +302,10 @@ impl ControllerNode {
             rand::thread_rng().fill_bytes(&mut b);
             hex::encode(b)
         });
+        if !crate::raft::disk::shrinks(&cmd) {
+            // The reserve is for deletes: past it, only they go in.
+            crate::raft::disk::ensure_room(&self.config.data_dir, "the write", 0, self.reserve())?;
+        }
         let cmd = Command::Idempotent {
             id,
             cmd: Box::new(cmd),
@@ -341,9 +370,9 @@ impl ControllerNode {
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
         loop {
-            if self.raft.metrics().borrow().running_state.is_err() {
+            if let Some(why) = self.stopped() {
                 return Err(ApiError::unavailable(
-                    "this controller is shutting down: use another one",
+                    format!("this controller cannot serve: {why}; use another one"),
                     None,
                 ));
             }
@@ -371,9 +400,7 @@ impl ControllerNode {
                         .max(Duration::from_millis(50));
                     let mut metrics = self.raft.metrics();
                     let moved = async move {
-                        let _ = metrics
-                            .wait_for(|m| m.current_leader != Some(leader))
-                            .await;
+                        let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
                     };
                     tokio::select! {
                         r = self.peers.call::<Req, Rep>(leader, &addr, method, req, attempt) => {
@@ -447,6 +474,15 @@ impl ControllerNode {
             }
         };
         reply_from(res)
+    }
+}
+
+/// Why the Raft core these metrics come from has stopped, if it has.
+pub fn stopped_why(m: &openraft::RaftMetrics<NodeId, BasicNode>) -> Option<String> {
+    match &m.running_state {
+        Ok(()) => None,
+        Err(openraft::error::Fatal::Stopped) => Some("it is shutting down".into()),
+        Err(e) => Some(format!("its Raft core stopped on a fatal error ({e}) and the process is exiting to be restarted")),
     }
 }
 

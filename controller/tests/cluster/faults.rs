@@ -318,7 +318,9 @@ async fn a_paused_leader_does_not_hold_requests_through_followers() {
         followers[0], write.1, followers[1], read.1
     );
     c.faults.heal();
-    write.0.expect("the write through a follower after the pause");
+    write
+        .0
+        .expect("the write through a follower after the pause");
     read.0.expect("the read through a follower after the pause");
     let limit = Duration::from_secs(3);
     assert!(
