@@ -104,16 +104,20 @@ impl Faults {
         *self.inner.write().expect("lock") = FaultState::default();
     }
 
-    /// Decides the fate of one message from `from` to `to`: `Err` if it is
-    /// dropped, after waiting out any injected delay.
-    pub async fn check(&self, from: NodeId, to: NodeId) -> Result<(), String> {
-        // A paused end holds the message until it resumes.
+    /// Waits while `from` or `to` is paused: the message is neither
+    /// delivered nor failed until the node resumes.
+    pub async fn held(&self, from: NodeId, to: NodeId) {
         while {
             let s = self.inner.read().expect("lock");
             s.paused.contains(&from) || s.paused.contains(&to)
         } {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Decides the fate of one message from `from` to `to`: `Err` if it is
+    /// dropped, after waiting out any injected delay.
+    pub async fn check(&self, from: NodeId, to: NodeId) -> Result<(), String> {
         // Read what this message needs; no copy of the fault table per message.
         let (delay, cut, drop_rate) = {
             let s = self.inner.read().expect("lock");
@@ -206,9 +210,7 @@ impl Peers {
                 .parse()
                 .map_err(|_| "cluster secret is not valid ASCII".to_string())?,
         );
-        let started = Instant::now();
         self.checked(self.self_id, to, timeout).await?;
-        let timeout = timeout.saturating_sub(started.elapsed());
         let fut = async {
             match method {
                 Method::AppendEntries => client.append_entries(request).await,
@@ -243,9 +245,10 @@ impl Peers {
     /// message held by a paused node costs the sender its deadline, as a
     /// silent peer would.
     async fn checked(&self, from: NodeId, to: NodeId, timeout: Duration) -> Result<(), String> {
-        tokio::time::timeout(timeout, self.faults.check(from, to))
+        tokio::time::timeout(timeout, self.faults.held(from, to))
             .await
-            .map_err(|_| format!("message {from}->{to} held (paused node) past {timeout:?}"))?
+            .map_err(|_| format!("message {from}->{to} held (paused node) past {timeout:?}"))?;
+        self.faults.check(from, to).await
     }
 
     fn blob_client(
