@@ -704,6 +704,41 @@ mod tests {
         assert!(err.message().starts_with(NO_ANSWER_PREFIX), "{err:?}");
     }
 
+    /// A long call has no attempt deadline, yet a controller that takes
+    /// the connection and never answers does not hold it forever: the
+    /// HTTP/2 keep-alive (pings every `attempt_timeout`) gives up on it.
+    #[tokio::test]
+    async fn a_long_call_leaves_a_silent_controller() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                conns.push(s);
+            }
+        });
+        let c = Client::from_config(Config {
+            attempt_timeout: Duration::from_millis(200),
+            retry_budget: Duration::from_millis(500),
+            ..Config::new(vec![format!("http://{addr}")])
+        })
+        .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.call_long(|conn| async move {
+                conn.cluster()
+                    .status(nubo_proto::v1::ClusterStatusRequest {})
+                    .await
+            }),
+        )
+        .await;
+        held.abort();
+        let err = r
+            .expect("the long call gave up on the silent controller")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+
     /// A call whose connection breaks under way (the controller was
     /// killed mid-upload) and whose retries then cannot connect reports
     /// the break first, and that the retries failed too.
