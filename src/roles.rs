@@ -244,9 +244,17 @@ pub async fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         }
         tracing::warn!("could not create the bootstrap admin token: no quorum within the wait");
     });
-    signals.wait().await;
+    let failed = tokio::select! {
+        _ = signals.wait() => None,
+        why = running.raft_failed() => Some(why),
+    };
     token_task.abort();
     running.shutdown().await;
+    if let Some(why) = failed {
+        // Non-zero, so that a supervisor (systemd, Kubernetes) restarts it:
+        // this process can never serve again.
+        anyhow::bail!("the controller's Raft core stopped ({why}); exiting to be restarted");
+    }
     eprintln!("controller stopped");
     Ok(())
 }
@@ -377,11 +385,19 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     eprintln!("nubo is up: endpoint {endpoint} — try `nubo function list`. Ctrl-C stops it.");
     // Scripts wait for this line on stdout.
     println!("ready {endpoint}");
-    signals.wait().await;
+    let failed = tokio::select! {
+        _ = signals.wait() => None,
+        why = running.raft_failed() => Some(why),
+    };
     if let Some(w) = worker {
         w.shutdown().await;
     }
     running.shutdown().await;
+    if let Some(why) = failed {
+        anyhow::bail!(
+            "the embedded controller's Raft core stopped ({why}); exiting to be restarted"
+        );
+    }
     eprintln!("nubo stopped cleanly");
     Ok(())
 }

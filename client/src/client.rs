@@ -37,6 +37,79 @@ pub fn is_connect_error(s: &Status) -> bool {
     s.code() == Code::Unavailable && s.message().starts_with(CONNECT_ERROR_PREFIX)
 }
 
+/// Start of the message of the status the client makes up for an attempt
+/// that got no answer within its deadline.
+pub const NO_ANSWER_PREFIX: &str = "no answer from ";
+
+/// Start of the message of a call whose connection broke while it was
+/// under way (the controller died or the network failed mid-call).
+pub const BROKEN_CALL_PREFIX: &str = "the connection to ";
+
+fn is_no_answer(s: &Status) -> bool {
+    s.code() == Code::Unavailable && s.message().starts_with(NO_ANSWER_PREFIX)
+}
+
+/// Whether `s` says the connection broke while the call was under way
+/// (rather than a server's answer, or a failure to connect).
+pub fn is_broken_call(s: &Status) -> bool {
+    s.message().starts_with(BROKEN_CALL_PREFIX)
+}
+
+fn no_answer(endpoint: &str, limit: Duration) -> Status {
+    Status::unavailable(format!(
+        "{NO_ANSWER_PREFIX}{endpoint} within {} ms (paused, overloaded or cut off)",
+        limit.as_millis()
+    ))
+}
+
+/// A retryable failure that came from a call under way, not from
+/// connecting and not from a controller's own UNAVAILABLE answer.
+fn broke_mid_call(s: &Status) -> bool {
+    !is_connect_error(s) && !is_no_answer(s) && !is_reconnect_failure(s) && is_transport_failure(s)
+}
+
+/// A channel whose connection went away reconnects on its own; when that
+/// fails the call gets the transport's connect error: nothing was under way.
+fn is_reconnect_failure(s: &Status) -> bool {
+    let m = s.message();
+    m.contains("tcp connect error") || m.contains("error trying to connect")
+}
+
+/// A status the transport made (it has the transport's error as its
+/// source); a controller's answer has none.
+fn is_transport_failure(s: &Status) -> bool {
+    std::error::Error::source(s).is_some()
+}
+
+fn broken_call(endpoint: &str, s: &Status) -> Status {
+    let mut out = Status::with_metadata(
+        s.code(),
+        format!(
+            "{BROKEN_CALL_PREFIX}{endpoint} broke during the call: {}",
+            s.message()
+        ),
+        s.metadata().clone(),
+    );
+    out.set_source(Arc::new(std::io::Error::other(s.message().to_string())));
+    out
+}
+
+/// The first failure, told first, and that retrying did not help.
+fn retries_failed_too(first: Status, last: &Status, budget: Duration) -> Status {
+    let mut out = Status::with_metadata(
+        first.code(),
+        format!(
+            "{}; retried for {}s, the retries failed too (last: {})",
+            first.message(),
+            budget.as_secs_f64().round(),
+            last.message()
+        ),
+        first.metadata().clone(),
+    );
+    out.set_source(Arc::new(std::io::Error::other(first.message().to_string())));
+    out
+}
+
 /// Adds `authorization: Bearer <token>` to every call, and the request id
 /// of the logical call, the same on every retry, so the controllers apply a
 /// retried write once.
@@ -112,6 +185,7 @@ pub struct Client {
     has_token: bool,
     auth: Auth,
     retry_budget: Duration,
+    attempt_timeout: Duration,
     warn_on_retry: bool,
     channels: Mutex<HashMap<String, Channel>>,
     /// Index of the endpoint that answered last, tried first next time.
@@ -147,6 +221,7 @@ impl Client {
                 request_id: None,
             },
             retry_budget: config.retry_budget,
+            attempt_timeout: config.attempt_timeout.max(Duration::from_millis(50)),
             warn_on_retry: config.warn_on_retry,
             channels: Mutex::new(HashMap::new()),
             preferred: Mutex::new(0),
@@ -167,13 +242,38 @@ impl Client {
         self
     }
 
-    /// Runs `f` against a controller, failing over to the next endpoint on
-    /// connection errors and UNAVAILABLE (cycling with backoff until the retry
-    /// budget is spent). Other statuses are returned at once: any controller
-    /// gives the same answer, so retrying elsewhere cannot help.
+    /// Runs a short call `f` against a controller, failing over to the next
+    /// endpoint on connection errors, UNAVAILABLE and attempts that get no
+    /// answer within the attempt deadline (cycling with backoff until the
+    /// retry budget is spent). Other statuses are returned at once: any
+    /// controller gives the same answer, so retrying elsewhere cannot help.
     ///
-    /// Every attempt of one call carries the same request id.
-    pub async fn call<F, Fut, T>(&self, mut f: F) -> Result<T, Status>
+    /// Every attempt of one call carries the same request id, so a write
+    /// whose first attempt went unanswered (and may have applied) applies
+    /// once. The attempt deadline starts at `attempt_timeout` and doubles
+    /// after each round over the endpoints.
+    pub async fn call<F, Fut, T>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_with(f, true).await
+    }
+
+    /// Like [`call`](Client::call), for calls that may legitimately take
+    /// long: code uploads and synchronous invokes (up to the function's
+    /// timeout). An attempt has no deadline; a controller that goes silent
+    /// under it is noticed by the HTTP/2 keep-alive (no ping answer within
+    /// about `attempt_timeout`) and the call fails over.
+    pub async fn call_long<F, Fut, T>(&self, f: F) -> Result<T, Status>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_with(f, false).await
+    }
+
+    async fn call_with<F, Fut, T>(&self, mut f: F, bounded: bool) -> Result<T, Status>
     where
         F: FnMut(Conn) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -186,20 +286,33 @@ impl Client {
         };
         let mut leader: Option<String> = None;
         let mut warned = false;
+        let mut attempt_limit = self.attempt_timeout;
+        // The first failure of a call that was under way (the connection
+        // broke): what the user needs to hear about, even when the retries
+        // then only fail to connect.
+        let mut broke: Option<Status> = None;
         loop {
             let mut last_err: Option<Status> = None;
             let mut redirected = false;
             for endpoint in self.attempt_order(leader.take()) {
-                let result = match self.channel(&endpoint).await {
-                    Ok(channel) => {
-                        let conn = Conn {
-                            channel,
-                            endpoint: endpoint.clone(),
-                            auth: auth.clone(),
-                        };
-                        f(conn).await
+                let left = deadline.saturating_duration_since(Instant::now());
+                let attempt = async {
+                    let channel = self.channel(&endpoint).await?;
+                    f(Conn {
+                        channel,
+                        endpoint: endpoint.clone(),
+                        auth: auth.clone(),
+                    })
+                    .await
+                };
+                let result = if bounded {
+                    let limit = attempt_limit.min(left.max(Duration::from_millis(50)));
+                    match tokio::time::timeout(limit, attempt).await {
+                        Ok(r) => r,
+                        Err(_) => Err(no_answer(&endpoint, limit)),
                     }
-                    Err(status) => Err(status),
+                } else {
+                    attempt.await
                 };
                 match result {
                     Ok(v) => {
@@ -209,6 +322,9 @@ impl Client {
                     Err(status) if is_retryable(&status) => {
                         self.forget(&endpoint);
                         tracing::debug!(%endpoint, error = %status.message(), "controller unavailable");
+                        if broke.is_none() && broke_mid_call(&status) {
+                            broke = Some(broken_call(&endpoint, &status));
+                        }
                         let hint = leader_hint(&status).filter(|l| *l != endpoint);
                         last_err = Some(status);
                         if let Some(l) = hint {
@@ -217,13 +333,23 @@ impl Client {
                             break;
                         }
                     }
+                    // A transport failure is told as one, so callers
+                    // can say what broke.
+                    Err(status) if broke_mid_call(&status) => {
+                        return Err(broken_call(&endpoint, &status))
+                    }
                     Err(status) => return Err(status),
                 }
             }
             let now = Instant::now();
             let err = last_err.unwrap_or_else(|| Status::unavailable("no endpoint answered"));
             if now >= deadline {
-                return Err(err);
+                return Err(match broke {
+                    Some(first) if is_connect_error(&err) || is_no_answer(&err) => {
+                        retries_failed_too(first, &err, self.retry_budget)
+                    }
+                    _ => err,
+                });
             }
             if self.warn_on_retry
                 && !warned
@@ -242,6 +368,9 @@ impl Client {
             let pause = if redirected {
                 Duration::from_millis(20)
             } else {
+                // A whole round without an answer: the next one gives each
+                // controller longer.
+                attempt_limit = (attempt_limit * 2).min(self.retry_budget);
                 let p = backoff;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 p
@@ -286,7 +415,13 @@ impl Client {
         }
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| Status::invalid_argument(format!("invalid endpoint {endpoint}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            // A controller that stops answering (SIGSTOP, a frozen VM) under
+            // a long call: no ping answer within the attempt timeout breaks
+            // the connection, and the call fails over.
+            .http2_keep_alive_interval(self.attempt_timeout)
+            .keep_alive_timeout(self.attempt_timeout)
+            .keep_alive_while_idle(false);
         let ch = ep
             .connect()
             .await
@@ -488,6 +623,150 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(tried, ["http://a:1", "http://c:1"]);
+    }
+
+    /// A controller that takes the call and stays silent (paused) is left
+    /// after the attempt deadline for the next one, with the same request
+    /// id; a long call has no such deadline.
+    #[tokio::test]
+    async fn a_silent_controller_is_left_after_the_attempt_deadline() {
+        let c = Client::from_config(Config {
+            attempt_timeout: Duration::from_millis(200),
+            ..Config::new(vec!["http://a:1".into(), "http://b:1".into()])
+        })
+        .unwrap();
+        with_lazy_channels(&c);
+        let seen = Mutex::new(Vec::new());
+        let start = Instant::now();
+        c.call(|conn| {
+            seen.lock()
+                .unwrap()
+                .push((conn.endpoint.clone(), conn.auth.request_id.clone().unwrap()));
+            async move {
+                if conn.endpoint == "http://a:1" {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, "http://a:1");
+        assert_eq!(seen[1].0, "http://b:1");
+        assert_eq!(seen[0].1, seen[1].1, "the id changed between attempts");
+
+        // A long call waits for its answer.
+        let slow = c
+            .call_long(|_| async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok("late")
+            })
+            .await
+            .unwrap();
+        assert_eq!(slow, "late");
+    }
+
+    /// A real listener that accepts connections and never says a word
+    /// (a SIGSTOPped controller, as the kernel still completes the TCP
+    /// handshake): the call gives up on it and says so.
+    #[tokio::test]
+    async fn all_silent_is_reported_as_no_answer() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                conns.push(s);
+            }
+        });
+        let c = Client::from_config(Config {
+            attempt_timeout: Duration::from_millis(100),
+            retry_budget: Duration::from_millis(600),
+            ..Config::new(vec![format!("http://{addr}")])
+        })
+        .unwrap();
+        let start = Instant::now();
+        let err = c
+            .call(|conn| async move {
+                conn.cluster()
+                    .status(nubo_proto::v1::ClusterStatusRequest {})
+                    .await
+            })
+            .await
+            .unwrap_err();
+        held.abort();
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(err.message().starts_with(NO_ANSWER_PREFIX), "{err:?}");
+    }
+
+    /// A long call has no attempt deadline, yet a controller that takes
+    /// the connection and never answers does not hold it forever: the
+    /// HTTP/2 keep-alive (pings every `attempt_timeout`) gives up on it.
+    #[tokio::test]
+    async fn a_long_call_leaves_a_silent_controller() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                conns.push(s);
+            }
+        });
+        let c = Client::from_config(Config {
+            attempt_timeout: Duration::from_millis(200),
+            retry_budget: Duration::from_millis(500),
+            ..Config::new(vec![format!("http://{addr}")])
+        })
+        .unwrap();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.call_long(|conn| async move {
+                conn.cluster()
+                    .status(nubo_proto::v1::ClusterStatusRequest {})
+                    .await
+            }),
+        )
+        .await;
+        held.abort();
+        let err = r
+            .expect("the long call gave up on the silent controller")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+
+    /// A call whose connection breaks under way (the controller was
+    /// killed mid-upload) and whose retries then cannot connect reports
+    /// the break first, and that the retries failed too.
+    #[tokio::test]
+    async fn a_broken_call_is_reported_before_the_failed_retries() {
+        // Port 1 on loopback refuses connections: the retries fail.
+        let c = Client::new(vec!["http://127.0.0.1:1".into()], None)
+            .unwrap()
+            .with_retry_budget(Duration::from_millis(300));
+        with_lazy_channels(&c);
+        let mut first = true;
+        let err = c
+            .call_long(|_| {
+                let broke = std::mem::take(&mut first);
+                async move {
+                    assert!(broke, "later attempts fail to connect, before the call");
+                    let mut s = Status::unknown("h2 protocol error: stream reset");
+                    s.set_source(Arc::new(std::io::Error::other("connection reset")));
+                    Err::<(), _>(s)
+                }
+            })
+            .await
+            .unwrap_err();
+        let m = err.message();
+        assert!(is_broken_call(&err), "{err:?}");
+        assert!(m.contains("stream reset"), "{m}");
+        assert!(m.contains("the retries failed too"), "{m}");
+        assert!(m.contains(CONNECT_ERROR_PREFIX), "{m}");
     }
 
     /// A status other than UNAVAILABLE is the answer: no other controller

@@ -13,6 +13,13 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7700";
 /// How long a call keeps failing over before it gives up: long enough for
 /// a Raft election or a controller restart.
 pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(10);
+/// How long one attempt of a short call (every call but uploads and
+/// synchronous invokes) may take on one controller before the next one is
+/// tried: a controller that accepts connections and then stays silent (a
+/// paused process, a hung disk) must not hold the call for the whole
+/// budget. Doubled after each round over all endpoints, so a cluster that
+/// is merely slow still gets to answer.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Name of the token file inside a config directory.
 pub const TOKEN_FILE: &str = "token";
 
@@ -28,6 +35,13 @@ pub struct Config {
     pub token: Option<String>,
     /// How long one call keeps failing over between controllers.
     pub retry_budget: Duration,
+    /// First per-attempt deadline of short calls ([`Client::call`]); also
+    /// sets the HTTP/2 keep-alive that notices a silent controller under
+    /// long calls ([`Client::call_long`]).
+    ///
+    /// [`Client::call`]: crate::Client::call
+    /// [`Client::call_long`]: crate::Client::call_long
+    pub attempt_timeout: Duration,
     /// Print one `warning: ...; retrying` line on stderr, if stderr is a
     /// terminal, when a call starts waiting for a controller. For
     /// interactive tools; services leave it off and read the tracing logs.
@@ -41,6 +55,7 @@ impl Config {
             endpoints,
             token: None,
             retry_budget: DEFAULT_RETRY_BUDGET,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             warn_on_retry: false,
         }
     }

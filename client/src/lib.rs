@@ -36,12 +36,12 @@ mod config;
 use std::path::PathBuf;
 
 pub use client::{
-    is_connect_error, Auth, Client, ClusterApi, Conn, FunctionsApi, InvocationsApi, TokensApi,
-    CONNECT_ERROR_PREFIX, MAX_MESSAGE_SIZE,
+    is_broken_call, is_connect_error, Auth, Client, ClusterApi, Conn, FunctionsApi, InvocationsApi,
+    TokensApi, BROKEN_CALL_PREFIX, CONNECT_ERROR_PREFIX, MAX_MESSAGE_SIZE, NO_ANSWER_PREFIX,
 };
 pub use config::{
-    default_config_dir, load_token, parse_endpoints, Config, DEFAULT_ENDPOINT,
-    DEFAULT_RETRY_BUDGET, TOKEN_FILE,
+    default_config_dir, load_token, parse_endpoints, Config, DEFAULT_ATTEMPT_TIMEOUT,
+    DEFAULT_ENDPOINT, DEFAULT_RETRY_BUDGET, TOKEN_FILE,
 };
 
 /// What can go wrong before a call is made. Failed calls themselves are

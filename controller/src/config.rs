@@ -56,6 +56,15 @@ pub struct ControllerConfig {
     pub snapshot_logs: u64,
     /// How long a write or a linearizable read may wait for a quorum.
     pub request_timeout_ms: u64,
+    /// Disk space (MB) on the data directory that writes other than
+    /// deletes leave free: uploads and new entries are refused
+    /// (RESOURCE_EXHAUSTED) before RocksDB runs out of space, and the
+    /// reserve lets deletes through to free it.
+    pub min_free_disk_mb: u64,
+    /// How long one forwarded attempt waits for the leader before asking
+    /// again (sooner when leadership moves): a paused leader must not hold
+    /// a forwarded request for the whole request timeout.
+    pub forward_attempt_ms: u64,
     pub max_zipped_bytes: u64,
     pub max_unzipped_bytes: u64,
     /// How often a controller looks for code packages it lacks or no longer needs.
@@ -109,6 +118,8 @@ impl Default for ControllerConfig {
             election_timeout_ms: 200,
             snapshot_logs: 10_000,
             request_timeout_ms: 8_000,
+            forward_attempt_ms: 2_000,
+            min_free_disk_mb: 256,
             max_sync_payload_bytes: 6 * 1024 * 1024,
             worker_heartbeat_ms: 250,
             worker_dead_after_ms: 1_000,
@@ -292,6 +303,12 @@ impl ControllerConfig {
             return Err(ConfigError::Invalid(
                 "worker_dead_after_ms must be at least twice worker_heartbeat_ms".into(),
             ));
+        }
+        if self.forward_attempt_ms < 50 {
+            return Err(ConfigError::Invalid(format!(
+                "forward_attempt_ms {} is too short: use 50 ms or more",
+                self.forward_attempt_ms
+            )));
         }
         if self.snapshot_logs < 10 {
             return Err(ConfigError::Invalid("snapshot_logs must be >= 10".into()));

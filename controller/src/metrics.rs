@@ -137,7 +137,9 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP nubo_raft_term Current Raft term.\n# TYPE nubo_raft_term gauge\nnubo_raft_term {}", raft.current_term);
         let _ = writeln!(out, "# HELP nubo_raft_leader Id of the leader this node knows, 0 if none.\n# TYPE nubo_raft_leader gauge\nnubo_raft_leader {}", raft.current_leader.unwrap_or(0));
-        let _ = writeln!(out, "# HELP nubo_raft_is_leader 1 if this node is the leader.\n# TYPE nubo_raft_is_leader gauge\nnubo_raft_is_leader {}", u8::from(raft.current_leader == Some(raft.id)));
+        let running = raft.running_state.is_ok();
+        let _ = writeln!(out, "# HELP nubo_raft_running 1 while this node's Raft core runs; 0 once it stopped (shutdown, or a fatal storage error: the process then exits).\n# TYPE nubo_raft_running gauge\nnubo_raft_running {}", u8::from(running));
+        let _ = writeln!(out, "# HELP nubo_raft_is_leader 1 if this node is the leader (and its Raft core runs).\n# TYPE nubo_raft_is_leader gauge\nnubo_raft_is_leader {}", u8::from(running && raft.current_leader == Some(raft.id)));
         let _ = writeln!(out, "# HELP nubo_raft_last_log_index Last log index.\n# TYPE nubo_raft_last_log_index gauge\nnubo_raft_last_log_index {}", raft.last_log_index.unwrap_or(0));
         let _ = writeln!(out, "# HELP nubo_raft_applied_index Last applied index.\n# TYPE nubo_raft_applied_index gauge\nnubo_raft_applied_index {}", raft.last_applied.map(|l| l.index).unwrap_or(0));
         let commit = raft

@@ -50,6 +50,23 @@ impl Running {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+
+    /// Resolves once the Raft core has quit on a fatal error (openraft
+    /// stops it for good when the log or the state machine cannot be
+    /// written, e.g. on a full disk), with the reason. The node then
+    /// answers nothing that needs consensus, ever: the caller should shut
+    /// down and exit non-zero, so that a supervisor restarts it.
+    pub async fn raft_failed(&self) -> String {
+        let mut m = self.node.raft.metrics();
+        loop {
+            if let Err(e) = &m.borrow_and_update().running_state {
+                return e.to_string();
+            }
+            if m.changed().await.is_err() {
+                return "the Raft core is gone".into();
+            }
+        }
+    }
 }
 
 /// Starts a controller from its configuration. `faults` is the injected

@@ -78,6 +78,9 @@ pub enum Reason {
     TokenScope,
     /// A current (linearizable) read could not be confirmed in time.
     ReadUnconfirmed,
+    /// The controller's disk is too full to take the write (deletes are
+    /// still accepted).
+    DiskFull,
 }
 
 impl Reason {
@@ -109,6 +112,7 @@ impl Reason {
         Reason::TokenUnknown,
         Reason::TokenScope,
         Reason::ReadUnconfirmed,
+        Reason::DiskFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +144,7 @@ impl Reason {
             Reason::TokenUnknown => "token-unknown",
             Reason::TokenScope => "token-scope",
             Reason::ReadUnconfirmed => "read-unconfirmed",
+            Reason::DiskFull => "disk-full",
         }
     }
 
@@ -257,7 +262,8 @@ mod tests {
                 | Reason::TokenScope
                 | Reason::ReadUnconfirmed
                 | Reason::CapacityExhausted
-                | Reason::DestinationNotFound => true,
+                | Reason::DestinationNotFound
+                | Reason::DiskFull => true,
             };
             assert!(listed);
         }

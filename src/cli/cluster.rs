@@ -46,8 +46,9 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: ClusterCommand) -> anyh
                 node_id: id,
                 address,
             };
+            // Waits for the learner to catch up: may take long.
             client
-                .call(|c| {
+                .call_long(|c| {
                     let req = req.clone();
                     async move { c.cluster().add_learner(req).await }
                 })
@@ -55,7 +56,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: ClusterCommand) -> anyh
                 .into_inner()
         }
         ClusterCommand::Promote { id } => client
-            .call(|c| async move {
+            .call_long(|c| async move {
                 c.cluster()
                     .promote_voter(pb::PromoteVoterRequest { node_id: id })
                     .await
@@ -67,7 +68,7 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: ClusterCommand) -> anyh
             return print_worker_secret(&cluster_secret)
         }
         ClusterCommand::Remove { id } => client
-            .call(|c| async move {
+            .call_long(|c| async move {
                 c.cluster()
                     .remove_node(pb::RemoveNodeRequest { node_id: id })
                     .await

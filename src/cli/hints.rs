@@ -286,6 +286,11 @@ fn reason_hint(r: Reason, message: &str, ctx: Option<&ErrorContext>) -> String {
             };
             format!("retry; a majority of controllers must be up (`nubo cluster status`){stale_ok}")
         }
+        Reason::DiskFull => "free disk space on the controller's data directory: delete \
+             functions or versions you no longer need (`nubo function delete NAME`, \
+             `nubo function delete NAME:VERSION`; deletes are still accepted), or give the \
+             controller a larger disk"
+            .to_string(),
     }
 }
 

@@ -69,13 +69,18 @@ pub(super) async fn run(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Re
         },
         idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
     };
-    let r = client
-        .call(|c| {
-            let req = req.clone();
-            async move { c.invocations().invoke(req).await }
-        })
-        .await?
-        .into_inner();
+    let invoke = |c: nubo_client::Conn| {
+        let req = req.clone();
+        async move { c.invocations().invoke(req).await }
+    };
+    // A synchronous call runs as long as the function does (up to its
+    // timeout); an Event or a dry run is answered at once.
+    let r = if a.r#async || a.dry_run {
+        client.call(invoke).await
+    } else {
+        client.call_long(invoke).await
+    }?
+    .into_inner();
     if !r.log_result.is_empty() {
         eprint!("{}", r.log_result);
     }

@@ -40,8 +40,9 @@ pub(super) async fn run(client: &Client, out: &Out, a: LogsArgs) -> anyhow::Resu
             start_time_ms: start,
             limit,
         };
+        // Gathered from every worker: not bounded like a registry call.
         let r = client
-            .call(|c| {
+            .call_long(|c| {
                 let req = req.clone();
                 async move { c.invocations().get_logs(req).await }
             })

@@ -81,9 +81,21 @@ impl GlobalArgs {
             endpoints,
             token,
             retry_budget: retry_budget_from_env(),
+            attempt_timeout: attempt_timeout_from_env(),
             warn_on_retry: true,
         })
     }
+}
+
+/// `NUBO_ATTEMPT_TIMEOUT_MS` (how long one attempt of a short call waits
+/// for one controller before trying the next), else the client's default.
+fn attempt_timeout_from_env() -> std::time::Duration {
+    std::env::var("NUBO_ATTEMPT_TIMEOUT_MS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(nubo_client::DEFAULT_ATTEMPT_TIMEOUT)
 }
 
 /// `NUBO_RETRY_SECS` (seconds a command keeps failing over between

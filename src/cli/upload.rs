@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -58,11 +59,13 @@ pub(super) fn chunk_stream<M: Send + 'static>(
     head: M,
     code: Arc<Vec<u8>>,
     progress: Option<ProgressBar>,
+    sent: Arc<AtomicU64>,
     wrap: fn(Vec<u8>) -> M,
 ) -> impl Stream<Item = M> + Send + 'static {
     if let Some(p) = &progress {
         p.set_position(0);
     }
+    sent.store(0, Ordering::Relaxed);
     let pieces = code.len().div_ceil(CHUNK_SIZE);
     let chunks = (0..pieces).map(move |i| {
         let lo = i * CHUNK_SIZE;
@@ -71,9 +74,27 @@ pub(super) fn chunk_stream<M: Send + 'static>(
         if let Some(p) = &progress {
             p.set_position(lo as u64);
         }
+        sent.store(lo as u64, Ordering::Relaxed);
         wrap(code[lo..hi].to_vec())
     });
     futures::stream::iter(std::iter::once(head).chain(chunks))
+}
+
+/// The error of a failed upload: when the connection broke while the
+/// package was on its way (the controller died mid-stream), that is what
+/// the user hears first, with how far it got, even if the retries then
+/// only failed to connect; a controller's answer stays as it is.
+pub(super) fn upload_error(status: tonic::Status, size: usize, sent: &AtomicU64) -> anyhow::Error {
+    if !nubo_client::is_broken_call(&status) {
+        return status.into();
+    }
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let sent = sent.load(Ordering::Relaxed).min(size as u64);
+    anyhow::Error::new(status).context(format!(
+        "the upload of the code package ({:.1} MiB) broke with {:.1} MiB sent",
+        mib(size as u64),
+        mib(sent)
+    ))
 }
 
 pub(super) fn upload_progress(size: usize) -> Option<ProgressBar> {
@@ -103,9 +124,13 @@ pub(super) fn upload_progress(size: usize) -> Option<ProgressBar> {
     Some(pb)
 }
 
-pub(super) fn finish_progress(progress: Option<ProgressBar>) {
+/// Ends the bar: full on success; left where the upload stopped when it
+/// failed (a full bar over an error would say the bytes arrived).
+pub(super) fn finish_progress(progress: Option<ProgressBar>, ok: bool) {
     if let Some(p) = progress {
-        if std::io::stderr().is_terminal() {
+        if !ok {
+            p.abandon();
+        } else if std::io::stderr().is_terminal() {
             p.finish_and_clear();
         } else {
             p.finish();
@@ -210,6 +235,7 @@ mod tests {
             chunk_msg(pb::create_function_chunk::Part::Header(Default::default())),
             code,
             None,
+            Arc::default(),
             |b| chunk_msg(pb::create_function_chunk::Part::Code(b)),
         )
         .collect()

@@ -137,6 +137,16 @@ impl Proc {
         }
     }
 
+    /// Whether the process has exited, without waiting: `Some(code)` once
+    /// it has (`code` is None when a signal killed it), `None` while it
+    /// runs.
+    pub fn try_wait(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        let st = child.try_wait().ok()??;
+        self.child = None;
+        Some(st.code())
+    }
+
     /// SIGTERM, then up to `timeout` for a clean exit (a worker destroys
     /// its sandboxes on the way out). Never panics; a process still running
     /// after `timeout` is killed when the guard drops.

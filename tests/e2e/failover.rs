@@ -419,3 +419,369 @@ fn three_zones_survive_the_loss_of_one() {
     }
     controller.terminate(Duration::from_secs(10));
 }
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test
+/// leaves nothing frozen (the process guard then stops it as usual).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) takes no pointers; the pid is a child of this
+        // test that its `Proc` guard has not reaped yet (the guard drops
+        // after this one).
+        unsafe {
+            libc::kill(self.0, libc::SIGCONT);
+        }
+    }
+}
+
+/// Waits until a three-controller cluster answers `cluster status` with a
+/// leader; returns the leader's id.
+fn wait_for_leader(env: &Env, endpoints: &str) -> u64 {
+    support::wait_for("a leader in cluster status", 30, || {
+        let out = env.cli(endpoints, Some(TOKEN), &["cluster", "status", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["leader_id"].as_u64().filter(|l| *l > 0)
+    })
+}
+
+/// A leader that stops answering without dying (SIGSTOP: a long GC-like
+/// stall, a hung disk, a frozen VM) does not block the CLI: given every
+/// endpoint, the paused leader's first, a write succeeds within 2 s of
+/// the pause (plus a margin for a loaded machine; the figure is printed),
+/// as the CLI leaves the silent controller after its attempt deadline and
+/// the followers follow the new leader instead of waiting on the old one.
+/// Nothing applies twice: the writes' effects are counted afterwards.
+#[test]
+fn a_paused_leader_does_not_block_the_cli() {
+    let env = Env::new();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut procs: Vec<Proc> = (1..=3)
+        .map(|id| start_controller(env.dir.path(), id, &ports))
+        .collect();
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let leader = wait_for_leader(&env, &eps.join(","));
+    let code = example("hello");
+    env.cli_ok(
+        &eps.join(","),
+        Some(TOKEN),
+        &[
+            "function",
+            "create",
+            "paused",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            code.to_str().unwrap(),
+        ],
+    );
+    // The paused leader first: the order a CLI configured with it first
+    // would try, and the slowest one.
+    let mut order = vec![eps[leader as usize - 1].clone()];
+    order.extend(
+        eps.iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 + 1 != leader)
+            .map(|(_, e)| e.clone()),
+    );
+    let all = order.join(",");
+
+    let stopped = &mut procs[leader as usize - 1];
+    stopped.signal(libc::SIGSTOP);
+    let _resume = Resume(stopped.pid());
+    let paused = Instant::now();
+    let mut first_ok = None;
+    let mut attempts = 0;
+    while paused.elapsed() < Duration::from_secs(15) {
+        attempts += 1;
+        let out = env.cli(
+            &all,
+            Some(TOKEN),
+            &[
+                "version",
+                "publish",
+                "paused",
+                "--description",
+                "after the pause",
+            ],
+        );
+        if out.status.success() {
+            first_ok = Some(paused.elapsed());
+            break;
+        }
+    }
+    let first_ok = first_ok.expect("no write succeeded within 15 s of pausing the leader");
+    println!(
+        "paused leader {leader}: first successful CLI write {:.2} s after SIGSTOP ({attempts} CLI run(s))",
+        first_ok.as_secs_f64()
+    );
+    // Later writes go through at once too.
+    let t = Instant::now();
+    env.cli_ok(
+        &all,
+        Some(TOKEN),
+        &["alias", "create", "paused", "live", "--version", "1"],
+    );
+    println!(
+        "paused leader {leader}: next CLI write {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        first_ok <= Duration::from_secs(3),
+        "the first write after the pause took {first_ok:?} (goal: 2 s)"
+    );
+    // One publish of an unchanged $LATEST makes version 1, however many
+    // attempts it took.
+    let versions = env.cli_ok(
+        &all,
+        Some(TOKEN),
+        &["version", "list", "paused", "-o", "json"],
+    );
+    let v: Value = serde_json::from_str(&versions).unwrap();
+    let n = v["versions"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["version"] != "$LATEST").count());
+    assert_eq!(n, Some(1), "{versions}");
+}
+
+/// `nubo up` without a worker on 127.0.0.1:`port`, its data in
+/// `data_dir`, extra `vars`; waits for `ready`.
+fn start_up_no_worker(
+    env: &Env,
+    data_dir: &std::path::Path,
+    port: u16,
+    vars: &[(&str, &str)],
+) -> Proc {
+    let mut cmd = Command::new(NUBO);
+    cmd.args([
+        "up",
+        "--no-worker",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ])
+    .env("NUBO_CONFIG_DIR", env.config_dir())
+    .env("NO_COLOR", "1")
+    .env_remove("NUBO_FAILPOINTS")
+    .envs(vars.iter().copied());
+    Proc::spawn_ready(cmd, "nubo up", Duration::from_secs(30))
+}
+
+/// A `nubo up` SIGKILLed while the CLI streams a big package to it: the
+/// CLI's error is the broken upload (and how far it got), with the retry's
+/// failure to connect after it, not the retry's error alone.
+#[test]
+fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
+    let env = Env::new();
+    let port = free_port();
+    // 50 ms a MiB on the controller: the stream takes 2 s, and is killed
+    // in the middle.
+    let mut up = start_up_no_worker(
+        &env,
+        &env.dir.path().join("data"),
+        port,
+        &[("NUBO_FAILPOINTS", "upload-chunk=sleep(50)")],
+    );
+    let ep = format!("http://127.0.0.1:{port}");
+    // 40 MB that do not compress.
+    let code = env.dir.path().join("big");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::copy(example("hello").join("app.py"), code.join("app.py")).unwrap();
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let noise: Vec<u8> = (0..40 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(code.join("data.bin"), noise).unwrap();
+
+    let mut cli = Command::new(NUBO);
+    cli.args([
+        "function",
+        "create",
+        "big",
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.lambda_handler",
+        "--code",
+        code.to_str().unwrap(),
+    ])
+    .env("NUBO_ENDPOINT", &ep)
+    .env("NUBO_CONFIG_DIR", env.config_dir())
+    .env("NUBO_RETRY_SECS", "2")
+    // Plain progress lines on stderr (one a second): they say how far the
+    // stream got.
+    .env("NUBO_PROGRESS", "1")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cli.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            // A line past 0 bytes: the package is on its way.
+            if line.starts_with("uploading") && !line.contains("] 0 B/") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let streaming = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    up.signal(libc::SIGKILL);
+    up.wait(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the CLI did not give up within 60 s of the kill");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = reader.join().unwrap();
+    eprintln!("CLI stderr:\n{err}");
+    assert!(streaming, "the upload never started streaming: {err}");
+    assert!(!status.success(), "{err}");
+    let first = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        first.starts_with("error: the upload of the code package (40.0 MiB) broke"),
+        "the error names the broken upload first: {first}"
+    );
+    assert!(
+        first.contains("the retries failed too") && first.contains("cannot connect"),
+        "and that the retry failed too: {first}"
+    );
+}
+
+/// A tmpfs of `mb` MB on a fresh directory, unmounted (lazily) on drop,
+/// also when the test fails.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(mb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "nubo-e2e-disk"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// When the store fails anyway (the data filesystem filled behind the
+/// controller's back, then writes it cannot take), the Raft core quits and
+/// `nubo up` exits non-zero saying why, so a supervisor restarts it,
+/// instead of staying up as a leader that can do nothing. (The reserve is
+/// 0 here, so that writes reach the full disk.)
+#[test]
+#[ignore = "needs root"]
+fn a_fatal_storage_error_makes_the_controller_exit_non_zero() {
+    let env = Env::new();
+    let fs = Tmpfs::mount(64);
+    let config = env.dir.path().join("controller.toml");
+    std::fs::write(&config, "min_free_disk_mb = 0\n").unwrap();
+    let port = free_port();
+    let ep = format!("http://127.0.0.1:{port}");
+    let mut up = start_up_no_worker(
+        &env,
+        &fs.0.path().join("data"),
+        port,
+        &[("NUBO_CONFIG", config.to_str().unwrap())],
+    );
+    let code = example("hello");
+    env.cli_ok(
+        &ep,
+        None,
+        &[
+            "function",
+            "create",
+            "full",
+            "--runtime",
+            "python3.11",
+            "--handler",
+            "app.lambda_handler",
+            "--code",
+            code.to_str().unwrap(),
+        ],
+    );
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+    }
+    // Async events of ~200 KB each go into the log until it cannot grow.
+    let payload = env.dir.path().join("payload.json");
+    std::fs::write(
+        &payload,
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(200 << 10)),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut sent = 0;
+    let code = loop {
+        if let Some(code) = up.try_wait() {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "nubo up still runs 90 s after its disk filled ({sent} events sent)"
+        );
+        let mut cli = Command::new(NUBO);
+        let _ = cli
+            .args(["invoke", "full", "--async", "--payload-file"])
+            .arg(&payload)
+            .env("NUBO_ENDPOINT", &ep)
+            .env("NUBO_CONFIG_DIR", env.config_dir())
+            .env("NUBO_RETRY_SECS", "1")
+            .output();
+        sent += 1;
+    };
+    let logs = up.logs();
+    println!(
+        "nubo up exited with {code:?} after {sent} events, {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_ne!(code, Some(0), "a stopped core must exit non-zero:\n{logs}");
+    assert!(
+        logs.contains("Raft core stopped"),
+        "the exit says why:\n{logs}"
+    );
+}

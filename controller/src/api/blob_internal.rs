@@ -23,9 +23,8 @@ impl pb::blob_internal_server::BlobInternal for Internal {
             ));
         }
         self.node
-            .sm
-            .put_blob(&b.sha256, &b.data)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .put_blob_checked(&b.sha256, &b.data)
+            .map_err(crate::api::to_status)?;
         Ok(Response::new(pb::BlobAck {}))
     }
 

@@ -10,9 +10,15 @@ use crate::raft::node::ForwardRequest;
 impl Api {
     fn status(&self) -> pb::ClusterStatusResponse {
         let m = self.node.raft.metrics().borrow().clone();
+        let stopped = crate::raft::node::stopped_why(&m);
         let membership = m.membership_config.membership().clone();
         let voters: Vec<u64> = membership.voter_ids().collect();
-        let leader = m.current_leader.unwrap_or(0);
+        // A stopped core's last metrics still name a leader: it knows none.
+        let leader = if stopped.is_some() {
+            0
+        } else {
+            m.current_leader.unwrap_or(0)
+        };
         let last = m.last_log_index.unwrap_or(0);
         let is_leader = leader == self.node.id;
         let nodes = membership
@@ -24,7 +30,10 @@ impl Api {
                     .and_then(|r| r.get(id).copied().flatten())
                     .map(|l| l.index);
                 let health = if *id == self.node.id {
-                    "healthy".to_string()
+                    match &stopped {
+                        Some(why) => format!("stopped: {why}"),
+                        None => "healthy".to_string(),
+                    }
                 } else if is_leader {
                     match self.node.peers.last_ok(*id) {
                         Some(age) if age.as_millis() < 2_000 => {
@@ -69,7 +78,10 @@ impl Api {
             last_applied_index: applied,
             commit_index: applied,
             nodes,
-            state: format!("{:?}", m.state),
+            state: match &stopped {
+                Some(why) => format!("Stopped: {why}"),
+                None => format!("{:?}", m.state),
+            },
             workers: self.invoker.workers.status(),
         }
     }

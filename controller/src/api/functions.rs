@@ -42,6 +42,8 @@ impl pb::functions_server::Functions for Api {
                         ))
                         .into());
                     }
+                    // Before a byte is received: a full disk stops the store.
+                    self.node.ensure_code_room(h.code_size)?;
                     if self
                         .node
                         .with_registry(|r| r.functions.contains_key(&h.function_name))
@@ -147,6 +149,7 @@ impl pb::functions_server::Functions for Api {
                     validate::function_name(&h.function_name)?;
                     self.node
                         .with_registry(|r| r.function(&h.function_name).map(|_| ()))?;
+                    self.node.ensure_code_room(h.code_size)?;
                     Ok(())
                 })
                 .await?;

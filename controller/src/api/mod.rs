@@ -167,6 +167,8 @@ impl Api {
                         .into());
                     }
                     code.extend_from_slice(&bytes);
+                    // Tests slow an upload down to interrupt it mid-stream.
+                    crate::failpoint::hit("upload-chunk").await;
                 }
                 UploadPart::Empty => {}
             }

@@ -13,6 +13,16 @@ use crate::raft::node::ControllerNode;
 use crate::raft::types::NodeId;
 
 impl ControllerNode {
+    /// Stores a blob on this node unless its disk cannot take it with the
+    /// reserve kept (a blob write RocksDB fails for lack of space stops
+    /// the Raft log too).
+    pub fn put_blob_checked(&self, sha256: &str, data: &[u8]) -> Result<(), ApiError> {
+        self.ensure_code_room(data.len() as u64)?;
+        self.sm
+            .put_blob(sha256, data)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
     /// Every other member (voters and learners) with its address, and the
     /// ids of the voters.
     fn blob_targets(&self) -> (Vec<(NodeId, String)>, BTreeSet<NodeId>) {
@@ -33,9 +43,7 @@ impl ControllerNode {
     /// overlaps one that has the bytes. Slower peers finish in the
     /// background; a node that missed it fetches it later.
     pub async fn store_code(&self, sha256: &str, data: Vec<u8>) -> Result<(), ApiError> {
-        self.sm
-            .put_blob(sha256, &data)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.put_blob_checked(sha256, &data)?;
         // Right after a restart the membership is still being loaded from
         // the log; a majority cannot be counted before it is known.
         let start = Instant::now();
@@ -120,9 +128,7 @@ impl ControllerNode {
                 .await
             {
                 Ok(data) if hex::encode(sha2::Sha256::digest(&data)) == sha256 => {
-                    self.sm
-                        .put_blob(sha256, &data)
-                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    self.put_blob_checked(sha256, &data)?;
                     return Ok(data);
                 }
                 Ok(_) => errors.push(format!("node {id} sent bytes with a different sha256")),

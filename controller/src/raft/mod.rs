@@ -3,6 +3,7 @@
 //! travel beside the log. Knows nothing of invoke, events or the API.
 
 pub mod blobs;
+pub mod disk;
 pub mod network;
 pub mod node;
 pub mod store;

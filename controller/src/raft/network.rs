@@ -43,6 +43,9 @@ struct FaultState {
     drop_rate: f64,
     /// Added latency before each message.
     delay: Duration,
+    /// Nodes that are stopped (like SIGSTOP): messages to and from them
+    /// hang, neither delivered nor failed, until the node resumes.
+    paused: BTreeSet<NodeId>,
 }
 
 impl Faults {
@@ -77,6 +80,17 @@ impl Faults {
         }
     }
 
+    /// Freezes `node` as SIGSTOP would: every message to or from it waits
+    /// (its peers' connections stay open and silent) until `resume` or
+    /// `heal`. Unlike `isolate`, senders get no error to react to.
+    pub fn pause(&self, node: NodeId) {
+        self.inner.write().expect("lock").paused.insert(node);
+    }
+
+    pub fn resume(&self, node: NodeId) {
+        self.inner.write().expect("lock").paused.remove(&node);
+    }
+
     pub fn set_drop_rate(&self, p: f64) {
         self.inner.write().expect("lock").drop_rate = p;
     }
@@ -88,6 +102,17 @@ impl Faults {
     /// Restores a healthy network.
     pub fn heal(&self) {
         *self.inner.write().expect("lock") = FaultState::default();
+    }
+
+    /// Waits while `from` or `to` is paused: the message is neither
+    /// delivered nor failed until the node resumes.
+    pub async fn held(&self, from: NodeId, to: NodeId) {
+        while {
+            let s = self.inner.read().expect("lock");
+            s.paused.contains(&from) || s.paused.contains(&to)
+        } {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Decides the fate of one message from `from` to `to`: `Err` if it is
@@ -166,7 +191,6 @@ impl Peers {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, String> {
-        self.faults.check(self.self_id, to).await?;
         let data = serde_json::to_vec(req).map_err(|e| format!("encoding request: {e}"))?;
         // openraft's TTL suits heartbeats; an entry carrying a code package
         // of many MB needs time to cross the wire and be fsynced.
@@ -186,6 +210,7 @@ impl Peers {
                 .parse()
                 .map_err(|_| "cluster secret is not valid ASCII".to_string())?,
         );
+        self.checked(self.self_id, to, timeout).await?;
         let fut = async {
             match method {
                 Method::AppendEntries => client.append_entries(request).await,
@@ -206,7 +231,7 @@ impl Peers {
                 )
             })?;
         // The reply crosses the same faulty network.
-        self.faults.check(to, self.self_id).await?;
+        self.checked(to, self.self_id, timeout).await?;
         self.last_ok
             .lock()
             .expect("lock")
@@ -216,6 +241,16 @@ impl Peers {
 }
 
 impl Peers {
+    /// The injected faults' verdict on one message, within `timeout`: a
+    /// message held by a paused node costs the sender its deadline, as a
+    /// silent peer would.
+    async fn checked(&self, from: NodeId, to: NodeId, timeout: Duration) -> Result<(), String> {
+        tokio::time::timeout(timeout, self.faults.held(from, to))
+            .await
+            .map_err(|_| format!("message {from}->{to} held (paused node) past {timeout:?}"))?;
+        self.faults.check(from, to).await
+    }
+
     fn blob_client(
         &self,
         addr: &str,
@@ -248,7 +283,7 @@ impl Peers {
         data: Vec<u8>,
         timeout: Duration,
     ) -> Result<(), String> {
-        self.faults.check(self.self_id, to).await?;
+        self.checked(self.self_id, to, timeout).await?;
         let req = self.secret_request(
             nubo_proto::v1::BlobPayload {
                 sha256: sha256.to_string(),
@@ -260,7 +295,7 @@ impl Peers {
             .await
             .map_err(|_| format!("pushing code to node {to} timed out after {timeout:?}"))?
             .map_err(|s| format!("pushing code to node {to} ({addr}): {}", s.message()))?;
-        self.faults.check(to, self.self_id).await?;
+        self.checked(to, self.self_id, timeout).await?;
         Ok(())
     }
 
@@ -272,7 +307,7 @@ impl Peers {
         sha256: &str,
         timeout: Duration,
     ) -> Result<Vec<u8>, String> {
-        self.faults.check(self.self_id, to).await?;
+        self.checked(self.self_id, to, timeout).await?;
         let req = self.secret_request(
             nubo_proto::v1::BlobRequest {
                 sha256: sha256.to_string(),
@@ -283,7 +318,7 @@ impl Peers {
             .await
             .map_err(|_| format!("fetching code from node {to} timed out"))?
             .map_err(|s| format!("fetching code from node {to}: {}", s.message()))?;
-        self.faults.check(to, self.self_id).await?;
+        self.checked(to, self.self_id, timeout).await?;
         Ok(resp.into_inner().data)
     }
 }

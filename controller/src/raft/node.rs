@@ -239,15 +239,45 @@ impl ControllerNode {
         self.leader_term().is_some()
     }
 
-    /// The Raft term while this node leads it.
+    /// The Raft term while this node leads it (never once its core has
+    /// stopped: the last metrics it published still name it leader).
     pub fn leader_term(&self) -> Option<u64> {
         let m = self.raft.metrics();
         let m = m.borrow();
-        (m.current_leader == Some(self.id)).then_some(m.current_term)
+        (m.current_leader == Some(self.id) && m.running_state.is_ok()).then_some(m.current_term)
+    }
+
+    /// Why this node's Raft core no longer runs, if it does not: shut down,
+    /// or quit on a fatal error (a failed log or state machine write, such
+    /// as a full disk). A stopped core never comes back in this process.
+    pub fn stopped(&self) -> Option<String> {
+        stopped_why(&self.raft.metrics().borrow())
     }
 
     pub(crate) fn deadline(&self) -> Duration {
         Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Disk space writes other than deletes leave free, bytes.
+    pub(crate) fn reserve(&self) -> u64 {
+        self.config.min_free_disk_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Refuses a code package of `size` bytes this node's disk cannot take
+    /// with the reserve kept. RocksDB writes it twice (its log, then its
+    /// table) before the log file goes.
+    pub fn ensure_code_room(&self, size: u64) -> Result<(), ApiError> {
+        crate::raft::disk::ensure_room(
+            &self.config.data_dir,
+            "the code package",
+            size.saturating_mul(2),
+            self.reserve(),
+        )
+    }
+
+    /// How long one forwarded attempt waits for the leader it went to.
+    fn forward_attempt(&self) -> Duration {
+        Duration::from_millis(self.config.forward_attempt_ms)
     }
 
     /// Commits a command and returns its result. On a follower the command
@@ -272,6 +302,10 @@ impl ControllerNode {
             rand::thread_rng().fill_bytes(&mut b);
             hex::encode(b)
         });
+        if !crate::raft::disk::shrinks(&cmd) {
+            // The reserve is for deletes: past it, only they go in.
+            crate::raft::disk::ensure_room(&self.config.data_dir, "the write", 0, self.reserve())?;
+        }
         let cmd = Command::Idempotent {
             id,
             cmd: Box::new(cmd),
@@ -312,8 +346,11 @@ impl ControllerNode {
     /// The one road to the leader, for writes and read-index reads alike:
     /// run `local` when this node leads (bounded: a leader cut off from
     /// its quorum never completes by itself), else send `req` to the
-    /// leader over `method`; retry while there is no leader or it changed,
-    /// until the request timeout, then `timed_out(deadline, last error)`.
+    /// leader over `method`, one attempt at a time (each bounded by
+    /// `forward_attempt_ms`, and given up as soon as this node sees
+    /// another leader or none); retry while there is no leader or it
+    /// changed, until the request timeout, then `timed_out(deadline, last
+    /// error)`.
     #[allow(clippy::too_many_arguments)]
     async fn leader_or_forward<Req, Rep, T, Fut>(
         &self,
@@ -333,9 +370,9 @@ impl ControllerNode {
         let deadline = self.deadline();
         let mut last_err = String::from("no leader elected yet");
         loop {
-            if self.raft.metrics().borrow().running_state.is_err() {
+            if let Some(why) = self.stopped() {
                 return Err(ApiError::unavailable(
-                    "this controller is shutting down: use another one",
+                    format!("this controller cannot serve: {why}; use another one"),
                     None,
                 ));
             }
@@ -352,16 +389,29 @@ impl ControllerNode {
                     }
                 }
                 Some((leader, addr)) => {
-                    let remaining = deadline
+                    // One attempt lasts until the leader answers, this
+                    // node learns that leadership moved (an election
+                    // after the leader went silent: follow the new one at
+                    // once), or the attempt deadline passes (then ask
+                    // again: the same request, so a write applies once).
+                    let attempt = deadline
                         .saturating_sub(start.elapsed())
+                        .min(self.forward_attempt())
                         .max(Duration::from_millis(50));
-                    match self
-                        .peers
-                        .call::<Req, Rep>(leader, &addr, method, req, remaining)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => Rep::unavailable(e),
+                    let mut metrics = self.raft.metrics();
+                    let moved = async move {
+                        let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+                    };
+                    tokio::select! {
+                        r = self.peers.call::<Req, Rep>(leader, &addr, method, req, attempt) => {
+                            match r {
+                                Ok(r) => r,
+                                Err(e) => Rep::unavailable(e),
+                            }
+                        }
+                        _ = moved => Rep::unavailable(format!(
+                            "leadership moved away from node {leader} while it had the request"
+                        )),
                     }
                 }
                 None => Rep::no_leader(),
@@ -424,6 +474,15 @@ impl ControllerNode {
             }
         };
         reply_from(res)
+    }
+}
+
+/// Why the Raft core these metrics come from has stopped, if it has.
+pub fn stopped_why(m: &openraft::RaftMetrics<NodeId, BasicNode>) -> Option<String> {
+    match &m.running_state {
+        Ok(()) => None,
+        Err(openraft::error::Fatal::Stopped) => Some("it is shutting down".into()),
+        Err(e) => Some(format!("its Raft core stopped on a fatal error ({e}) and the process is exiting to be restarted")),
     }
 }
 

@@ -281,3 +281,54 @@ async fn code_reaches_every_node_and_is_collected() {
     }
     c.shutdown().await;
 }
+
+/// A leader that stops answering without failing (paused, as by SIGSTOP:
+/// messages to and from it hang, no error comes back) holds no request
+/// sent through a follower past the election: a write and a linearizable
+/// read through the followers succeed within 2 s of the pause (plus a
+/// margin for a loaded machine), following the new leader instead of
+/// waiting out the request timeout on the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_does_not_hold_requests_through_followers() {
+    let c = TestCluster::start(3).await;
+    let old = c.wait_leader(WAIT).await;
+    let followers: Vec<u64> = c.all_ids().into_iter().filter(|&i| i != old).collect();
+    // Warm the followers' connections to the leader.
+    for &f in &followers {
+        c.node(f)
+            .write(create_cmd(&format!("warm{f}"), 128))
+            .await
+            .unwrap();
+    }
+    c.faults.pause(old);
+    let paused = std::time::Instant::now();
+    let (a, b) = (c.node(followers[0]), c.node(followers[1]));
+    let (write, read) = tokio::join!(
+        async {
+            let r = a.write(create_cmd("after-pause", 128)).await;
+            (r, paused.elapsed())
+        },
+        async {
+            let r = b.linearizable_read().await;
+            (r, paused.elapsed())
+        },
+    );
+    println!(
+        "paused leader {old}: write through node {} took {:?}, read through node {} took {:?}",
+        followers[0], write.1, followers[1], read.1
+    );
+    c.faults.heal();
+    write
+        .0
+        .expect("the write through a follower after the pause");
+    read.0.expect("the read through a follower after the pause");
+    let limit = Duration::from_secs(3);
+    assert!(
+        write.1 <= limit && read.1 <= limit,
+        "requests through followers waited on the paused leader: write {:?}, read {:?} (goal 2 s)",
+        write.1,
+        read.1
+    );
+    c.assert_one_leader_per_term();
+    c.shutdown().await;
+}

@@ -1475,7 +1475,7 @@ async fn nemesis(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        match rng.gen_range(0..4) {
+        match rng.gen_range(0..5) {
             0 => {
                 if let Some(leader) = current_leader(&cluster) {
                     faults.isolate(leader, &all);
@@ -1504,6 +1504,16 @@ async fn nemesis(
                 live.lock().expect("live lock").insert(id, cluster.node(id));
                 note(format!("restarted {id}"));
             }
+            3 => {
+                // Silent, not failing: forwards to it must move on.
+                if let Some(leader) = current_leader(&cluster) {
+                    faults.pause(leader);
+                    note(format!("pause leader {leader}"));
+                    tokio::time::sleep(pause(&mut rng)).await;
+                    faults.heal();
+                    note("heal".into());
+                }
+            }
             _ => {
                 faults.set_drop_rate(0.05);
                 note("drop 5%".into());
@@ -1526,9 +1536,9 @@ async fn nemesis(
 /// Property: every history of function-registry operations (create, update
 /// `$LATEST`, publish with Lambda's dedupe rule, create alias, compare-and-
 /// set alias, linearizable read) that six concurrent clients observe
-/// through any node of a 3-node cluster — while the leader is isolated, the
-/// cluster is partitioned, nodes crash and restart from disk, and messages
-/// are dropped — is linearizable with respect to the sequential model of
+/// through any node of a 3-node cluster — while the leader is isolated or
+/// paused (messages to it hang), the cluster is partitioned, nodes crash
+/// and restart from disk, and messages are dropped — is linearizable with respect to the sequential model of
 /// `state.rs`. Operations whose outcome is unknown (UNAVAILABLE, timeout)
 /// may take effect at any time after their invocation, or never. Each
 /// function is checked on its own (the registry's functions are independent

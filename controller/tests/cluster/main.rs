@@ -3,6 +3,7 @@
 //! check of the registry API under a nemesis. One binary, several modules.
 
 mod api;
+mod disk;
 mod faults;
 mod harness;
 mod linearizability;
