@@ -670,11 +670,10 @@ mod tests {
         assert_eq!(slow, "late");
     }
 
-    /// A real listener that accepts connections and never says a word
-    /// (a SIGSTOPped controller, as the kernel still completes the TCP
-    /// handshake): the call gives up on it and says so.
-    #[tokio::test]
-    async fn all_silent_is_reported_as_no_answer() {
+    /// A listener on 127.0.0.1 that accepts connections, holds them and
+    /// never says a word (a SIGSTOPped controller: the kernel still
+    /// completes the TCP handshake). Abort the task to close them.
+    async fn silent_listener() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let held = tokio::spawn(async move {
@@ -683,6 +682,15 @@ mod tests {
                 conns.push(s);
             }
         });
+        (addr, held)
+    }
+
+    /// A real listener that accepts connections and never says a word
+    /// (a SIGSTOPped controller, as the kernel still completes the TCP
+    /// handshake): the call gives up on it and says so.
+    #[tokio::test]
+    async fn all_silent_is_reported_as_no_answer() {
+        let (addr, held) = silent_listener().await;
         let c = Client::from_config(Config {
             attempt_timeout: Duration::from_millis(100),
             retry_budget: Duration::from_millis(600),
@@ -709,14 +717,7 @@ mod tests {
     /// HTTP/2 keep-alive (pings every `attempt_timeout`) gives up on it.
     #[tokio::test]
     async fn a_long_call_leaves_a_silent_controller() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let held = tokio::spawn(async move {
-            let mut conns = Vec::new();
-            while let Ok((s, _)) = l.accept().await {
-                conns.push(s);
-            }
-        });
+        let (addr, held) = silent_listener().await;
         let c = Client::from_config(Config {
             attempt_timeout: Duration::from_millis(200),
             retry_budget: Duration::from_millis(500),

@@ -209,9 +209,60 @@ pub fn secret_matches(got: &str, want: &str) -> bool {
             == 0
 }
 
+/// The messages of a `CreateFunction` call: the header (its `code_size`
+/// set from `code`), then `code` in pieces of at most `chunk` bytes
+/// (`usize::MAX`: one piece). For callers that hold the whole package in
+/// memory -- tests, benchmarks; the CLI streams with progress in
+/// src/cli/upload.rs.
+pub fn create_function_messages(
+    mut header: v1::CreateFunctionHeader,
+    code: &[u8],
+    chunk: usize,
+) -> Vec<v1::CreateFunctionChunk> {
+    use v1::create_function_chunk::Part;
+    header.code_size = code.len() as u64;
+    std::iter::once(Part::Header(header))
+        .chain(code.chunks(chunk.max(1)).map(|c| Part::Code(c.to_vec())))
+        .map(|part| v1::CreateFunctionChunk { part: Some(part) })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header comes first with the package's size, then the code in
+    /// order, no piece over the limit.
+    #[test]
+    fn create_function_messages_split_the_code() {
+        use v1::create_function_chunk::Part;
+        let code: Vec<u8> = (0..10u8).collect();
+        let header = v1::CreateFunctionHeader {
+            function_name: "f".into(),
+            code_size: 999,
+            ..Default::default()
+        };
+        let msgs = create_function_messages(header, &code, 4);
+        let parts: Vec<_> = msgs.into_iter().map(|m| m.part.unwrap()).collect();
+        match &parts[0] {
+            Part::Header(h) => {
+                assert_eq!(h.function_name, "f");
+                assert_eq!(h.code_size, 10);
+            }
+            other => panic!("first message is not the header: {other:?}"),
+        }
+        let pieces: Vec<Vec<u8>> = parts[1..]
+            .iter()
+            .map(|p| match p {
+                Part::Code(c) => c.clone(),
+                other => panic!("a second header: {other:?}"),
+            })
+            .collect();
+        assert_eq!(pieces, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        // usize::MAX: the whole package in one message.
+        let one = create_function_messages(Default::default(), &code, usize::MAX);
+        assert_eq!(one.len(), 2);
+    }
 
     /// Every reason survives the trip through a status's metadata.
     #[test]

@@ -153,25 +153,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             z.finish()?;
             buf.into_inner()
         };
-        let msgs = vec![
-            pb::CreateFunctionChunk {
-                part: Some(pb::create_function_chunk::Part::Header(
-                    pb::CreateFunctionHeader {
-                        function_name: "noop".into(),
-                        config: Some(pb::FunctionConfig {
-                            runtime: "python3.11".into(),
-                            handler: "app.handler".into(),
-                            ..Default::default()
-                        }),
-                        publish: false,
-                        code_size: code.len() as u64,
-                    },
-                )),
-            },
-            pb::CreateFunctionChunk {
-                part: Some(pb::create_function_chunk::Part::Code(code)),
-            },
-        ];
+        let header = pb::CreateFunctionHeader {
+            function_name: "noop".into(),
+            config: Some(pb::FunctionConfig {
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let msgs = nubo_proto::create_function_messages(header, &code, usize::MAX);
         f.create_function(authed(tokio_stream::iter(msgs))).await?;
     }
     // The worker registers within a few heartbeats.

@@ -64,25 +64,17 @@ async fn create_fn(
     code: Vec<u8>,
     publish: bool,
 ) -> Result<pb::FunctionConfiguration, tonic::Status> {
-    let mut msgs = vec![pb::CreateFunctionChunk {
-        part: Some(pb::create_function_chunk::Part::Header(
-            pb::CreateFunctionHeader {
-                function_name: name.into(),
-                config: Some(pb::FunctionConfig {
-                    runtime: "python3.11".into(),
-                    handler: "app.lambda_handler".into(),
-                    ..Default::default()
-                }),
-                publish,
-                code_size: code.len() as u64,
-            },
-        )),
-    }];
-    for ch in code.chunks(1024 * 1024) {
-        msgs.push(pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Code(ch.to_vec())),
-        });
-    }
+    let header = pb::CreateFunctionHeader {
+        function_name: name.into(),
+        config: Some(pb::FunctionConfig {
+            runtime: "python3.11".into(),
+            handler: "app.lambda_handler".into(),
+            ..Default::default()
+        }),
+        publish,
+        ..Default::default()
+    };
+    let msgs = nubo_proto::create_function_messages(header, &code, 1024 * 1024);
     c.create_function(authed(tokio_stream::iter(msgs)))
         .await
         .map(|r| r.into_inner())

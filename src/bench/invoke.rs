@@ -50,27 +50,18 @@ async fn create_mb(
     memory_mb: u32,
 ) -> anyhow::Result<()> {
     let code = noop_zip();
-    let msgs = vec![
-        pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Header(
-                pb::CreateFunctionHeader {
-                    function_name: name.into(),
-                    config: Some(pb::FunctionConfig {
-                        runtime: "python3.11".into(),
-                        handler: "app.handler".into(),
-                        timeout_seconds: Some(60),
-                        memory_mb: Some(memory_mb),
-                        ..Default::default()
-                    }),
-                    publish: false,
-                    code_size: code.len() as u64,
-                },
-            )),
-        },
-        pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Code(code)),
-        },
-    ];
+    let header = pb::CreateFunctionHeader {
+        function_name: name.into(),
+        config: Some(pb::FunctionConfig {
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            timeout_seconds: Some(60),
+            memory_mb: Some(memory_mb),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let msgs = nubo_proto::create_function_messages(header, &code, usize::MAX);
     c.create_function(authed(tokio_stream::iter(msgs))).await?;
     Ok(())
 }

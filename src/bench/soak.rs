@@ -253,29 +253,20 @@ async fn create(
 ) -> anyhow::Result<()> {
     let mut f = pb::functions_client::FunctionsClient::new(ch.clone());
     let code = zip_of(&format!("{module}.py"), src)?;
-    let msgs = vec![
-        pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Header(
-                pb::CreateFunctionHeader {
-                    function_name: name.into(),
-                    config: Some(pb::FunctionConfig {
-                        runtime: "python3.11".into(),
-                        handler: format!("{module}.handler"),
-                        // Loaded: a 100 ms spin can take seconds of wall time.
-                        timeout_seconds: Some(60),
-                        memory_mb: Some(128),
-                        async_config,
-                        ..Default::default()
-                    }),
-                    publish: false,
-                    code_size: code.len() as u64,
-                },
-            )),
-        },
-        pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Code(code)),
-        },
-    ];
+    let header = pb::CreateFunctionHeader {
+        function_name: name.into(),
+        config: Some(pb::FunctionConfig {
+            runtime: "python3.11".into(),
+            handler: format!("{module}.handler"),
+            // Loaded: a 100 ms spin can take seconds of wall time.
+            timeout_seconds: Some(60),
+            memory_mb: Some(128),
+            async_config,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let msgs = nubo_proto::create_function_messages(header, &code, usize::MAX);
     f.create_function(authed(tokio_stream::iter(msgs)))
         .await
         .with_context(|| format!("creating {name}"))?;

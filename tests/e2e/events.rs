@@ -477,15 +477,9 @@ fn async_throttled_events_wait_expire_and_keys_deduplicate() {
 #[ignore = "needs root"]
 fn async_events_survive_the_leader_being_killed() {
     let env = Env::new();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let (ports, mut controllers) = support::start_controllers(env.dir.path());
+    let endpoints = support::endpoints(&ports);
     let endpoint = endpoints.join(",");
-    let mut controllers: Vec<Proc> = (1..=3)
-        .map(|id| support::start_controller(env.dir.path(), id, &ports))
-        .collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     // Two workers: the new leader must send the dead leader's attempts back
     // to the worker running them, not place them afresh.

@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use nubo_test_support::{incompressible, Tmpfs};
+
 use crate::support::{
-    self, example, free_port, functions_dir, live_workers, start_controller, start_up,
-    start_up_with, start_worker, start_worker_with_metrics, Env, Proc, NUBO, SECRET, TOKEN,
+    self, endpoints, example, free_port, functions_dir, live_workers, start_controller,
+    start_controllers, start_up, start_up_with, start_worker, start_worker_with_metrics, Env, Proc,
+    NUBO, SECRET, TOKEN,
 };
 
 /// Three real `nubo controller` processes: the CLI, given all three
@@ -18,14 +21,8 @@ use crate::support::{
 #[test]
 fn cli_keeps_working_when_the_leader_is_killed() {
     let env = Env::new();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut procs: Vec<Proc> = (1..=3)
-        .map(|id| start_controller(env.dir.path(), id, &ports))
-        .collect();
-    let eps: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let (ports, mut procs) = start_controllers(env.dir.path());
+    let eps = endpoints(&ports);
     let all = eps.join(",");
     let code = example("hello");
     let code = code.to_str().unwrap();
@@ -458,14 +455,8 @@ fn wait_for_leader(env: &Env, endpoints: &str) -> u64 {
 #[test]
 fn a_paused_leader_does_not_block_the_cli() {
     let env = Env::new();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut procs: Vec<Proc> = (1..=3)
-        .map(|id| start_controller(env.dir.path(), id, &ports))
-        .collect();
-    let eps: Vec<String> = ports
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{p}"))
-        .collect();
+    let (ports, mut procs) = start_controllers(env.dir.path());
+    let eps = endpoints(&ports);
     let leader = wait_for_leader(&env, &eps.join(","));
     let code = example("hello");
     env.cli_ok(
@@ -598,15 +589,7 @@ fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
     let code = env.dir.path().join("big");
     std::fs::create_dir_all(&code).unwrap();
     std::fs::copy(example("hello").join("app.py"), code.join("app.py")).unwrap();
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    let noise: Vec<u8> = (0..40 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = incompressible(40 << 20, 0x2545f4914f6cdd1d);
     std::fs::write(code.join("data.bin"), noise).unwrap();
 
     let mut cli = Command::new(NUBO);
@@ -681,30 +664,6 @@ fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
     );
 }
 
-/// A tmpfs of `mb` MB on a fresh directory, unmounted (lazily) on drop,
-/// also when the test fails.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(mb: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "nubo-e2e-disk"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting a tmpfs");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 /// When the store fails anyway (the data filesystem filled behind the
 /// controller's back, then writes it cannot take), the Raft core quits and
 /// `nubo up` exits non-zero saying why, so a supervisor restarts it,
@@ -714,14 +673,14 @@ impl Drop for Tmpfs {
 #[ignore = "needs root"]
 fn a_fatal_storage_error_makes_the_controller_exit_non_zero() {
     let env = Env::new();
-    let fs = Tmpfs::mount(64);
+    let fs = Tmpfs::mount(64, "nubo-e2e-disk");
     let config = env.dir.path().join("controller.toml");
     std::fs::write(&config, "min_free_disk_mb = 0\n").unwrap();
     let port = free_port();
     let ep = format!("http://127.0.0.1:{port}");
     let mut up = start_up_no_worker(
         &env,
-        &fs.0.path().join("data"),
+        &fs.path().join("data"),
         port,
         &[("NUBO_CONFIG", config.to_str().unwrap())],
     );
@@ -743,7 +702,7 @@ fn a_fatal_storage_error_makes_the_controller_exit_non_zero() {
     );
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
         let block = vec![0u8; 1 << 20];
         while f.write_all(&block).is_ok() {}
     }

@@ -92,6 +92,24 @@ pub fn start_controller(dir: &Path, id: u64, ports: &[u16]) -> Proc {
     nubo().controller(dir, id, ports)
 }
 
+/// Three `nubo controller` processes forming one cluster (ids 1..=3, in
+/// order), data under `dir`: their ports and the processes.
+pub fn start_controllers(dir: &Path) -> (Vec<u16>, Vec<Proc>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let procs = (1..=3)
+        .map(|id| start_controller(dir, id, &ports))
+        .collect();
+    (ports, procs)
+}
+
+/// `http://127.0.0.1:<port>` for each of `ports`.
+pub fn endpoints(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect()
+}
+
 pub fn start_worker(dir: &Path, zone: &str, controller: &str) -> Proc {
     start_worker_with_metrics(dir, zone, controller, free_port())
 }

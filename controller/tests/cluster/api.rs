@@ -4,8 +4,7 @@
 use std::io::Write;
 
 use nubo_controller::config::ControllerConfig;
-use nubo_controller::raft::network::Faults;
-use nubo_controller::server::{self, Running};
+use nubo_controller::server::Running;
 use nubo_proto::v1 as pb;
 use pb::cluster_client::ClusterClient;
 use pb::functions_client::FunctionsClient;
@@ -13,7 +12,7 @@ use pb::tokens_client::TokensClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::harness::free_ports;
+use crate::harness::serve_one;
 
 const ADMIN: &str = "nubo_test_admin_token";
 
@@ -26,24 +25,15 @@ struct Api {
 impl Api {
     async fn start() -> Api {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_ports(1)[0];
-        let mut cfg = ControllerConfig {
-            listen: format!("127.0.0.1:{port}"),
+        let (running, channel) = serve_one(ControllerConfig {
             data_dir: dir.path().to_path_buf(),
             bootstrap_token: Some(ADMIN.into()),
             fsync: false,
             max_zipped_bytes: 2 * 1024 * 1024,
             max_unzipped_bytes: 8 * 1024 * 1024,
             ..Default::default()
-        };
-        cfg.validate().unwrap();
-        let running = server::start(cfg, Faults::new()).await.unwrap();
-        server::ensure_admin_token(&running.node).await.unwrap();
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        })
+        .await;
         Api {
             _dir: dir,
             running: Some(running),
@@ -96,15 +86,7 @@ fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// Incompressible bytes, so a zip of them is as large as they are.
 fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    nubo_test_support::incompressible(n, 0x9e3779b97f4a7c15)
 }
 
 fn app_zip() -> Vec<u8> {
@@ -129,21 +111,12 @@ async fn create(
     cfg: pb::FunctionConfig,
     code: Vec<u8>,
 ) -> Result<pb::FunctionConfiguration, tonic::Status> {
-    let mut msgs = vec![pb::CreateFunctionChunk {
-        part: Some(pb::create_function_chunk::Part::Header(
-            pb::CreateFunctionHeader {
-                function_name: name.into(),
-                config: Some(cfg),
-                publish: false,
-                code_size: code.len() as u64,
-            },
-        )),
-    }];
-    for c in code.chunks(256 * 1024) {
-        msgs.push(pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Code(c.to_vec())),
-        });
-    }
+    let header = pb::CreateFunctionHeader {
+        function_name: name.into(),
+        config: Some(cfg),
+        ..Default::default()
+    };
+    let msgs = nubo_proto::create_function_messages(header, &code, 256 * 1024);
     api.functions()
         .create_function(authed(tokio_stream::iter(msgs), token))
         .await

@@ -4,13 +4,12 @@
 //! node says so instead of looking healthy.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nubo_controller::config::ControllerConfig;
-use nubo_controller::raft::network::Faults;
 use nubo_controller::registry::model::Command;
-use nubo_controller::server::{self, Running};
+use nubo_controller::server::Running;
 use nubo_proto::v1 as pb;
 use nubo_proto::Reason;
 use pb::cluster_client::ClusterClient;
@@ -18,48 +17,11 @@ use pb::functions_client::FunctionsClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::harness::free_ports;
+use nubo_test_support::{incompressible, Tmpfs};
+
+use crate::harness::serve_one;
 
 const ADMIN: &str = "disk-test-admin-token";
-
-/// A tmpfs of `mb` MB mounted on a fresh temporary directory, unmounted
-/// (lazily, so a still-open file cannot keep it) when dropped, also when
-/// the test fails.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(mb: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let st = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={mb}m"),
-                "nubo-disk-test",
-            ])
-            .arg(dir.path())
-            .status()
-            .expect("running mount");
-        assert!(st.success(), "mounting a tmpfs on {:?}", dir.path());
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 fn authed<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
@@ -70,15 +32,7 @@ fn authed<T>(msg: T) -> Request<T> {
 
 /// A zip with the handler and `n` incompressible bytes.
 fn package(n: usize, seed: u64) -> Vec<u8> {
-    let mut x: u64 = 0x9e3779b97f4a7c15 ^ seed;
-    let noise: Vec<u8> = (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = incompressible(n, 0x9e3779b97f4a7c15 ^ seed);
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut z = zip::ZipWriter::new(&mut buf);
@@ -95,24 +49,14 @@ fn package(n: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn start(data_dir: PathBuf) -> (Running, Channel) {
-    let port = free_ports(1)[0];
-    let mut cfg = ControllerConfig {
-        listen: format!("127.0.0.1:{port}"),
+    serve_one(ControllerConfig {
         data_dir,
         bootstrap_token: Some(ADMIN.into()),
         fsync: false,
         min_free_disk_mb: 8,
         ..Default::default()
-    };
-    cfg.validate().unwrap();
-    let running = server::start(cfg, Faults::new()).await.unwrap();
-    server::ensure_admin_token(&running.node).await.unwrap();
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (running, channel)
+    })
+    .await
 }
 
 async fn create(ch: &Channel, name: &str, code: Vec<u8>) -> Result<(), tonic::Status> {
@@ -123,17 +67,9 @@ async fn create(ch: &Channel, name: &str, code: Vec<u8>) -> Result<(), tonic::St
             handler: "app.lambda_handler".into(),
             ..Default::default()
         }),
-        publish: false,
-        code_size: code.len() as u64,
+        ..Default::default()
     };
-    let mut msgs = vec![pb::CreateFunctionChunk {
-        part: Some(pb::create_function_chunk::Part::Header(header)),
-    }];
-    for c in code.chunks(1 << 20) {
-        msgs.push(pb::CreateFunctionChunk {
-            part: Some(pb::create_function_chunk::Part::Code(c.to_vec())),
-        });
-    }
+    let msgs = nubo_proto::create_function_messages(header, &code, 1 << 20);
     FunctionsClient::new(ch.clone())
         .max_encoding_message_size(64 << 20)
         .create_function(authed(tokio_stream::iter(msgs)))
@@ -159,7 +95,7 @@ async fn delete(ch: &Channel, name: &str) -> Result<(), tonic::Status> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn uploads_are_refused_before_the_disk_is_full_and_deletes_go_on() {
-    let fs = Tmpfs::mount(64);
+    let fs = Tmpfs::mount(64, "nubo-disk-test");
     let (running, ch) = start(fs.path().join("data")).await;
     let mut accepted = Vec::new();
     let refused = loop {
@@ -211,7 +147,7 @@ async fn uploads_are_refused_before_the_disk_is_full_and_deletes_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn a_fatal_storage_error_is_reported_not_hidden() {
-    let fs = Tmpfs::mount(64);
+    let fs = Tmpfs::mount(64, "nubo-disk-test");
     let (running, ch) = start(fs.path().join("data")).await;
     create(&ch, "before", package(1 << 20, 1)).await.unwrap();
     // Fill the filesystem behind the controller's back.

@@ -460,6 +460,42 @@ impl FakeWorker {
     }
 }
 
+/// The `CreateFunction` messages for a python function `name` (runtime
+/// and handler set over `config`) with `code` in one piece.
+pub fn create_messages(
+    name: &str,
+    config: pb::FunctionConfig,
+    code: &[u8],
+) -> Vec<pb::CreateFunctionChunk> {
+    let header = pb::CreateFunctionHeader {
+        function_name: name.into(),
+        config: Some(pb::FunctionConfig {
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            ..config
+        }),
+        ..Default::default()
+    };
+    nubo_proto::create_function_messages(header, code, usize::MAX)
+}
+
+/// Starts one controller over real gRPC on a free loopback port (`cfg`'s
+/// `listen` is replaced), with its bootstrap admin token in place, and
+/// connects to it.
+pub async fn serve_one(mut cfg: ControllerConfig) -> (Running, tonic::transport::Channel) {
+    let port = free_ports(1)[0];
+    cfg.listen = format!("127.0.0.1:{port}");
+    cfg.validate().unwrap();
+    let running = server::start(cfg, Faults::new()).await.unwrap();
+    server::ensure_admin_token(&running.node).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (running, channel)
+}
+
 /// Adds `authorization: Bearer <token>` to a request.
 pub fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
@@ -567,25 +603,7 @@ impl Fleet {
     /// package; the fake sandboxes do not read it).
     pub async fn create_function(&self, node: u64, name: &str, config: pb::FunctionConfig) {
         let (_, data) = code(name);
-        let msgs = vec![
-            pb::CreateFunctionChunk {
-                part: Some(pb::create_function_chunk::Part::Header(
-                    pb::CreateFunctionHeader {
-                        function_name: name.into(),
-                        config: Some(pb::FunctionConfig {
-                            runtime: "python3.11".into(),
-                            handler: "app.handler".into(),
-                            ..config
-                        }),
-                        publish: false,
-                        code_size: data.len() as u64,
-                    },
-                )),
-            },
-            pb::CreateFunctionChunk {
-                part: Some(pb::create_function_chunk::Part::Code(data)),
-            },
-        ];
+        let msgs = create_messages(name, config, &data);
         self.functions(node)
             .create_function(bearer(tokio_stream::iter(msgs), FLEET_ADMIN))
             .await

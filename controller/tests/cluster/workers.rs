@@ -1101,25 +1101,7 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
         let (_, code) = crate::harness::code("loopfn");
         let create = |name: &str, config: pb::FunctionConfig| {
             let mut c = fleet.functions(1);
-            let msgs = vec![
-                pb::CreateFunctionChunk {
-                    part: Some(pb::create_function_chunk::Part::Header(
-                        pb::CreateFunctionHeader {
-                            function_name: name.into(),
-                            config: Some(pb::FunctionConfig {
-                                runtime: "python3.11".into(),
-                                handler: "app.handler".into(),
-                                ..config
-                            }),
-                            publish: false,
-                            code_size: code.len() as u64,
-                        },
-                    )),
-                },
-                pb::CreateFunctionChunk {
-                    part: Some(pb::create_function_chunk::Part::Code(code.clone())),
-                },
-            ];
+            let msgs = crate::harness::create_messages(name, config, &code);
             async move {
                 c.create_function(bearer(tokio_stream::iter(msgs), FLEET_ADMIN))
                     .await
