@@ -16,6 +16,11 @@ use crate::registry::codezip;
 use crate::registry::model::{Command, ConfigPatch, FunctionConfig};
 use crate::registry::validate;
 
+/// How long a delete's reply waits for the workers to drop the function's
+/// logs: well under the client's 1 s attempt deadline; the drop goes on
+/// after it.
+const DROP_LOGS_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
 type CodeStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::CodeChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -250,8 +255,14 @@ impl pb::functions_server::Functions for Api {
             self.write(&rid, cmd).await?;
             if let Some(name) = deleted {
                 // Committed: the function's logs go with it (best effort;
-                // reads also hide lines older than a new namesake).
-                self.invoker.drop_logs(&name).await;
+                // reads also hide lines older than a new namesake). In its
+                // own task, waited for briefly: a worker slow to answer
+                // must not hold the reply past the client's attempt
+                // deadline (it would retry a committed delete), and a
+                // caller that goes away must not cut the drop short.
+                let invoker = self.invoker.clone();
+                let drop = tokio::spawn(async move { invoker.drop_logs(&name).await });
+                let _ = tokio::time::timeout(DROP_LOGS_WAIT, drop).await;
             }
             Ok(pb::DeleteFunctionResponse {})
         })

@@ -1261,3 +1261,68 @@ async fn destination_loops_are_refused_or_stopped_and_records_stay_bounded() {
     })
     .await
 }
+
+/// Deleting a function answers soon after the commit even when a live
+/// worker does not answer the log drop (a paused worker host): the drop
+/// is best effort and must not hold the reply past the client's 1 s
+/// attempt deadline (which would retry a committed delete until the
+/// retry budget runs out, and report it as failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_worker_does_not_hold_a_delete() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &|_| {}).await;
+        // A "worker" that heartbeats and then never answers a call.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                conns.push(s);
+            }
+        });
+        let ch =
+            tonic::transport::Channel::from_shared(format!("http://{}", fleet.cluster.members[&1]))
+                .unwrap()
+                .connect_lazy();
+        let ws = nubo_proto::worker_secret(crate::harness::SECRET);
+        let beats = tokio::spawn(async move {
+            let mut wc = pb::worker_control_client::WorkerControlClient::new(ch);
+            loop {
+                let hb = pb::WorkerHeartbeat {
+                    id: "w-silent".into(),
+                    zone: "a".into(),
+                    address: addr.to_string(),
+                    memory_mb: 1024,
+                    max_sandboxes: 8,
+                    incarnation: 1,
+                    ..Default::default()
+                };
+                let _ = wc.heartbeat(nubo_proto::with_secret(hb, &ws)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        wait_for("the silent worker to be live", 10, || async {
+            fleet
+                .cluster
+                .invoker(1)
+                .workers
+                .live_clients()
+                .iter()
+                .any(|(id, _)| id == "w-silent")
+                .then_some(())
+        })
+        .await;
+        fleet
+            .create_function(1, "f", pb::FunctionConfig::default())
+            .await;
+        let start = Instant::now();
+        delete_function(&fleet, "f").await;
+        let took = start.elapsed();
+        beats.abort();
+        held.abort();
+        // nubo_client::DEFAULT_ATTEMPT_TIMEOUT.
+        assert!(took < Duration::from_secs(1), "the delete took {took:?}");
+        fleet.shutdown().await;
+    })
+    .await
+}
