@@ -63,8 +63,9 @@ impl pb::invocations_server::Invocations for Api {
             "/nubo.v1.Invocations/RedriveDeadLetters",
         );
         self.run(call, async {
+            let rid = request_id(request.metadata())?;
             self.dispatcher
-                .redrive_dead_letters(request.into_inner())
+                .redrive_dead_letters(request.into_inner(), rid)
                 .await
         })
         .await
@@ -75,8 +76,9 @@ impl pb::invocations_server::Invocations for Api {
     ) -> Result<Response<pb::CountResponse>, Status> {
         let call = self.authorize(request.metadata(), "/nubo.v1.Invocations/PurgeDeadLetters");
         self.run(call, async {
+            let rid = request_id(request.metadata())?;
             self.dispatcher
-                .purge_dead_letters(request.into_inner())
+                .purge_dead_letters(request.into_inner(), rid)
                 .await
         })
         .await

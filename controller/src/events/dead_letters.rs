@@ -62,9 +62,13 @@ impl Dispatcher {
         })
     }
 
+    /// `rid` is the client's request id: a retried call (its first attempt
+    /// unanswered, maybe applied) moves the dead letters once, and answers
+    /// the first attempt's count.
     pub async fn redrive_dead_letters(
         &self,
         r: pb::RedriveDeadLettersRequest,
+        rid: Option<String>,
     ) -> Result<pb::CountResponse, ApiError> {
         crate::registry::validate::function_name(&r.function_name)?;
         if r.request_ids.is_empty() && !r.all {
@@ -78,11 +82,14 @@ impl Dispatcher {
         let ids = (!r.all).then_some(r.request_ids);
         let out = self
             .node
-            .write(Command::DlqRedrive {
-                function: r.function_name,
-                ids,
-                now_ms: now_ms(),
-            })
+            .write_with_id(
+                Command::DlqRedrive {
+                    function: r.function_name,
+                    ids,
+                    now_ms: now_ms(),
+                },
+                rid,
+            )
             .await?;
         self.wake.notify_one();
         Ok(pb::CountResponse {
@@ -90,16 +97,21 @@ impl Dispatcher {
         })
     }
 
+    /// `rid` as for [`redrive_dead_letters`](Self::redrive_dead_letters).
     pub async fn purge_dead_letters(
         &self,
         r: pb::DeadLettersRequest,
+        rid: Option<String>,
     ) -> Result<pb::CountResponse, ApiError> {
         self.existing_function(&r.function_name)?;
         let out = self
             .node
-            .write(Command::DlqPurge {
-                function: r.function_name,
-            })
+            .write_with_id(
+                Command::DlqPurge {
+                    function: r.function_name,
+                },
+                rid,
+            )
             .await?;
         Ok(pb::CountResponse {
             count: count_of(out),

@@ -1326,3 +1326,100 @@ async fn a_silent_worker_does_not_hold_a_delete() {
     })
     .await
 }
+
+/// A redrive retried with the client's request id (its first attempt
+/// went unanswered, as after the client's attempt deadline) moves the
+/// dead letters once and answers the first count: the event, failed and
+/// dead-lettered again meanwhile, is not run a third time. Likewise a
+/// retried purge answers its first count and leaves newer dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_redrive_or_purge_applies_once() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        fleet
+            .create_function(
+                1,
+                "failing",
+                pb::FunctionConfig {
+                    async_config: Some(pb::AsyncConfig {
+                        maximum_retry_attempts: Some(0),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        let id = fleet
+            .invoke(1, "failing", r#"{"error":"nope"}"#, Event)
+            .await
+            .unwrap()
+            .request_id;
+        wait_for("the dead letter", 15, || async {
+            (fleet.dead_letters(1, "failing").await.len() == 1).then_some(())
+        })
+        .await;
+        fn with_rid<T>(req: T, rid: &str) -> tonic::Request<T> {
+            let mut r = bearer(req, FLEET_ADMIN);
+            r.metadata_mut()
+                .insert(nubo_proto::headers::REQUEST_ID, rid.parse().unwrap());
+            r
+        }
+        let redrive = || pb::RedriveDeadLettersRequest {
+            function_name: "failing".into(),
+            request_ids: vec![],
+            all: true,
+        };
+        for attempt in 0..2 {
+            let n = fleet
+                .invocations(1)
+                .redrive_dead_letters(with_rid(redrive(), "redrive-1"))
+                .await
+                .unwrap()
+                .into_inner()
+                .count;
+            assert_eq!(n, 1, "attempt {attempt}");
+            wait_for("the redriven event to fail again", 15, || async {
+                let dls = fleet.dead_letters(1, "failing").await;
+                (fake.runs_of(&id) >= 2 && dls.len() == 1).then_some(())
+            })
+            .await;
+        }
+        // Long enough for a second redrive's run, had there been one.
+        tokio::time::sleep(Duration::from_millis(3 * WAIT_MS)).await;
+        assert_eq!(fake.runs_of(&id), 2, "the retried redrive ran it again");
+
+        let purge = || pb::DeadLettersRequest {
+            function_name: "failing".into(),
+            stale_ok: false,
+        };
+        let purged = |rid: &'static str| {
+            let inv = fleet.invocations(1);
+            async move {
+                let mut inv = inv;
+                inv.purge_dead_letters(with_rid(purge(), rid))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .count
+            }
+        };
+        assert_eq!(purged("purge-1").await, 1);
+        fleet
+            .invoke(1, "failing", r#"{"error":"again"}"#, Event)
+            .await
+            .unwrap();
+        wait_for("the new dead letter", 15, || async {
+            (fleet.dead_letters(1, "failing").await.len() == 1).then_some(())
+        })
+        .await;
+        assert_eq!(purged("purge-1").await, 1, "the first attempt's count");
+        assert_eq!(
+            fleet.dead_letters(1, "failing").await.len(),
+            1,
+            "the retried purge removed a newer dead letter"
+        );
+        fleet.shutdown().await;
+    })
+    .await
+}
