@@ -8,8 +8,9 @@ use tonic::{Request, Response, Status};
 
 use crate::api::{request_id, Api};
 use crate::clock::{now_ms, rfc3339};
+use crate::error::ApiError;
 use crate::error::RegistryError;
-use crate::registry::model::{Command, Scope, Token};
+use crate::registry::model::{Command, Outcome, Scope, Token};
 
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -49,21 +50,33 @@ impl pb::tokens_server::Tokens for Api {
                     RegistryError::invalid("token name is longer than 128 characters").into(),
                 );
             }
-            let secret = new_token_secret();
-            let id = new_token_id();
-            self.write(
-                &rid,
-                Command::CreateToken {
-                    token: Token {
-                        id: id.clone(),
-                        name: r.name,
-                        scope,
-                        hash: hash_token(&secret),
-                        created_at_ms: now_ms(),
-                    },
+            let make = |id: &str, secret: &str| Command::CreateToken {
+                token: Token {
+                    id: id.to_string(),
+                    name: r.name.clone(),
+                    scope,
+                    hash: hash_token(secret),
+                    created_at_ms: now_ms(),
                 },
-            )
-            .await?;
+            };
+            let mut secret = new_token_secret();
+            let mut id = new_token_id();
+            let out = self.write(&rid, make(&id, &secret)).await?;
+            if let Outcome::Token(first) = out {
+                if first != id {
+                    // A retry of a call whose first attempt created token
+                    // `first` and whose answer was lost: its secret went
+                    // nowhere and cannot be told again (only its hash is
+                    // kept). Revoke it and create another, answered here.
+                    match self.write(&None, Command::RevokeToken { id: first }).await {
+                        Err(ApiError::Registry(RegistryError::NotFound(_))) | Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                    secret = new_token_secret();
+                    id = new_token_id();
+                    self.write(&None, make(&id, &secret)).await?;
+                }
+            }
             Ok(pb::CreateTokenResponse {
                 token: secret,
                 id,

@@ -405,6 +405,9 @@ pub enum Outcome {
     Alias(Alias),
     /// How many items a command moved or removed.
     Count(u64),
+    /// A token was created: its id (a retry of the call that created it
+    /// gets the first attempt's id back, see `api/tokens.rs`).
+    Token(String),
     /// An event with an idempotency key: the request id the key names, and
     /// whether it was already there (nothing enqueued).
     Keyed {

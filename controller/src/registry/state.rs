@@ -362,8 +362,9 @@ impl Registry {
                         token.id
                     )));
                 }
+                let id = token.id.clone();
                 self.tokens.insert(token.id.clone(), token);
-                Ok(Outcome::Done)
+                Ok(Outcome::Token(id))
             }
             Command::RevokeToken { id } => {
                 self.tokens.remove(&id).ok_or_else(|| {

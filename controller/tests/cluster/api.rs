@@ -923,3 +923,50 @@ async fn bad_input_is_rejected_with_a_clear_message_and_changes_nothing() {
     assert_eq!(before, api.registry(), "a rejected call changed the store");
     api.stop().await;
 }
+
+/// A CreateToken retried with the client's request id (its first
+/// attempt's answer lost, as after the client's attempt deadline) answers
+/// a token that works: the first attempt's token, whose secret only that
+/// lost answer held, is revoked, and one token of that name remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_create_token_answers_a_working_token() {
+    let api = Api::start().await;
+    let mut tc = TokensClient::new(api.channel.clone());
+    let attempt = || {
+        let mut r = authed(
+            pb::CreateTokenRequest {
+                scope: "deploy".into(),
+                name: "retried".into(),
+            },
+            ADMIN,
+        );
+        r.metadata_mut().insert(
+            nubo_proto::headers::REQUEST_ID,
+            "create-token-1".parse().unwrap(),
+        );
+        r
+    };
+    let lost = tc.create_token(attempt()).await.unwrap().into_inner();
+    let retried = tc.create_token(attempt()).await.unwrap().into_inner();
+    let list = pb::ListFunctionsRequest::default();
+    api.functions()
+        .list_functions(authed(list.clone(), &retried.token))
+        .await
+        .expect("the retry's token authenticates");
+    expect_err(
+        api.functions()
+            .list_functions(authed(list, &lost.token))
+            .await,
+        Code::Unauthenticated,
+        "unknown or revoked token",
+    );
+    let tokens = tc
+        .list_tokens(authed(pb::ListTokensRequest {}, ADMIN))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let named: Vec<_> = tokens.iter().filter(|t| t.name == "retried").collect();
+    assert_eq!(named.len(), 1, "{tokens:?}");
+    assert_eq!(named[0].id, retried.id);
+}
