@@ -417,10 +417,13 @@ impl Client {
             .map_err(|e| Status::invalid_argument(format!("invalid endpoint {endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             // A controller that stops answering (SIGSTOP, a frozen VM) under
-            // a long call: no ping answer within the attempt timeout breaks
-            // the connection, and the call fails over.
+            // a long call: no ping answer within 5 attempt timeouts breaks
+            // the connection, and the call fails over. Pings are answered by
+            // the server's HTTP/2 layer, not its handlers, yet a loaded host
+            // can be slow to: one attempt timeout would break healthy long
+            // calls (a broken sync invoke is retried and may run twice).
             .http2_keep_alive_interval(self.attempt_timeout)
-            .keep_alive_timeout(self.attempt_timeout)
+            .keep_alive_timeout(self.attempt_timeout * 5)
             .keep_alive_while_idle(false);
         let ch = ep
             .connect()

@@ -1062,10 +1062,18 @@ async fn a_full_worker_throttles_with_capacity_exhausted() {
         }
         let r = slow.await.unwrap().expect("the slow call");
         assert!(r.get_ref().function_error.is_empty());
-        fleet
-            .invoke(1, "busy", "{}", RequestResponse)
-            .await
-            .expect("a call once the sandbox is free");
+        // The controller learns that the sandbox is free from the slow
+        // call's reply or the next heartbeat, whichever it sees first: a
+        // call right after may still meet the old view, so allow one
+        // heartbeat round for the throttle to lift.
+        wait_for("a call to succeed once the sandbox is free", 5, || async {
+            match fleet.invoke(1, "busy", "{}", RequestResponse).await {
+                Ok(_) => Some(()),
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => None,
+                Err(s) => panic!("a call once the sandbox is free: {s:?}"),
+            }
+        })
+        .await;
         fleet.shutdown().await;
     })
     .await
