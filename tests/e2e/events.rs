@@ -42,17 +42,7 @@ fn an_async_event_committed_before_a_crash_runs_once() {
     env.cli_ok(
         &ep,
         None,
-        &[
-            "function",
-            "create",
-            "ev",
-            "--runtime",
-            "python3.11",
-            "--handler",
-            "app.lambda_handler",
-            "--code",
-            example("hello").to_str().unwrap(),
-        ],
+        &crate::support::create_args("ev", example("hello").to_str().unwrap()),
     );
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait(Duration::from_secs(20)), Some(0));

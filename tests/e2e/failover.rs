@@ -44,17 +44,7 @@ fn cli_keeps_working_when_the_leader_is_killed() {
         env.cli_ok(
             &all,
             Some(TOKEN),
-            &[
-                "function",
-                "create",
-                &format!("f{i}"),
-                "--runtime",
-                "python3.11",
-                "--handler",
-                "app.lambda_handler",
-                "--code",
-                code,
-            ],
+            &crate::support::create_args(&format!("f{i}"), code),
         );
     }
     let status = env.cli_ok(&all, Some(TOKEN), &["cluster", "status", "-o", "json"]);
@@ -69,17 +59,7 @@ fn cli_keeps_working_when_the_leader_is_killed() {
         env.cli_ok(
             &all,
             Some(TOKEN),
-            &[
-                "function",
-                "create",
-                &format!("f{i}"),
-                "--runtime",
-                "python3.11",
-                "--handler",
-                "app.lambda_handler",
-                "--code",
-                code,
-            ],
+            &crate::support::create_args(&format!("f{i}"), code),
         );
     }
     env.cli_ok(&all, Some(TOKEN), &["version", "publish", "f0"]);
@@ -121,17 +101,10 @@ fn a_crash_between_commit_and_reply_keeps_the_write() {
     );
     let code = example("hello");
     let mut cmd = Command::new(NUBO);
-    cmd.args([
-        "function",
-        "create",
+    cmd.args(crate::support::create_args(
         "crashy",
-        "--runtime",
-        "python3.11",
-        "--handler",
-        "app.lambda_handler",
-        "--code",
         code.to_str().unwrap(),
-    ])
+    ))
     .env("NUBO_ENDPOINT", &ep)
     .env("NUBO_CONFIG_DIR", env.config_dir())
     .env("NUBO_RETRY_SECS", "1");
@@ -462,17 +435,7 @@ fn a_paused_leader_does_not_block_the_cli() {
     env.cli_ok(
         &eps.join(","),
         Some(TOKEN),
-        &[
-            "function",
-            "create",
-            "paused",
-            "--runtime",
-            "python3.11",
-            "--handler",
-            "app.lambda_handler",
-            "--code",
-            code.to_str().unwrap(),
-        ],
+        &crate::support::create_args("paused", code.to_str().unwrap()),
     );
     // The paused leader first: the order a CLI configured with it first
     // would try, and the slowest one.
@@ -593,26 +556,16 @@ fn a_controller_killed_mid_upload_is_reported_as_a_broken_upload() {
     std::fs::write(code.join("data.bin"), noise).unwrap();
 
     let mut cli = Command::new(NUBO);
-    cli.args([
-        "function",
-        "create",
-        "big",
-        "--runtime",
-        "python3.11",
-        "--handler",
-        "app.lambda_handler",
-        "--code",
-        code.to_str().unwrap(),
-    ])
-    .env("NUBO_ENDPOINT", &ep)
-    .env("NUBO_CONFIG_DIR", env.config_dir())
-    .env("NUBO_RETRY_SECS", "2")
-    // Plain progress lines on stderr (one a second): they say how far the
-    // stream got.
-    .env("NUBO_PROGRESS", "1")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
+    cli.args(crate::support::create_args("big", code.to_str().unwrap()))
+        .env("NUBO_ENDPOINT", &ep)
+        .env("NUBO_CONFIG_DIR", env.config_dir())
+        .env("NUBO_RETRY_SECS", "2")
+        // Plain progress lines on stderr (one a second): they say how far the
+        // stream got.
+        .env("NUBO_PROGRESS", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
     let mut child = cli.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -688,17 +641,7 @@ fn a_fatal_storage_error_makes_the_controller_exit_non_zero() {
     env.cli_ok(
         &ep,
         None,
-        &[
-            "function",
-            "create",
-            "full",
-            "--runtime",
-            "python3.11",
-            "--handler",
-            "app.lambda_handler",
-            "--code",
-            code.to_str().unwrap(),
-        ],
+        &crate::support::create_args("full", code.to_str().unwrap()),
     );
     {
         use std::io::Write;

@@ -72,6 +72,22 @@ impl Env {
     }
 }
 
+/// The CLI arguments that create Python function `name` from `code` (a
+/// directory or zip) with the examples' handler, `app.lambda_handler`.
+pub fn create_args<'a>(name: &'a str, code: &'a str) -> Vec<&'a str> {
+    vec![
+        "function",
+        "create",
+        name,
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.lambda_handler",
+        "--code",
+        code,
+    ]
+}
+
 /// Starts `nubo up` and waits for its `ready` line.
 pub fn start_up(env: &Env, port: u16, metrics: u16) -> Proc {
     start_up_with(env, port, metrics, &[])
