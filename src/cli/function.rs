@@ -11,9 +11,7 @@ use serde_json::json;
 use super::render::{
     alias_json, config_json, config_pairs, human_bytes, render_kv, render_table, routing_text, Out,
 };
-use super::upload::{
-    chunk_msg, chunk_stream, code_msg, finish_progress, load_code, upload_error, upload_progress,
-};
+use super::upload::{chunk_msg, code_msg, load_code, upload};
 use super::{env_map, parse_env_item, parse_qualified, Qualified};
 
 #[derive(Debug, clap::Subcommand)]
@@ -229,22 +227,14 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: FunctionCommand) -> any
                 publish: a.publish,
                 code_size: code.len() as u64,
             };
-            let progress = upload_progress(code.len());
-            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let res = client
-                .call_long(|c| {
-                    let stream = chunk_stream(
-                        chunk_msg(pb::create_function_chunk::Part::Header(header.clone())),
-                        code.clone(),
-                        progress.clone(),
-                        sent.clone(),
-                        |b| chunk_msg(pb::create_function_chunk::Part::Code(b)),
-                    );
-                    async move { c.functions().create_function(stream).await }
-                })
-                .await;
-            finish_progress(progress, res.is_ok());
-            let res = res.map_err(|e| upload_error(e, code.len(), &sent))?;
+            let res = upload(
+                client,
+                code,
+                chunk_msg(pb::create_function_chunk::Part::Header(header)),
+                |b| chunk_msg(pb::create_function_chunk::Part::Code(b)),
+                |c, stream| async move { c.functions().create_function(stream).await },
+            )
+            .await?;
             out.config(&res.into_inner());
         }
         FunctionCommand::Get(a) => {
@@ -352,22 +342,14 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: FunctionCommand) -> any
                 revision_id: a.revision_id.unwrap_or_default(),
                 code_size: code.len() as u64,
             };
-            let progress = upload_progress(code.len());
-            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let res = client
-                .call_long(|c| {
-                    let stream = chunk_stream(
-                        code_msg(pb::update_function_code_chunk::Part::Header(header.clone())),
-                        code.clone(),
-                        progress.clone(),
-                        sent.clone(),
-                        |b| code_msg(pb::update_function_code_chunk::Part::Code(b)),
-                    );
-                    async move { c.functions().update_function_code(stream).await }
-                })
-                .await;
-            finish_progress(progress, res.is_ok());
-            let res = res.map_err(|e| upload_error(e, code.len(), &sent))?;
+            let res = upload(
+                client,
+                code,
+                code_msg(pb::update_function_code_chunk::Part::Header(header)),
+                |b| code_msg(pb::update_function_code_chunk::Part::Code(b)),
+                |c, stream| async move { c.functions().update_function_code(stream).await },
+            )
+            .await?;
             out.config(&res.into_inner());
         }
         FunctionCommand::UpdateConfig(a) => {

@@ -55,7 +55,7 @@ pub(super) fn code_msg(part: pb::update_function_code_chunk::Part) -> pb::Update
 
 /// The upload stream: `head`, then the package in 1 MiB pieces. Built anew
 /// for each attempt from the bytes kept in memory, so a failover can resend.
-pub(super) fn chunk_stream<M: Send + 'static>(
+fn chunk_stream<M: Send + 'static>(
     head: M,
     code: Arc<Vec<u8>>,
     progress: Option<ProgressBar>,
@@ -80,11 +80,47 @@ pub(super) fn chunk_stream<M: Send + 'static>(
     futures::stream::iter(std::iter::once(head).chain(chunks))
 }
 
+/// Uploads `code` through `rpc` (CreateFunction or UpdateFunctionCode),
+/// with a progress bar, failing over like any long call: each attempt gets
+/// a fresh stream of `head` then the package's pieces (`wrap`). A broken
+/// upload is reported with how far it got ([`upload_error`]).
+pub(super) async fn upload<M, T, F, Fut>(
+    client: &nubo_client::Client,
+    code: Arc<Vec<u8>>,
+    head: M,
+    wrap: fn(Vec<u8>) -> M,
+    mut rpc: F,
+) -> anyhow::Result<T>
+where
+    M: Clone + Send + 'static,
+    F: FnMut(nubo_client::Conn, futures::stream::BoxStream<'static, M>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    use futures::StreamExt;
+    let progress = upload_progress(code.len());
+    let sent = Arc::new(AtomicU64::new(0));
+    let res = client
+        .call_long(|c| {
+            let stream = chunk_stream(
+                head.clone(),
+                code.clone(),
+                progress.clone(),
+                sent.clone(),
+                wrap,
+            )
+            .boxed();
+            rpc(c, stream)
+        })
+        .await;
+    finish_progress(progress, res.is_ok());
+    res.map_err(|e| upload_error(e, code.len(), &sent))
+}
+
 /// The error of a failed upload: when the connection broke while the
 /// package was on its way (the controller died mid-stream), that is what
 /// the user hears first, with how far it got, even if the retries then
 /// only failed to connect; a controller's answer stays as it is.
-pub(super) fn upload_error(status: tonic::Status, size: usize, sent: &AtomicU64) -> anyhow::Error {
+fn upload_error(status: tonic::Status, size: usize, sent: &AtomicU64) -> anyhow::Error {
     if !nubo_client::is_broken_call(&status) {
         return status.into();
     }
@@ -97,7 +133,7 @@ pub(super) fn upload_error(status: tonic::Status, size: usize, sent: &AtomicU64)
     ))
 }
 
-pub(super) fn upload_progress(size: usize) -> Option<ProgressBar> {
+fn upload_progress(size: usize) -> Option<ProgressBar> {
     let forced = match std::env::var("NUBO_PROGRESS").as_deref() {
         Ok("1") => Some(true),
         Ok("0") => Some(false),
@@ -126,7 +162,7 @@ pub(super) fn upload_progress(size: usize) -> Option<ProgressBar> {
 
 /// Ends the bar: full on success; left where the upload stopped when it
 /// failed (a full bar over an error would say the bytes arrived).
-pub(super) fn finish_progress(progress: Option<ProgressBar>, ok: bool) {
+fn finish_progress(progress: Option<ProgressBar>, ok: bool) {
     if let Some(p) = progress {
         if !ok {
             p.abandon();

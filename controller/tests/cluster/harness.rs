@@ -610,6 +610,12 @@ impl Fleet {
             .unwrap_or_else(|s| panic!("creating {name}: {s:?}"));
         // Every controller places calls on its own registry: wait until
         // each has applied the create.
+        self.wait_all_applied().await;
+    }
+
+    /// Waits until every running controller has applied what the leader
+    /// has applied now.
+    async fn wait_all_applied(&self) {
         let index = self
             .cluster
             .node(self.cluster.wait_leader(Duration::from_secs(10)).await)
@@ -638,18 +644,7 @@ impl Fleet {
             ))
             .await
             .unwrap_or_else(|s| panic!("updating {name}: {s:?}"));
-        let index = self
-            .cluster
-            .node(self.cluster.wait_leader(Duration::from_secs(10)).await)
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map(|l| l.index)
-            .unwrap_or(0);
-        self.cluster
-            .wait_applied(index, Duration::from_secs(10))
-            .await;
+        self.wait_all_applied().await;
     }
 
     /// Invokes `function` through node `node`'s API.
