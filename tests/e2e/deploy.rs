@@ -77,6 +77,32 @@ fn nubo_up_deploys_and_keeps_data_across_restarts() {
         "{m}"
     );
 
+    // New code for $LATEST through the streamed upload; the published
+    // version keeps its own package.
+    let sha = |target: &str| {
+        let got = env.cli_ok(&ep, None, &["function", "get", target, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&got).expect("function get is JSON");
+        v["configuration"]["code_sha256"]
+            .as_str()
+            .expect("configuration.code_sha256")
+            .to_string()
+    };
+    let before = sha("hello");
+    let noop = example("noop");
+    env.cli_ok(
+        &ep,
+        None,
+        &[
+            "function",
+            "update-code",
+            "hello",
+            "--code",
+            noop.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(sha("hello"), before, "update-code changed nothing");
+    assert_eq!(sha("hello:prod"), before, "version 1 must keep its code");
+
     up.signal(libc::SIGTERM);
     assert_eq!(
         up.wait(Duration::from_secs(20)),
