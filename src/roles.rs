@@ -58,6 +58,58 @@ pub struct UpArgs {
     /// no CPU between invocations.
     #[arg(long, env = "NUBO_FREEZE_IDLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub freeze_idle: bool,
+    #[command(flatten)]
+    pub egress: EgressArgs,
+}
+
+/// How egress sandboxes reach the outside (`nubo worker` and `nubo up`).
+#[derive(Debug, clap::Args)]
+pub struct EgressArgs {
+    /// Run no function with `--network egress` here: no bridge, no
+    /// firewall rules, no IPv4 forwarding.
+    #[arg(long, env = "NUBO_NO_EGRESS")]
+    pub no_egress: bool,
+    /// Subnet of the egress sandboxes, /16 to /29 (default: a free /22 of
+    /// 10.213.0.0/16, one per worker on the host).
+    #[arg(long, env = "NUBO_EGRESS_SUBNET")]
+    pub egress_subnet: Option<nubo_worker::cidr::Cidr>,
+    /// Ranges egress sandboxes may reach although private (a database on
+    /// the LAN), comma-separated CIDRs; the most specific range decides.
+    #[arg(long, env = "NUBO_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<nubo_worker::cidr::Cidr>,
+    /// Ranges refused besides the default ones (private, link-local,
+    /// loopback), comma-separated CIDRs.
+    #[arg(long, env = "NUBO_EGRESS_DENY", value_delimiter = ',')]
+    pub egress_deny: Vec<nubo_worker::cidr::Cidr>,
+    /// Resolvers for egress sandboxes, comma-separated IPv4 addresses
+    /// (default: the host's, unless they are on loopback).
+    #[arg(long, env = "NUBO_EGRESS_DNS", value_delimiter = ',')]
+    pub egress_dns: Vec<std::net::Ipv4Addr>,
+    /// Connections one egress sandbox may hold open at once.
+    #[arg(long, env = "NUBO_EGRESS_MAX_CONNECTIONS", default_value_t = nubo_worker::config::EGRESS_MAX_CONNECTIONS)]
+    pub egress_max_connections: u32,
+    /// Bandwidth of one egress sandbox, each direction, Mbit/s (0: no limit).
+    #[arg(long, env = "NUBO_EGRESS_RATE_MBIT", default_value_t = nubo_worker::config::EGRESS_RATE_MBIT)]
+    pub egress_rate_mbit: u32,
+    /// Firewall for the egress rules: auto (nftables, else iptables),
+    /// nftables or iptables.
+    #[arg(long, env = "NUBO_EGRESS_FIREWALL", default_value = "auto")]
+    pub egress_firewall: nubo_worker::sandbox::container::egress::Choice,
+}
+
+impl EgressArgs {
+    fn config(&self) -> nubo_worker::config::EgressConfig {
+        nubo_worker::config::EgressConfig {
+            enabled: !self.no_egress,
+            subnet: self.egress_subnet,
+            allow: self.egress_allow.clone(),
+            deny: self.egress_deny.clone(),
+            dns: self.egress_dns.clone(),
+            max_connections: self.egress_max_connections,
+            rate_mbit: self.egress_rate_mbit,
+            firewall: self.egress_firewall,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +163,8 @@ pub struct WorkerArgs {
     /// Prometheus /metrics address, HOST:PORT.
     #[arg(long, env = "NUBO_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -291,6 +345,7 @@ pub async fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.freeze_idle = args.freeze_idle;
     cfg.oci_runtime = args.oci_runtime;
     cfg.metrics_listen = args.metrics_listen;
+    cfg.egress = args.egress.config();
     let zone = cfg.zone.clone();
     let (running, _worker) = nubo_worker::start(cfg)
         .await
@@ -359,6 +414,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         cfg.log_bytes_per_invocation = args.log_bytes_per_invocation;
         cfg.freeze_idle = args.freeze_idle;
         cfg.oci_runtime = args.oci_runtime;
+        cfg.egress = args.egress.config();
         let secret = cfg.worker_secret.clone();
         let (w, worker) = nubo_worker::start(cfg).await.context(
             "starting the embedded worker (run as root with crun installed: scripts/setup.sh; or pass --no-worker)",

@@ -32,8 +32,70 @@ pub const SANDBOX_GID: u32 = 65534;
 pub const LOG_BYTES_PER_INVOCATION: usize = 2 * 1024 * 1024;
 /// Generic Python sandboxes kept ready per class.
 pub const GENERIC_PER_CLASS: usize = 2;
-/// (memory MB, /tmp MB) classes of generic sandboxes: Lambda's defaults.
-pub const GENERIC_CLASSES: &[(u32, u32)] = &[(128, 512)];
+/// A class of prewarmed generic sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GenericClass {
+    pub memory_mb: u32,
+    pub tmp_mb: u32,
+    /// With a veth on the egress bridge.
+    pub egress: bool,
+}
+
+/// Classes of generic sandboxes: Lambda's defaults, without and with
+/// egress.
+pub const GENERIC_CLASSES: &[GenericClass] = &[
+    GenericClass {
+        memory_mb: 128,
+        tmp_mb: 512,
+        egress: false,
+    },
+    GenericClass {
+        memory_mb: 128,
+        tmp_mb: 512,
+        egress: true,
+    },
+];
+
+/// New connections one egress sandbox may hold open at once (tracked by
+/// the host's conntrack, which all sandboxes share).
+pub const EGRESS_MAX_CONNECTIONS: u32 = 256;
+/// Bandwidth of one egress sandbox, each direction, Mbit/s; 0: unlimited.
+pub const EGRESS_RATE_MBIT: u32 = 200;
+
+/// How sandboxes with `--network egress` reach the outside (see
+/// `sandbox::container::egress`).
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// false: egress functions cannot run on this worker.
+    pub enabled: bool,
+    /// The sandboxes' subnet; None: a free /22 of 10.213.0.0/16.
+    pub subnet: Option<crate::cidr::Cidr>,
+    /// Ranges sandboxes may reach though refused by default (private
+    /// ranges: a database on the LAN).
+    pub allow: Vec<crate::cidr::Cidr>,
+    /// Ranges refused besides the defaults.
+    pub deny: Vec<crate::cidr::Cidr>,
+    /// Resolvers for sandboxes; empty: the host's (not loopback ones).
+    pub dns: Vec<std::net::Ipv4Addr>,
+    pub max_connections: u32,
+    pub rate_mbit: u32,
+    pub firewall: crate::sandbox::container::egress::Choice,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            enabled: true,
+            subnet: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            dns: Vec::new(),
+            max_connections: EGRESS_MAX_CONNECTIONS,
+            rate_mbit: EGRESS_RATE_MBIT,
+            firewall: Default::default(),
+        }
+    }
+}
 
 /// Settings of `nubo worker` (and of the worker inside `nubo up`).
 #[derive(Debug, Clone)]
@@ -58,15 +120,16 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     pub uid: u32,
     pub gid: u32,
-    /// Generic Python sandboxes kept ready per (memory MB, /tmp MB) class,
-    /// specialised when a cold call arrives. 0 disables prewarming.
+    /// Generic Python sandboxes kept ready per class, specialised when a
+    /// cold call arrives. 0 disables prewarming.
     pub generic_per_class: usize,
-    pub generic_classes: Vec<(u32, u32)>,
+    pub generic_classes: Vec<GenericClass>,
     /// Function output kept per invocation, bytes.
     pub log_bytes_per_invocation: usize,
     /// Freeze a sandbox's cgroup while it is idle, so background processes
     /// a handler leaves behind get no CPU between invocations.
     pub freeze_idle: bool,
+    pub egress: EgressConfig,
 }
 
 impl WorkerConfig {
@@ -93,6 +156,7 @@ impl WorkerConfig {
             generic_classes: GENERIC_CLASSES.to_vec(),
             log_bytes_per_invocation: LOG_BYTES_PER_INVOCATION,
             freeze_idle: true,
+            egress: EgressConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`tasks`]: named long-lived tasks stopped by one shutdown token.
 
 pub mod attempts;
+pub mod cidr;
 pub mod code;
 pub mod config;
 pub mod core;

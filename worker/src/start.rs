@@ -72,6 +72,8 @@ pub async fn start(cfg: WorkerConfig) -> Result<(server::Running, Arc<LinuxWorke
                 generic_per_class: cfg.generic_per_class,
                 log_bytes: cfg.log_bytes_per_invocation,
                 freeze_idle: cfg.freeze_idle,
+                egress: cfg.egress.clone(),
+                controllers: cfg.controllers.clone(),
             },
             code,
             tasks.clone(),

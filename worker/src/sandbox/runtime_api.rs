@@ -281,151 +281,25 @@ pub fn router(ch: Arc<Channel>) -> Router {
         .with_state(ch)
 }
 
-/// A listener on the host's loopback (sandboxes with egress share the
-/// host's network) that accepts only connections made by processes of the
-/// sandbox's own cgroup: another sandbox must not read this one's events.
-struct OwnerOnly {
-    inner: tokio::net::TcpListener,
-    port: u16,
-    procs: std::path::PathBuf,
-}
-
-impl axum::serve::Listener for OwnerOnly {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((s, a)) => {
-                    let (port, procs) = (self.port, self.procs.clone());
-                    let ok = a.ip().is_loopback()
-                        && tokio::task::spawn_blocking(move || {
-                            local_peer_in_cgroup(a.port(), port, &procs)
-                        })
-                        .await
-                        .unwrap_or(false);
-                    if ok {
-                        let _ = s.set_nodelay(true);
-                        return (s, a);
-                    }
-                    tracing::warn!(peer = %a, "Runtime API: refused a connection from outside the sandbox");
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// The Runtime API server on `listener`, ending when the channel is
-/// stopped; the caller runs it as one of its sandbox's tasks. With `owner`
-/// (a cgroup.procs file), only that cgroup's processes may connect.
+/// The Runtime API server on `listener` (in the sandbox's own network
+/// namespace, so only the sandbox can connect), ending when the channel is
+/// stopped; the caller runs it as one of its sandbox's tasks.
 pub fn serve(
     listener: std::net::TcpListener,
     ch: Arc<Channel>,
-    owner: Option<std::path::PathBuf>,
 ) -> std::io::Result<futures::future::BoxFuture<'static, ()>> {
+    use axum::serve::ListenerExt;
     use futures::FutureExt;
     let stop = ch.stop.clone();
-    use axum::serve::ListenerExt;
     listener.set_nonblocking(true)?;
     let app = router(ch);
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    Ok(match owner {
-        Some(procs) => {
-            let port = listener.local_addr()?.port();
-            let l = OwnerOnly {
-                inner: listener,
-                port,
-                procs,
-            };
-            async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-            }
-            .boxed()
-        }
-        None => {
-            let l = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            async move {
-                let _ = axum::serve(l, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-            }
-            .boxed()
-        }
-    })
-}
-
-/// Whether the local TCP connection from 127.0.0.1:`peer_port` to
-/// `server_port` belongs to a process of the cgroup listed in `procs`:
-/// the connecting socket's inode (from /proc/net/tcp) is open in one of
-/// those processes.
-fn local_peer_in_cgroup(peer_port: u16, server_port: u16, procs: &std::path::Path) -> bool {
-    let want_local = format!("0100007F:{peer_port:04X}");
-    let want_remote = format!("0100007F:{server_port:04X}");
-    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    let inode = tcp.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 9 && f[1] == want_local && f[2] == want_remote).then(|| f[9].to_string())
+    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
     });
-    let Some(inode) = inode else {
-        return false;
-    };
-    let target = format!("socket:[{inode}]");
-    let Ok(pids) = std::fs::read_to_string(procs) else {
-        return false;
-    };
-    for pid in pids.split_whitespace() {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if std::fs::read_link(fd.path())
-                .map(|l| l.as_os_str() == target.as_str())
-                .unwrap_or(false)
-            {
-                return true;
-            }
-        }
+    Ok(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
     }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The egress Runtime API's guard: a loopback connection is matched to
-    /// the process holding its socket; processes of other cgroups (here:
-    /// a procs file that does not list us) are refused.
-    #[test]
-    fn local_peer_is_matched_to_its_process() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_s, peer) = l.accept().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let mine = dir.path().join("mine");
-        std::fs::write(&mine, format!("{}\n", std::process::id())).unwrap();
-        let other = dir.path().join("other");
-        std::fs::write(&other, "1\n").unwrap();
-        assert!(local_peer_in_cgroup(peer.port(), port, &mine));
-        assert!(!local_peer_in_cgroup(peer.port(), port, &other));
-        assert!(!local_peer_in_cgroup(
-            peer.port(),
-            port,
-            &dir.path().join("missing")
-        ));
-        drop(c);
-    }
+    .boxed())
 }

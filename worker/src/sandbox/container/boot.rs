@@ -1,6 +1,7 @@
-//! Booting one container: its network (a namespace of its own, or the
-//! host's with egress), the Runtime API listener, the bundle, `run` by the
-//! OCI runtime, the log pipe; then waiting for the runtime's init.
+//! Booting one container: its network namespace (with egress, also a
+//! veth on the worker's bridge), the Runtime API listener inside it, the
+//! bundle, `run` by the OCI runtime, the log pipe; then waiting for the
+//! runtime's init.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::logpipe::{make_pipe, LogPipe};
-use super::{err_body, exit_error, host, netns, setup, spec, LinuxFactory, LinuxSandbox};
+use super::{err_body, exit_error, netns, setup, spec, LinuxFactory, LinuxSandbox};
 use crate::sandbox::runtime_api::{self, Channel, Phase};
 use crate::sandbox::{CreateError, Created, FunctionSpec, Sandbox};
 use crate::tasks::Tasks;
@@ -101,24 +102,28 @@ impl LinuxFactory {
         what: Boot<'_>,
     ) -> Result<(LinuxSandbox, String), CreateError> {
         let t0 = Instant::now();
-        // Network: the sandbox's own namespace with only loopback, where
-        // the Runtime API listens; with egress, the host's network.
-        let (listener, netns_path, api) = if s.egress {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| setup("binding the Runtime API", e))?;
-            let addr = l
-                .local_addr()
-                .map_err(|e| setup("Runtime API address", e))?;
-            (l, None, addr.to_string())
+        // Network: the sandbox's own namespace, where the Runtime API
+        // listens on loopback; with egress also a veth on the bridge.
+        let lease = if s.egress {
+            let e = self.egress.as_ref().ok_or_else(|| {
+                setup(
+                    "egress",
+                    "this worker runs without egress (--no-egress); the function's network is egress",
+                )
+            })?;
+            Some(e.lease().map_err(|e| setup("egress", e))?)
         } else {
-            let path = self.cfg.run_dir.join("netns").join(&name);
-            let p2 = path.clone();
-            let l = tokio::task::spawn_blocking(move || netns::create(&p2, API_PORT))
+            None
+        };
+        let netns_path = self.cfg.run_dir.join("netns").join(&name);
+        let p2 = netns_path.clone();
+        let attach = lease.as_ref().map(|l| l.attach.clone());
+        let listener =
+            tokio::task::spawn_blocking(move || netns::create(&p2, API_PORT, attach.as_ref()))
                 .await
                 .map_err(|e| setup("network namespace", e))?
                 .map_err(|e| setup("network namespace", e))?;
-            (l, Some(path), format!("127.0.0.1:{API_PORT}"))
-        };
+        let api = format!("127.0.0.1:{API_PORT}");
         let (code_dir, stage, env, specialize_rx) = match what {
             Boot::Function { code_dir } => (
                 code_dir.to_path_buf(),
@@ -142,7 +147,7 @@ impl LinuxFactory {
         let mut guard = Cleanup {
             factory: self.clone(),
             name: name.clone(),
-            netns: netns_path.clone(),
+            netns: Some(netns_path.clone()),
             bundle: None,
             stage: stage.as_ref().map(|(p, _)| p.clone()),
             channel: None,
@@ -150,12 +155,8 @@ impl LinuxFactory {
         };
         let ch = Channel::new(specialize_rx);
         let cgroups_path = format!("/nubo/{name}");
-        // On the host's loopback (egress), only this sandbox may connect.
-        let owner = s
-            .egress
-            .then(|| host::procs_file(self.cfg.cgroup, &cgroups_path));
         let server =
-            runtime_api::serve(listener, ch.clone(), owner).map_err(|e| setup("Runtime API", e))?;
+            runtime_api::serve(listener, ch.clone()).map_err(|e| setup("Runtime API", e))?;
         // The sandbox's own tasks stop with its channel.
         let tasks = Tasks::new(ch.stop.clone());
         tasks.spawn(format!("{name}/runtime-api"), server);
@@ -190,7 +191,7 @@ impl LinuxFactory {
             cwd: "/var/task",
             memory_mb: s.memory_mb,
             tmp_mb: s.ephemeral_storage_mb,
-            netns: netns_path.as_deref(),
+            netns: &netns_path,
             cgroups_path: cgroups_path.clone(),
             uid: self.cfg.uid,
             gid: self.cfg.gid,
@@ -248,7 +249,8 @@ impl LinuxFactory {
             ch,
             exit: exit_rx,
             logs,
-            netns: netns_path,
+            netns: Some(netns_path),
+            _egress: lease,
             bundle,
             stage,
             tasks,

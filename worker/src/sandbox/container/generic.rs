@@ -1,5 +1,5 @@
 //! Generic prewarmed Python sandboxes: booted ahead of demand per
-//! (memory MB, /tmp MB) class with an empty staging directory at
+//! class (memory MB, /tmp MB, egress or not) with an empty staging directory at
 //! /var/task, their runtime blocked on `/nubo/v1/specialize`; a cold call
 //! of a matching function takes one instead of booting on the request path.
 
@@ -20,8 +20,9 @@ pub(super) struct Generic {
     specialize: tokio::sync::oneshot::Sender<Bytes>,
 }
 
-/// Generic sandboxes are kept per (memory MB, /tmp MB) class.
-pub(super) type ClassKey = (u32, u32);
+/// Generic sandboxes are kept per class; an egress one already has its
+/// veth and address.
+pub(super) type ClassKey = crate::config::GenericClass;
 
 impl LinuxFactory {
     /// Starts one generic sandbox of `class` and waits until its runtime is
@@ -39,11 +40,11 @@ impl LinuxFactory {
             version: String::new(),
             runtime: "python3".into(),
             handler: String::new(),
-            memory_mb: class.0,
+            memory_mb: class.memory_mb,
             timeout_seconds: 1,
             environment: Default::default(),
-            ephemeral_storage_mb: class.1,
-            egress: false,
+            ephemeral_storage_mb: class.tmp_mb,
+            egress: class.egress,
             code_sha256: String::new(),
             code_size: 0,
         };
@@ -80,6 +81,9 @@ impl LinuxFactory {
         // when the process exits would be left behind).
         let _filling = self.fill_lock.lock().await;
         for class in self.cfg.generic_classes.clone() {
+            if class.egress && self.egress.is_none() {
+                continue;
+            }
             loop {
                 let have = self
                     .generic
@@ -120,11 +124,15 @@ impl LinuxFactory {
     }
 
     pub(super) fn take_generic(&self, s: &FunctionSpec) -> Option<Generic> {
-        if !s.is_python() || s.egress {
+        if !s.is_python() {
             return None;
         }
         let mut g = self.generic.lock().expect("lock poisoned");
-        let v = g.get_mut(&(s.memory_mb, s.ephemeral_storage_mb))?;
+        let v = g.get_mut(&ClassKey {
+            memory_mb: s.memory_mb,
+            tmp_mb: s.ephemeral_storage_mb,
+            egress: s.egress,
+        })?;
         while let Some(gen) = v.pop() {
             if gen.sb.alive() {
                 return Some(gen);

@@ -32,10 +32,12 @@ use logpipe::LogPipe;
 use oci::Oci;
 
 mod boot;
+pub mod egress;
 mod freezer;
 mod generic;
 pub mod host;
 mod logpipe;
+mod netlink;
 pub mod netns;
 pub mod oci;
 pub mod seccomp;
@@ -62,14 +64,18 @@ pub struct LinuxConfig {
     /// Staging directories of generic sandboxes; must be on the same
     /// filesystem as the code cache (hard links).
     pub stage_dir: PathBuf,
-    /// (memory MB, /tmp MB) classes kept prewarmed as generic Python
-    /// sandboxes, and how many of each.
-    pub generic_classes: Vec<(u32, u32)>,
+    /// Classes kept prewarmed as generic Python sandboxes, and how many
+    /// of each.
+    pub generic_classes: Vec<crate::config::GenericClass>,
     pub generic_per_class: usize,
     /// Function output kept per invocation, bytes.
     pub log_bytes: usize,
     /// Freeze a sandbox's cgroup while it waits for an event.
     pub freeze_idle: bool,
+    pub egress: crate::config::EgressConfig,
+    /// The controllers' API endpoints (HOST:PORT), which egress sandboxes
+    /// must not reach even where their range is allowed.
+    pub controllers: Vec<String>,
 }
 
 pub struct LinuxFactory {
@@ -86,6 +92,8 @@ pub struct LinuxFactory {
     fill_lock: tokio::sync::Mutex<()>,
     /// The worker's long-lived tasks: the generic pool's refills go there.
     tasks: Arc<Tasks>,
+    /// The egress bridge and rules; None with `--no-egress`.
+    egress: Option<Arc<egress::Egress>>,
 }
 
 impl LinuxFactory {
@@ -114,6 +122,24 @@ impl LinuxFactory {
         spec::prepare_rootfs(&rootfs).map_err(|e| e.to_string())?;
         spec::write_etc(&etc, cfg.uid, cfg.gid, false).map_err(|e| e.to_string())?;
         spec::write_etc(&etc_egress, cfg.uid, cfg.gid, true).map_err(|e| e.to_string())?;
+        let egress = if cfg.egress.enabled {
+            let (dns, warning) = egress::resolvers(&cfg.egress.dns);
+            if let Some(w) = warning {
+                tracing::warn!("{w}");
+            }
+            spec::write_atomic(
+                &etc_egress.join("resolv.conf"),
+                egress::resolv_conf(&dns).as_bytes(),
+            )
+            .map_err(|e| format!("writing the sandboxes' resolv.conf: {e}"))?;
+            let protected = protected_endpoints(&cfg.controllers);
+            let e = egress::Egress::start(&cfg.tag, &cfg.egress, &dns, &protected)?;
+            tracing::info!("egress: {}", e.describe());
+            Some(e)
+        } else {
+            egress::Egress::remove_leftovers(&cfg.tag);
+            None
+        };
         let boot = runtime_dir.join("bootstrap.py");
         std::fs::write(&boot, PYTHON_BOOTSTRAP)
             .map_err(|e| format!("writing {}: {e}", boot.display()))?;
@@ -140,6 +166,7 @@ impl LinuxFactory {
             closed: Default::default(),
             fill_lock: Default::default(),
             tasks,
+            egress,
         })
     }
 
@@ -177,6 +204,31 @@ impl LinuxFactory {
     }
 }
 
+/// The IPv4 addresses and ports of the controllers (`HOST:PORT`, with or
+/// without `http://`), resolved once at start.
+fn protected_endpoints(controllers: &[String]) -> Vec<std::net::SocketAddrV4> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for c in controllers {
+        let hp = c
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        match hp.to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs.filter_map(|a| match a {
+                std::net::SocketAddr::V4(v4) => Some(v4),
+                std::net::SocketAddr::V6(_) => None,
+            })),
+            Err(e) => {
+                tracing::warn!(controller = %c, "resolving a controller for the egress rules: {e}")
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
@@ -188,8 +240,12 @@ fn setup(step: &str, e: impl std::fmt::Display) -> CreateError {
 
 impl LinuxFactory {
     /// Removes this worker's scratch directory once every sandbox is gone
-    /// (shutdown): namespaces still mounted there are unmounted first.
+    /// (shutdown): namespaces still mounted there are unmounted first; the
+    /// egress bridge and rules go too.
     pub fn remove_run_dir(&self) {
+        if let Some(e) = &self.egress {
+            e.stop();
+        }
         if let Ok(rd) = std::fs::read_dir(self.cfg.run_dir.join("netns")) {
             for e in rd.flatten() {
                 let _ = netns::remove(&e.path());
@@ -293,6 +349,9 @@ pub struct LinuxSandbox {
     exit: watch::Receiver<Option<ExitStatus>>,
     logs: Arc<LogPipe>,
     netns: Option<PathBuf>,
+    /// Its address and veth on the egress bridge; dropped (deleted) with
+    /// the sandbox, after its namespace (held for that drop).
+    _egress: Option<egress::Lease>,
     bundle: PathBuf,
     /// The staging directory of a sandbox that started generic.
     stage: Option<PathBuf>,

@@ -7,12 +7,21 @@
 //! mount. The listener keeps its namespace after the thread is gone, so the
 //! worker's tokio runtime (in the host namespace) serves it, and the OCI
 //! runtime joins the namespace by the file's path.
+//!
+//! With egress the same thread also gives the namespace its network (see
+//! [`super::egress`]): a veth pair made through a netlink socket opened
+//! before the move, so in the host's namespace, with `eth0` in the new
+//! one; then `eth0`'s address, its link and the default route. The host
+//! end is isolated on the bridge afterwards, from the host's side.
 
 use std::ffi::CString;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use super::egress::Attach;
+use super::netlink;
 
 /// Setting up or tearing down a sandbox network namespace.
 #[derive(Debug, thiserror::Error)]
@@ -37,27 +46,57 @@ pub enum NetnsError {
     RemoveFile { path: PathBuf, source: io::Error },
     #[error("path {0} contains a NUL byte")]
     BadPath(PathBuf),
+    #[error("egress network, {step}: {source}")]
+    Egress {
+        step: &'static str,
+        source: io::Error,
+    },
+}
+
+fn egress_err(step: &'static str) -> impl FnOnce(io::Error) -> NetnsError {
+    move |source| NetnsError::Egress { step, source }
 }
 
 /// Creates a network namespace holding only an up loopback interface, pins
 /// it at `path` (an empty file is created there) and returns a non-blocking
-/// TCP listener bound to `127.0.0.1:port` inside it.
-pub fn create(path: &Path, port: u16) -> Result<TcpListener, NetnsError> {
+/// TCP listener bound to `127.0.0.1:port` inside it. With `egress`, the
+/// namespace also gets `eth0` on the worker's bridge (the veth is the
+/// caller's to delete, through its lease, also when this fails).
+pub fn create(path: &Path, port: u16, egress: Option<&Attach>) -> Result<TcpListener, NetnsError> {
     // A leftover from a crashed worker would otherwise get a second mount
     // stacked on it.
     remove(path)?;
     let path = path.to_path_buf();
-    std::thread::Builder::new()
+    let attach = egress.cloned();
+    let listener = std::thread::Builder::new()
         .name("netns-create".into())
-        .spawn(move || in_new_namespace(&path, port))
+        .spawn(move || in_new_namespace(&path, port, attach.as_ref()))
         .map_err(NetnsError::Thread)?
         .join()
-        .map_err(|_| NetnsError::ThreadPanicked)?
+        .map_err(|_| NetnsError::ThreadPanicked)??;
+    if let Some(a) = egress {
+        // Back in the host's namespace: the host end joins the bridge as
+        // an isolated port (no frame to or from another sandbox).
+        let index = netlink::index(&a.host_name).map_err(egress_err("the host end of the veth"))?;
+        netlink::Socket::open()
+            .and_then(|mut nl| nl.isolate_port(index))
+            .map_err(egress_err("isolating the bridge port"))?;
+    }
+    Ok(listener)
 }
 
 /// Runs on a thread of its own: after `unshare` this thread stays in the new
 /// namespace, and it ends right after.
-fn in_new_namespace(path: &Path, port: u16) -> Result<TcpListener, NetnsError> {
+fn in_new_namespace(
+    path: &Path,
+    port: u16,
+    egress: Option<&Attach>,
+) -> Result<TcpListener, NetnsError> {
+    // Opened before the move: it keeps talking to the host's namespace.
+    let mut host_nl = match egress {
+        Some(_) => Some(netlink::Socket::open().map_err(egress_err("rtnetlink"))?),
+        None => None,
+    };
     // SAFETY: unshare takes no pointers; CLONE_NEWNET affects only this
     // thread, which exits when this function returns.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -67,8 +106,36 @@ fn in_new_namespace(path: &Path, port: u16) -> Result<TcpListener, NetnsError> {
     let listener = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| NetnsError::Listen { port, source })?;
+    if let (Some(a), Some(host_nl)) = (egress, host_nl.as_mut()) {
+        attach(a, host_nl)?;
+    }
     pin(path)?;
     Ok(listener)
+}
+
+/// On the namespace's thread: the veth pair, then `eth0`'s address, link
+/// and default route.
+fn attach(a: &Attach, host_nl: &mut netlink::Socket) -> Result<(), NetnsError> {
+    let ns =
+        std::fs::File::open("/proc/thread-self/ns/net").map_err(egress_err("the namespace"))?;
+    host_nl
+        .add_veth(
+            &a.host_name,
+            a.bridge_index,
+            "eth0",
+            std::os::fd::AsRawFd::as_raw_fd(&ns),
+        )
+        .map_err(egress_err("creating the veth pair"))?;
+    let mut nl = netlink::Socket::open().map_err(egress_err("rtnetlink in the namespace"))?;
+    let eth0 = netlink::index("eth0").map_err(egress_err("eth0"))?;
+    // IPv4 only: no link-local IPv6 address on the bridge's segment.
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1");
+    nl.add_addr(eth0, a.addr, a.prefix)
+        .map_err(egress_err("eth0's address"))?;
+    nl.set_up(eth0).map_err(egress_err("bringing up eth0"))?;
+    nl.add_default_route(eth0, a.gateway)
+        .map_err(egress_err("the default route"))?;
+    Ok(())
 }
 
 /// `ip link set lo up`, through the interface-flags ioctls.
@@ -207,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ns");
         let port = free_host_port();
-        let listener = create(&path, port).unwrap();
+        let listener = create(&path, port, None).unwrap();
         assert!(path.exists());
 
         // From the host namespace the port is closed (or at least never
@@ -249,8 +316,8 @@ mod tests {
     fn create_replaces_a_leftover() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ns");
-        let _a = create(&path, 9001).unwrap();
-        let _b = create(&path, 9001).unwrap();
+        let _a = create(&path, 9001, None).unwrap();
+        let _b = create(&path, 9001, None).unwrap();
         remove(&path).unwrap();
         // One mount only: the file is gone after a single remove.
         assert!(!path.exists());

@@ -42,9 +42,9 @@ pub struct SandboxSpec<'a> {
     pub memory_mb: u32,
     /// Size of the tmpfs at `/tmp`.
     pub tmp_mb: u32,
-    /// `Some`: join this network namespace (see `netns::create`); `None`:
-    /// share the host's network.
-    pub netns: Option<&'a Path>,
+    /// The network namespace to join (see `netns::create`): a sandbox
+    /// never shares the host's network, egress or not.
+    pub netns: &'a Path,
     /// Relative to the cgroup hierarchy roots, e.g. `/nubo/<id>`.
     pub cgroups_path: String,
     pub uid: u32,
@@ -173,9 +173,7 @@ pub fn build(s: &SandboxSpec) -> Result<Spec, SpecError> {
     check_absolute("code", s.code_dir)?;
     check_absolute("runtime", s.runtime_dir)?;
     check_absolute("etc", s.etc_dir)?;
-    if let Some(ns) = s.netns {
-        check_absolute("network namespace", ns)?;
-    }
+    check_absolute("network namespace", s.netns)?;
     if s.args.is_empty() {
         return Err(SpecError::NoArgs { id: s.id.into() });
     }
@@ -304,15 +302,13 @@ pub fn build(s: &SandboxSpec) -> Result<Spec, SpecError> {
                 .map_err(err)?,
         );
     }
-    if let Some(path) = s.netns {
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .path(path)
-                .build()
-                .map_err(err)?,
-        );
-    }
+    namespaces.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(s.netns)
+            .build()
+            .map_err(err)?,
+    );
 
     let bytes = i64::from(s.memory_mb) * 1024 * 1024;
     let resources = LinuxResourcesBuilder::default()
@@ -544,7 +540,7 @@ fn write_etc_from(
     Ok(())
 }
 
-fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
+pub(super) fn write_atomic(path: &Path, content: &[u8]) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -558,7 +554,7 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn sample<'a>(netns: Option<&'a Path>) -> SandboxSpec<'a> {
+    fn sample<'a>(netns: &'a Path) -> SandboxSpec<'a> {
         SandboxSpec {
             id: "sbx1",
             rootfs: Path::new("/var/lib/nubo/rootfs"),
@@ -594,7 +590,7 @@ mod tests {
     #[test]
     fn namespaces_follow_netns() {
         let ns = Path::new("/run/nubo/netns/sbx1");
-        let j = json(&sample(Some(ns)));
+        let j = json(&sample(ns));
         let nss = j["linux"]["namespaces"].as_array().unwrap();
         let types: Vec<&str> = nss.iter().map(|n| n["type"].as_str().unwrap()).collect();
         for t in ["pid", "mount", "ipc", "uts", "network"] {
@@ -602,15 +598,11 @@ mod tests {
         }
         let net = nss.iter().find(|n| n["type"] == "network").unwrap();
         assert_eq!(net["path"], "/run/nubo/netns/sbx1");
-
-        let j = json(&sample(None));
-        let nss = j["linux"]["namespaces"].as_array().unwrap();
-        assert!(nss.iter().all(|n| n["type"] != "network"));
     }
 
     #[test]
     fn process_is_unprivileged() {
-        let j = json(&sample(None));
+        let j = json(&sample(Path::new("/run/nubo/netns/sbx1")));
         let p = &j["process"];
         assert_eq!(p["terminal"], false);
         assert_eq!(p["noNewPrivileges"], true);
@@ -640,7 +632,7 @@ mod tests {
 
     #[test]
     fn root_and_mounts() {
-        let j = json(&sample(None));
+        let j = json(&sample(Path::new("/run/nubo/netns/sbx1")));
         assert_eq!(j["root"]["path"], "/var/lib/nubo/rootfs");
         assert_eq!(j["root"]["readonly"], true);
         let usr = find_mount(&j, "/usr");
@@ -671,7 +663,7 @@ mod tests {
 
     #[test]
     fn cgroup_limits() {
-        let j = json(&sample(None));
+        let j = json(&sample(Path::new("/run/nubo/netns/sbx1")));
         let r = &j["linux"]["resources"];
         assert_eq!(r["memory"]["limit"], 128 * 1024 * 1024);
         assert_eq!(r["memory"]["swap"], 128 * 1024 * 1024);
@@ -685,10 +677,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        let mut s = sample(None);
+        let mut s = sample(Path::new("/run/nubo/netns/sbx1"));
         s.rootfs = Path::new("rootfs");
         assert!(matches!(build(&s), Err(SpecError::RelativePath { .. })));
-        let mut s = sample(None);
+        let mut s = sample(Path::new("/run/nubo/netns/sbx1"));
         s.args.clear();
         assert!(matches!(build(&s), Err(SpecError::NoArgs { .. })));
     }
@@ -696,7 +688,7 @@ mod tests {
     #[test]
     fn bundle_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = build(&sample(None)).unwrap();
+        let spec = build(&sample(Path::new("/run/nubo/netns/sbx1"))).unwrap();
         write_bundle(&dir.path().join("b"), &spec).unwrap();
         let back = Spec::load(dir.path().join("b/config.json")).unwrap();
         assert_eq!(back, spec);
