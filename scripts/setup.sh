@@ -18,6 +18,11 @@ dpkg -s libc6-dev >/dev/null 2>&1 || need+=(libc6-dev)
 command -v crun >/dev/null || need+=(crun)
 command -v runc >/dev/null || need+=(runc)
 command -v ip >/dev/null || need+=(iproute2)
+command -v bridge >/dev/null || need+=(iproute2)
+# Egress sandboxes: the worker's NAT and firewall rules (nftables by
+# default; the iptables backend is tested too).
+command -v nft >/dev/null || need+=(nftables)
+command -v iptables >/dev/null || need+=(iptables)
 # Sandboxes bind the host's /usr: the Python runtime is Debian's python3.
 [ -x /usr/bin/python3 ] || need+=(python3)
 # pip fetches awslambdaric (AWS's runtime client) for the compatibility test.

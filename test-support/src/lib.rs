@@ -3,19 +3,22 @@
 //! reaped when dropped, free loopback ports, waiting with a deadline that
 //! names what was awaited, starting `nubo up` / `nubo controller` /
 //! `nubo worker` with the settings the tests use, a tmpfs mounted for a
-//! test (unmounted on drop), and incompressible bytes for big packages.
+//! test (unmounted on drop), a network namespace standing for the outside
+//! world (egress tests), and incompressible bytes for big packages.
 //!
 //! A dev crate only (`publish = false`). It depends on no nubo crate, so
 //! any crate of the workspace can use it without a dependency cycle.
 
 pub mod mount;
 pub mod net;
+pub mod netns;
 pub mod nubo;
 pub mod process;
 pub mod wait;
 
 pub use mount::Tmpfs;
 pub use net::{free_port, free_ports, http_get};
+pub use netns::RemoteNet;
 pub use nubo::Nubo;
 pub use process::Proc;
 pub use wait::{poll, poll_async, wait_for};

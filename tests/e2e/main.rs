@@ -5,6 +5,7 @@
 
 mod containment;
 mod deploy;
+mod egress;
 mod events;
 mod failover;
 mod invoke;

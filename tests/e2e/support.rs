@@ -168,6 +168,9 @@ pub struct Platform {
     pub endpoint: String,
     /// HOST:PORT of the controller's /metrics.
     pub metrics: String,
+    port: u16,
+    metrics_port: u16,
+    vars: Vec<(String, String)>,
     _up: Proc,
 }
 
@@ -189,8 +192,32 @@ impl Platform {
             env,
             endpoint: format!("http://127.0.0.1:{port}"),
             metrics: format!("127.0.0.1:{metrics_port}"),
+            port,
+            metrics_port,
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _up: up,
         }
+    }
+
+    /// What `nubo up` printed so far (the last lines).
+    pub fn logs(&self) -> String {
+        self._up.logs()
+    }
+
+    /// SIGKILLs `nubo up` (no cleanup of any kind runs) and starts it
+    /// again on the same data, ports and settings.
+    pub fn crash_and_restart(&mut self) {
+        self._up.signal(libc::SIGKILL);
+        self._up.wait(Duration::from_secs(10));
+        let vars: Vec<(&str, &str)> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self._up = start_up_with(&self.env, self.port, self.metrics_port, &vars);
     }
 
     /// The pid of `nubo up` (controller and embedded worker in one).

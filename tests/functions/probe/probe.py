@@ -163,9 +163,12 @@ def read_path(event, context):
 
 
 def network(event, context):
-    """Try an outbound TCP connection and a DNS lookup; both should fail."""
-    host = event.get("host", "1.1.1.1")
-    port = int(event.get("port", 80))
+    """Try an outbound TCP connection to the given (local) address and a
+    DNS lookup of a name the sandbox's /etc/hosts does not hold; without a
+    network both fail locally. Callers give an address on this machine:
+    tests send no traffic elsewhere."""
+    host = event["host"]
+    port = int(event["port"])
     out = {"host": host, "port": port}
     try:
         s = socket.create_connection((host, port), timeout=1)
@@ -173,11 +176,117 @@ def network(event, context):
         out["connect"] = {"ok": True, "error": None}
     except OSError as e:
         out["connect"] = {"ok": False, "error": str(e)}
+    if event.get("dns"):
+        try:
+            infos = socket.getaddrinfo("nubo-test.invalid", 80)
+            out["dns"] = {"ok": True, "addresses": sorted({i[4][0] for i in infos}), "error": None}
+        except OSError as e:
+            out["dns"] = {"ok": False, "error": str(e)}
+    return out
+
+
+# Connections and listeners kept across invocations of one sandbox.
+HELD = []
+
+
+def _eth0_address():
+    import fcntl
+    import struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        infos = socket.getaddrinfo("example.com", 80)
-        out["dns"] = {"ok": True, "addresses": sorted({i[4][0] for i in infos}), "error": None}
+        # SIOCGIFADDR
+        raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", b"eth0"))
+        return socket.inet_ntoa(raw[20:24])
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def _try(host, port, timeout=1.0):
+    try:
+        s = socket.create_connection((host, int(port)), timeout=timeout)
+        data = b""
+        s.settimeout(timeout)
+        try:
+            data = s.recv(64)
+        except OSError:
+            pass
+        s.close()
+        return {"ok": True, "read": data.decode(errors="replace"), "error": None}
     except OSError as e:
-        out["dns"] = {"ok": False, "error": str(e)}
+        return {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+
+
+def net(event, context):
+    """The egress probe. Event keys (all optional):
+    connect: [[host, port], ...] -> results in "connect", one per target;
+    udp: [host, port] -> send a datagram, "udp" says whether it came back;
+    listen: port -> serve "sandbox\n" on 0.0.0.0:port from a thread that
+      outlives the call;
+    hold: [host, port, n] -> open n connections and keep them; "held" is how
+      many opened, "hold_error" the first refusal;
+    download: [host, port, seconds] -> read as fast as possible, "bytes_per_s";
+    resolv: true -> the sandbox's /etc/resolv.conf.
+    Always: "address", the sandbox's eth0 address (None without egress)."""
+    out = {"address": _eth0_address()}
+    if "listen" in event:
+        import threading
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", int(event["listen"])))
+        srv.listen(16)
+        HELD.append(srv)
+
+        def serve():
+            while True:
+                c, _ = srv.accept()
+                try:
+                    c.sendall(b"sandbox\n")
+                finally:
+                    c.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+    if "connect" in event:
+        out["connect"] = [_try(h, p) for h, p in event["connect"]]
+    if "udp" in event:
+        h, p = event["udp"]
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(1)
+        try:
+            u.sendto(b"ping", (h, int(p)))
+            data, _ = u.recvfrom(64)
+            out["udp"] = {"ok": data == b"ping", "error": None}
+        except OSError as e:
+            out["udp"] = {"ok": False, "error": str(e)}
+        finally:
+            u.close()
+    if "hold" in event:
+        h, p, n = event["hold"]
+        held, err = 0, None
+        for _ in range(int(n)):
+            try:
+                HELD.append(socket.create_connection((h, int(p)), timeout=1))
+                held += 1
+            except OSError as e:
+                err = "%s: %s" % (type(e).__name__, e)
+                break
+        out["held"] = held
+        out["hold_error"] = err
+    if "download" in event:
+        h, p, secs = event["download"]
+        s = socket.create_connection((h, int(p)), timeout=2)
+        total, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < secs:
+            b = s.recv(1 << 16)
+            if not b:
+                break
+            total += len(b)
+        s.close()
+        out["bytes_per_s"] = total / (time.monotonic() - t0)
+    if event.get("resolv"):
+        with open("/etc/resolv.conf") as f:
+            out["resolv"] = f.read()
     return out
 
 

@@ -241,8 +241,9 @@ impl Ruleset {
     }
 
     fn burst(&self) -> u64 {
-        // One second of traffic (iptables refuses less), at least 64 KiB.
-        self.rate_bytes.max(64 * 1024)
+        // Two seconds of traffic (iptables refuses a burst of one second or
+        // a little more), at least 64 KiB.
+        (2 * self.rate_bytes).max(64 * 1024)
     }
 
     /// The iptables-restore input (with --noflush: our chains are
