@@ -41,13 +41,14 @@ async fn create(
     c: &mut pb::functions_client::FunctionsClient<Channel>,
     name: &str,
 ) -> anyhow::Result<()> {
-    create_mb(c, name, 128).await
+    create_mb(c, name, 128, false).await
 }
 
 async fn create_mb(
     c: &mut pb::functions_client::FunctionsClient<Channel>,
     name: &str,
     memory_mb: u32,
+    egress: bool,
 ) -> anyhow::Result<()> {
     let code = noop_zip();
     let header = pb::CreateFunctionHeader {
@@ -57,6 +58,7 @@ async fn create_mb(
             handler: "app.handler".into(),
             timeout_seconds: Some(60),
             memory_mb: Some(memory_mb),
+            egress,
             ..Default::default()
         }),
         ..Default::default()
@@ -312,26 +314,54 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
     // and the interpreter start on the request path.
     let cold_n = 30;
     eprintln!("bench: cold start x{cold_n} (prewarmed generic sandbox)...");
-    let mut cold = Vec::with_capacity(cold_n);
-    for i in 0..cold_n {
-        let name = format!("cold-{i}");
-        create(&mut fns, &name).await?;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let t = Instant::now();
-        invoke(&mut inv, &name, b"{}").await?;
-        cold.push(t.elapsed());
+    // The same two series for functions with egress (a veth on the
+    // worker's bridge): the generic egress class is prewarmed with its
+    // veth; fully cold, the veth is made on the request path.
+    let mut series = Vec::new();
+    for (egress, tag) in [(false, ""), (true, "eg-")] {
+        eprintln!(
+            "bench: cold start x{cold_n} (prewarmed generic sandbox{})...",
+            if egress { ", egress" } else { "" }
+        );
+        let mut cold = Vec::with_capacity(cold_n);
+        for i in 0..cold_n {
+            let name = format!("{tag}cold-{i}");
+            create_mb(&mut fns, &name, 128, egress).await?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let t = Instant::now();
+            invoke(&mut inv, &name, b"{}").await?;
+            cold.push(t.elapsed());
+        }
+        cold.sort();
+        eprintln!(
+            "bench: cold start x{cold_n} (fully cold{})...",
+            if egress { ", egress" } else { "" }
+        );
+        let mut full = Vec::with_capacity(cold_n);
+        for i in 0..cold_n {
+            let name = format!("{tag}full-{i}");
+            create_mb(&mut fns, &name, 256, egress).await?;
+            let t = Instant::now();
+            invoke(&mut inv, &name, b"{}").await?;
+            full.push(t.elapsed());
+        }
+        full.sort();
+        series.push((cold, full));
     }
-    cold.sort();
-    eprintln!("bench: cold start x{cold_n} (fully cold)...");
-    let mut full = Vec::with_capacity(cold_n);
-    for i in 0..cold_n {
-        let name = format!("full-{i}");
-        create_mb(&mut fns, &name, 256).await?;
-        let t = Instant::now();
-        invoke(&mut inv, &name, b"{}").await?;
-        full.push(t.elapsed());
+    let (eg_cold, eg_full) = series.pop().context("egress series")?;
+    let (cold, full) = series.pop().context("series")?;
+    // Warm, egress: the call path is the same; measured to show it.
+    create_mb(&mut fns, "eg-noop", 128, true).await?;
+    for _ in 0..200 {
+        invoke(&mut inv, "eg-noop", b"{}").await?;
     }
-    full.sort();
+    let mut eg_warm = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        invoke(&mut inv, "eg-noop", b"{}").await?;
+        eg_warm.push(t.elapsed());
+    }
+    eg_warm.sort();
 
     // Throughput: 32 clients, each on its own connection.
     let clients = 32;
@@ -448,6 +478,28 @@ async fn run_in(dir: &tempfile::TempDir, args: BenchArgs) -> anyhow::Result<()> 
         "| cold start, fully cold (256 MB: no prewarmed class), container + interpreter on the request path | p50 {} · p90 {} (n={cold_n}) | same: {} | same: {} |",
         ms(pct(&full, 0.5)),
         ms(pct(&full, 0.9)),
+        ms(floor_sum),
+        ms(floor_sum.mul_f64(1.3))
+    );
+    let _ = writeln!(
+        md,
+        "| warm invoke, egress function | p50 {} · p99 {} | same echo | same goal |",
+        ms(pct(&eg_warm, 0.5)),
+        ms(pct(&eg_warm, 0.99)),
+    );
+    let _ = writeln!(
+        md,
+        "| cold start, egress function, a prewarmed generic egress sandbox (veth made ahead) | p50 {} · p90 {} (n={cold_n}) | same: {} | same: {} |",
+        ms(pct(&eg_cold, 0.5)),
+        ms(pct(&eg_cold, 0.9)),
+        ms(floor_sum),
+        ms(floor_sum.mul_f64(1.3))
+    );
+    let _ = writeln!(
+        md,
+        "| cold start, egress function, fully cold (256 MB): namespace, veth, address, route and container on the request path | p50 {} · p90 {} (n={cold_n}) | same: {} | same: {} |",
+        ms(pct(&eg_full, 0.5)),
+        ms(pct(&eg_full, 0.9)),
         ms(floor_sum),
         ms(floor_sum.mul_f64(1.3))
     );

@@ -80,10 +80,7 @@ impl RemoteNet {
         let peer = format!("rp{tag}{}", std::process::id() % 10000);
         // Leftovers of an earlier run of this process id, if any.
         for args in [["netns", "del", &name], ["link", "del", &host_if]] {
-            let _ = Command::new("ip")
-                .args(args)
-                .stderr(Stdio::null())
-                .status();
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
         }
         ip(&["netns", "add", &name]);
         // From here on a failure still removes what was made (drop).
@@ -92,7 +89,9 @@ impl RemoteNet {
             host_if: host_if.clone(),
             servers: None,
         };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &peer]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
         ip(&["link", "set", &peer, "netns", &name]);
         for n in nets {
             let (addr, prefix) = n.split_once('/').expect("a range like 10.99.1.0/24");

@@ -98,7 +98,10 @@ fn sandbox_containment() {
     let ev = serde_json::json!({"host": "127.0.0.1", "port": port}).to_string();
     probe(&p, "net-egress", "network", &["--network", "egress"]);
     let r = p.result("net-egress", &ev);
-    assert_eq!(r["connect"]["ok"], false, "egress must not reach the host's loopback: {r}");
+    assert_eq!(
+        r["connect"]["ok"], false,
+        "egress must not reach the host's loopback: {r}"
+    );
 
     probe(&p, "status", "proc_status", &[]);
     let r = p.result("status", "{}");

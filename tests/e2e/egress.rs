@@ -142,7 +142,10 @@ fn egress_reaches_the_outside_never_the_host() {
     assert_refused(&c[6], "a private address (not in egress_allow)");
     assert_eq!(r["udp"]["ok"], true, "the resolver answers on 53: {r}");
     assert!(
-        r["resolv"].as_str().unwrap().contains("nameserver 10.99.1.2"),
+        r["resolv"]
+            .as_str()
+            .unwrap()
+            .contains("nameserver 10.99.1.2"),
         "{r}"
     );
     let mine: Ipv4Addr = r["address"].as_str().unwrap().parse().unwrap();
@@ -198,7 +201,10 @@ fn egress_reaches_the_outside_never_the_host() {
     );
     assert!(r["hold_error"].is_string(), "{r}");
     let r2 = net(&p, "eg2", json!({"connect": [["198.51.100.2", 8080]]}));
-    assert_eq!(r2["connect"][0]["ok"], true, "the other sandbox still connects: {r2}");
+    assert_eq!(
+        r2["connect"][0]["ok"], true,
+        "the other sandbox still connects: {r2}"
+    );
 
     // A graceful stop removes the bridge and the rules.
     let veths = br.replacen("nb", "nv", 1);
@@ -222,7 +228,12 @@ fn egress_reaches_the_outside_never_the_host() {
 fn egress_lists_under_iptables() {
     let _remote = RemoteNet::new(
         "b",
-        &["203.0.113.0/25", "203.0.113.128/25", "10.99.2.0/24", "169.254.78.0/24"],
+        &[
+            "203.0.113.0/25",
+            "203.0.113.128/25",
+            "10.99.2.0/24",
+            "169.254.78.0/24",
+        ],
     );
     for a in ["203.0.113.2", "203.0.113.130", "10.99.2.2", "169.254.78.2"] {
         assert!(host_reaches(a, 8080), "the test's remote {a} is up");
@@ -253,7 +264,10 @@ fn egress_lists_under_iptables() {
     );
     let c = r["connect"].as_array().unwrap();
     assert_eq!(c[0]["read"], "remote\n", "a public address: {r}");
-    assert_eq!(c[1]["read"], "remote\n", "a private range in egress_allow: {r}");
+    assert_eq!(
+        c[1]["read"], "remote\n",
+        "a private range in egress_allow: {r}"
+    );
     assert_refused(&c[2], "a range in egress_deny");
     assert_refused(&c[3], "a link-local address");
     assert_refused(&c[4], "the controller's API port");
@@ -314,7 +328,10 @@ fn egress_leftovers_after_a_worker_crash() {
             .output()
             .unwrap();
         let t = String::from_utf8_lossy(&out.stdout).into_owned();
-        (t.matches("masquerade").count(), t.matches("jump refuse").count())
+        (
+            t.matches("masquerade").count(),
+            t.matches("jump refuse").count(),
+        )
     };
     let rules_before = rules();
     assert_eq!(rules_before.0, 1);

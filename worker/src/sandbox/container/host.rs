@@ -341,11 +341,6 @@ pub fn cpu_usage_usec(layout: CgroupLayout, cgroups_path: &str) -> Option<u64> {
     }
 }
 
-/// The `cgroup.procs` file of a sandbox's cgroup (host pids).
-pub fn procs_file(layout: CgroupLayout, cgroups_path: &str) -> PathBuf {
-    cgroup_file(layout, "memory", cgroups_path, "cgroup.procs")
-}
-
 /// The value of a `key value` line.
 fn parse_keyed(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {

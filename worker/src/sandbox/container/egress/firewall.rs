@@ -112,8 +112,12 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
 /// Picks the backend: the chosen one if it works, else (auto) the first
 /// that does; an error naming both failures when none works.
 pub fn detect(choice: Choice) -> Result<Backend, String> {
-    let nft = || run("nft", &["list", "tables"], None);
-    let ipt = || run("iptables", &["-w", "-S", "FORWARD"], None);
+    detect_with(choice, "nft", "iptables")
+}
+
+fn detect_with(choice: Choice, nft_cmd: &str, ipt_cmd: &str) -> Result<Backend, String> {
+    let nft = || run(nft_cmd, &["list", "tables"], None);
+    let ipt = || run(ipt_cmd, &["-w", "-S", "FORWARD"], None);
     let hint = "install nftables (apt-get install nftables) or iptables, or start the worker with --no-egress (functions with --network egress then cannot run on it)";
     match choice {
         Choice::Nftables => nft()
@@ -498,6 +502,23 @@ mod tests {
         let r = Ruleset { rate_bytes: 0, ..r };
         assert!(!r.nft().contains("limit rate"));
         assert!(!r.iptables().contains("hashlimit"));
+    }
+
+    /// Neither tool: one error naming both failures and what to do.
+    #[test]
+    fn no_firewall_is_a_clear_error() {
+        let e = detect_with(Choice::Auto, "/nonexistent/nft", "/nonexistent/iptables").unwrap_err();
+        assert!(e.contains("neither works"), "{e}");
+        assert!(
+            e.contains("/nonexistent/nft") && e.contains("/nonexistent/iptables"),
+            "{e}"
+        );
+        assert!(
+            e.contains("apt-get install nftables") && e.contains("--no-egress"),
+            "{e}"
+        );
+        let e = detect_with(Choice::Iptables, "nft", "/nonexistent/iptables").unwrap_err();
+        assert!(e.contains("/nonexistent/iptables"), "{e}");
     }
 
     #[test]
