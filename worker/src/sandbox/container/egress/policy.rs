@@ -12,8 +12,8 @@
 //! 4. The worker's `egress_allow` / `egress_deny` lists: the most specific
 //!    listed range holding the destination decides (deny wins a tie).
 //!    `egress_deny 0.0.0.0/0` with a few allowed ranges is an allowlist;
-//!    `egress_allow 10.0.0.0/8` opens that private range.
-//! 4b. Not listed: the private ranges are refused.
+//!    `egress_allow 10.0.0.0/8` opens that private range. Not listed, the
+//!    private ranges are refused.
 //! 5. Anything else (the internet) is allowed.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
