@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "nubo/v1/nubo.proto",
             "nubo/v1/raft.proto",
+            "nubo/v1/trigger.proto",
             "nubo/v1/worker.proto",
         ],
         &["."],

@@ -108,6 +108,12 @@ pub async fn start(config: ControllerConfig, faults: Arc<Faults>) -> Result<Runn
         )
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
         .add_service(pb::tokens_server::TokensServer::new(api.clone()))
+        .add_service(pb::triggers_server::TriggersServer::new(api.clone()))
+        .add_service(
+            pb::trigger_control_server::TriggerControlServer::new(internal.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             pb::invocations_server::InvocationsServer::new(api)
                 .max_decoding_message_size(MAX_MESSAGE)

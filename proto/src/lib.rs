@@ -81,6 +81,8 @@ pub enum Reason {
     /// The controller's disk is too full to take the write (deletes are
     /// still accepted).
     DiskFull,
+    /// No event source mapping (trigger) has that id.
+    TriggerNotFound,
 }
 
 impl Reason {
@@ -113,6 +115,7 @@ impl Reason {
         Reason::TokenScope,
         Reason::ReadUnconfirmed,
         Reason::DiskFull,
+        Reason::TriggerNotFound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl Reason {
             Reason::TokenScope => "token-scope",
             Reason::ReadUnconfirmed => "read-unconfirmed",
             Reason::DiskFull => "disk-full",
+            Reason::TriggerNotFound => "trigger-not-found",
         }
     }
 
@@ -190,6 +194,17 @@ pub fn worker_secret(cluster_secret: &str) -> String {
     h.update(b"nubo worker credential v1\0");
     h.update(cluster_secret.as_bytes());
     format!("nubo-worker-{}", hex::encode(h.finalize()))
+}
+
+/// The trigger credential for `cluster_secret`: lets a trigger instance
+/// read the mappings, submit their events and report on them; not run
+/// Raft, not register as a worker.
+pub fn trigger_secret(cluster_secret: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"nubo trigger credential v1\0");
+    h.update(cluster_secret.as_bytes());
+    format!("nubo-trigger-{}", hex::encode(h.finalize()))
 }
 
 /// The secret a request presents ("" without one).
@@ -314,7 +329,8 @@ mod tests {
                 | Reason::ReadUnconfirmed
                 | Reason::CapacityExhausted
                 | Reason::DestinationNotFound
-                | Reason::DiskFull => true,
+                | Reason::DiskFull
+                | Reason::TriggerNotFound => true,
             };
             assert!(listed);
         }

@@ -202,6 +202,7 @@ fn reason_hint(r: Reason, message: &str, ctx: Option<&ErrorContext>) -> String {
         Reason::FunctionNotFound => {
             format!("create it with `nubo function create {f} ...` or check `nubo function list`")
         }
+        Reason::TriggerNotFound => "see `nubo trigger list` for the ids of the triggers".into(),
         Reason::FunctionExists => format!(
             "use `nubo function update-code {f} --code PATH` or \
              `nubo function update-config {f} ...`, or pick another name"

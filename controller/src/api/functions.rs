@@ -13,7 +13,7 @@ use crate::api::{request_id, Api};
 use crate::clock::now_ms;
 use crate::error::{ApiError, RegistryError};
 use crate::registry::codezip;
-use crate::registry::model::{Command, ConfigPatch, FunctionConfig};
+use crate::registry::model::{Command, ConfigPatch, FunctionConfig, Outcome};
 use crate::registry::validate;
 
 /// How long a delete's reply waits for the workers to drop the function's
@@ -252,7 +252,11 @@ impl pb::functions_server::Functions for Api {
                 Command::DeleteFunction { name } => Some(name.clone()),
                 _ => None,
             };
-            self.write(&rid, cmd).await?;
+            let out = self.write(&rid, cmd).await?;
+            let triggers_deleted = match (&deleted, out) {
+                (Some(_), Outcome::Count(n)) => n as u32,
+                _ => 0,
+            };
             if let Some(name) = deleted {
                 // Committed: the function's logs go with it (best effort;
                 // reads also hide lines older than a new namesake). In its
@@ -264,7 +268,7 @@ impl pb::functions_server::Functions for Api {
                 let drop = tokio::spawn(async move { invoker.drop_logs(&name).await });
                 let _ = tokio::time::timeout(DROP_LOGS_WAIT, drop).await;
             }
-            Ok(pb::DeleteFunctionResponse {})
+            Ok(pb::DeleteFunctionResponse { triggers_deleted })
         })
         .await
     }

@@ -13,6 +13,7 @@ mod raft_internal;
 pub mod scope;
 pub mod status;
 pub mod tokens;
+mod triggers;
 mod worker_control;
 
 use std::future::Future;

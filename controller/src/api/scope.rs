@@ -22,6 +22,8 @@ pub enum Access {
     /// The worker credential (or the cluster secret: a worker started
     /// with it derives the credential).
     Worker,
+    /// The trigger credential (or the cluster secret).
+    Trigger,
 }
 
 /// One method: its gRPC path, the name it has in metrics and messages,
@@ -36,7 +38,7 @@ const fn rpc(path: &'static str, name: &'static str, access: Access) -> Rpc {
     Rpc { path, name, access }
 }
 
-use Access::{Cluster, Token, Worker};
+use Access::{Cluster, Token, Trigger, Worker};
 use Scope::{Admin, Deploy, Invoke};
 
 /// Every method the controller serves. An `invoke` token may only invoke
@@ -137,6 +139,30 @@ pub const RPCS: &[Rpc] = &[
         "AsyncStatus",
         Token(Deploy),
     ),
+    rpc(
+        "/nubo.v1.Triggers/CreateTrigger",
+        "CreateTrigger",
+        Token(Deploy),
+    ),
+    rpc("/nubo.v1.Triggers/GetTrigger", "GetTrigger", Token(Deploy)),
+    rpc(
+        "/nubo.v1.Triggers/ListTriggers",
+        "ListTriggers",
+        Token(Deploy),
+    ),
+    rpc(
+        "/nubo.v1.Triggers/UpdateTrigger",
+        "UpdateTrigger",
+        Token(Deploy),
+    ),
+    rpc(
+        "/nubo.v1.Triggers/DeleteTrigger",
+        "DeleteTrigger",
+        Token(Deploy),
+    ),
+    rpc("/nubo.v1.TriggerControl/Mappings", "TriggerMappings", Trigger),
+    rpc("/nubo.v1.TriggerControl/Submit", "TriggerSubmit", Trigger),
+    rpc("/nubo.v1.TriggerControl/Report", "TriggerReport", Trigger),
     rpc("/nubo.v1.Tokens/CreateToken", "CreateToken", Token(Admin)),
     rpc("/nubo.v1.Tokens/ListTokens", "ListTokens", Token(Admin)),
     rpc("/nubo.v1.Tokens/RevokeToken", "RevokeToken", Token(Admin)),
@@ -241,6 +267,7 @@ impl Internal {
         match lookup(path) {
             Some(r) if r.access == Access::Cluster => self.check_cluster(md, r.name),
             Some(r) if r.access == Access::Worker => self.check_worker(md),
+            Some(r) if r.access == Access::Trigger => self.check_trigger(md),
             _ => Err(Status::internal(format!("{path} has no secret rule"))),
         }
     }
@@ -254,6 +281,20 @@ impl Internal {
         } else {
             Err(Status::unauthenticated(
                 "wrong worker secret: give the worker NUBO_WORKER_SECRET from `nubo cluster worker-secret` (computed from the controllers' cluster secret)",
+            ))
+        }
+    }
+
+    fn check_trigger(&self, md: &MetadataMap) -> Result<(), Status> {
+        let got = nubo_proto::presented_secret(md);
+        let want = nubo_proto::trigger_secret(&self.node.config.cluster_secret);
+        if nubo_proto::secret_matches(got, &want)
+            || nubo_proto::secret_matches(got, &self.node.config.cluster_secret)
+        {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "wrong trigger secret: give the trigger NUBO_TRIGGER_SECRET from `nubo cluster trigger-secret` (computed from the controllers' cluster secret)",
             ))
         }
     }
@@ -287,6 +328,7 @@ mod tests {
         include_str!("../../../proto/nubo/v1/nubo.proto"),
         include_str!("../../../proto/nubo/v1/raft.proto"),
         include_str!("../../../proto/nubo/v1/worker.proto"),
+        include_str!("../../../proto/nubo/v1/trigger.proto"),
     ];
 
     /// Every `service X { rpc Y(` of the protos, as gRPC paths.

@@ -91,6 +91,79 @@ impl Dispatcher {
 
     /// Accepts an Event invocation: validated, written to the replicated
     /// queue, acknowledged only after the commit.
+    /// Events from trigger instances, in one Raft entry: each is keyed
+    /// by its id (a batch re-read after a crash is enqueued once) and
+    /// answered per event with whether it was a duplicate, after the
+    /// commit. Any event that cannot be taken (unknown function, over the
+    /// payload limit, queue full) fails the call: nothing of a refused
+    /// call needs to be acknowledged upstream, and a retry of the rest is
+    /// deduplicated.
+    pub async fn enqueue_batch(&self, events: Vec<pb::SubmitEvent>) -> Result<Vec<bool>, ApiError> {
+        let max = self.node.config.max_async_payload_bytes;
+        let total: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
+        let pending = self.node.with_registry(|r| r.queues.bytes);
+        let limit = self.node.config.max_async_queue_bytes;
+        if pending + total > limit {
+            self.node.metrics.async_event(AsyncStage::RefusedQueueFull);
+            return Err(ApiError::throttled(format!(
+                "the async queue is full: {} MB of events wait (limit {} MB, max_async_queue_bytes); retry later",
+                pending >> 20,
+                limit >> 20
+            ))
+            .with_reason(Reason::AsyncQueueFull));
+        }
+        let now = now_ms();
+        let mut cmds = Vec::with_capacity(events.len());
+        for e in events {
+            if e.payload.len() as u64 > max {
+                return Err(RegistryError::invalid(format!(
+                    "event {} is {} bytes, over the {max}-byte limit of asynchronous invocations (max_async_payload_bytes)",
+                    e.id,
+                    e.payload.len()
+                ))
+                .into());
+            }
+            crate::registry::validate::idempotency_key(&e.id)?;
+            let qualifier = if e.qualifier.is_empty() {
+                crate::registry::model::LATEST.to_string()
+            } else {
+                e.qualifier.clone()
+            };
+            self.node
+                .with_registry(|r| r.get(&e.function_name, &qualifier).map(|_| ()))?;
+            let payload = String::from_utf8(e.payload)
+                .map_err(|_| RegistryError::invalid(format!("event {} is not UTF-8 JSON", e.id)))?;
+            let ev = AsyncEvent::new(new_request_id(), e.function_name, qualifier, payload, now);
+            cmds.push(Command::EnqueueKeyed {
+                event: ev,
+                key: e.id,
+                expires_ms: now + self.node.config.idempotency_window_ms,
+            });
+        }
+        let n = cmds.len();
+        let out = self.node.write_with_id(Command::Batch(cmds), None).await?;
+        let Outcome::Batch(results) = out else {
+            return Err(ApiError::Internal("a batch write without batch results".into()));
+        };
+        let mut dup = Vec::with_capacity(n);
+        for r in results {
+            match r {
+                Ok(Outcome::Keyed { duplicate, .. }) => {
+                    self.node.metrics.async_event(if duplicate {
+                        AsyncStage::Deduplicated
+                    } else {
+                        AsyncStage::Enqueued
+                    });
+                    dup.push(duplicate);
+                }
+                Ok(_) => dup.push(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.wake.notify_one();
+        Ok(dup)
+    }
+
     pub async fn enqueue_event(
         &self,
         req: &pb::InvokeRequest,

@@ -4,6 +4,7 @@
 
 pub mod asyncq;
 pub mod codezip;
+pub mod mappings;
 pub mod model;
 pub mod state;
 pub mod validate;

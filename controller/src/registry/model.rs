@@ -341,6 +341,19 @@ pub enum Command {
     /// A record straight into a dead-letter queue, unattempted (a
     /// destination record stopped by the recursion bound).
     DeadLetter(crate::registry::asyncq::DeadLetter),
+    /// Creates (`create`) or replaces an event source mapping.
+    PutMapping {
+        mapping: crate::registry::mappings::Mapping,
+        create: bool,
+        expected_revision: Option<String>,
+    },
+    DeleteMapping {
+        id: String,
+    },
+    /// What trigger instances saw of their mappings (state, offsets).
+    ReportMappings {
+        reports: Vec<crate::registry::mappings::MappingStatus>,
+    },
     /// A no-op entry (used to probe that the log accepts writes).
     Noop,
     /// `cmd` tagged with a request id: applying the same id again returns
@@ -377,6 +390,9 @@ impl Command {
             Command::DlqRedrive { .. } => "DlqRedrive",
             Command::DlqPurge { .. } => "DlqPurge",
             Command::DeadLetter(_) => "DeadLetter",
+            Command::PutMapping { .. } => "PutMapping",
+            Command::DeleteMapping { .. } => "DeleteMapping",
+            Command::ReportMappings { .. } => "ReportMappings",
             Command::Noop => "Noop",
             Command::Idempotent { cmd, .. } => cmd.kind(),
             Command::Batch(_) => "Batch",
@@ -408,6 +424,8 @@ pub enum Outcome {
     /// A token was created: its id (a retry of the call that created it
     /// gets the first attempt's id back, see `api/tokens.rs`).
     Token(String),
+    /// An event source mapping, as stored.
+    Mapping(Box<crate::registry::mappings::Mapping>),
     /// An event with an idempotency key: the request id the key names, and
     /// whether it was already there (nothing enqueued).
     Keyed {

@@ -35,6 +35,9 @@ pub struct Registry {
     /// Asynchronous invocations waiting, and dead letters.
     #[serde(default)]
     pub queues: crate::registry::asyncq::Queues,
+    /// Event source mappings (triggers) and their reported status.
+    #[serde(default)]
+    pub mappings: crate::registry::mappings::Mappings,
 }
 
 /// How many request ids the registry remembers. A retry arrives within
@@ -57,6 +60,55 @@ impl Registry {
     pub fn apply(&mut self, index: u64, cmd: Command) -> ApplyResult {
         match cmd {
             Command::Noop => Ok(Outcome::Done),
+            Command::PutMapping {
+                mut mapping,
+                create,
+                expected_revision,
+            } => {
+                crate::registry::mappings::validate(&mapping)?;
+                // The target must resolve now (a version or alias that
+                // exists), and so must an on-failure function.
+                self.get(&mapping.function, &mapping.qualifier)?;
+                if let crate::registry::mappings::OnFailure::Function(f) = &mapping.on_failure {
+                    self.function(f).map_err(|_| {
+                        RegistryError::not_found(format!(
+                            "on-failure destination function {f} not found"
+                        ))
+                        .with_reason(Reason::DestinationNotFound)
+                    })?;
+                }
+                match (create, self.mappings.by_id.get(&mapping.id)) {
+                    (true, Some(_)) => {
+                        return Err(RegistryError::exists(format!(
+                            "trigger {} already exists",
+                            mapping.id
+                        )))
+                    }
+                    (false, None) => return Err(crate::registry::mappings::not_found(&mapping.id)),
+                    (false, Some(old)) => {
+                        check_revision(&old.revision, expected_revision.as_deref(), "trigger")?;
+                        mapping.created_ms = old.created_ms;
+                    }
+                    (true, None) => {}
+                }
+                mapping.revision = revision(index);
+                self.mappings
+                    .by_id
+                    .insert(mapping.id.clone(), mapping.clone());
+                Ok(Outcome::Mapping(Box::new(mapping)))
+            }
+            Command::DeleteMapping { id } => {
+                self.mappings
+                    .by_id
+                    .remove(&id)
+                    .ok_or_else(|| crate::registry::mappings::not_found(&id))?;
+                self.mappings.status.remove(&id);
+                Ok(Outcome::Done)
+            }
+            Command::ReportMappings { reports } => {
+                self.mappings.report(reports);
+                Ok(Outcome::Done)
+            }
             Command::EnqueueEvent(ev) => {
                 // Checked again here: the function may have gone between
                 // the API's validation and the commit.
@@ -217,7 +269,11 @@ impl Registry {
                 for v in f.versions.values() {
                     self.drop_ref(&v.config.code_sha256);
                 }
-                Ok(Outcome::Done)
+                // Its triggers go with it (as on Lambda, no consumer keeps
+                // reading for a function that is gone): how many is the
+                // result.
+                let gone = self.mappings.remove_function(&name);
+                Ok(Outcome::Count(gone.len() as u64))
             }
             Command::DeleteVersion { name, version } => {
                 let f = self
