@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Do not start the embedded worker (deploy only, or external workers).
     #[arg(long)]
     pub no_worker: bool,
+    /// Do not start the embedded trigger instance (Kafka mappings then
+    /// need a `nubo trigger serve`).
+    #[arg(long, env = "NUBO_NO_TRIGGER")]
+    pub no_trigger: bool,
     /// OCI runtime of the embedded worker: crun or runc.
     #[arg(long, env = "NUBO_OCI_RUNTIME", default_value = nubo_worker::config::OCI_RUNTIME)]
     pub oci_runtime: String,
@@ -165,6 +169,86 @@ pub struct WorkerArgs {
     pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub egress: EgressArgs,
+}
+
+/// `nubo trigger serve`: one trigger instance.
+#[derive(Debug, clap::Args)]
+pub struct TriggerArgs {
+    /// Controllers, comma-separated HOST:PORT.
+    #[arg(long, env = "NUBO_CONTROLLERS", value_delimiter = ',', required = true)]
+    pub controllers: Vec<String>,
+    /// The trigger credential: `nubo cluster trigger-secret` of the
+    /// controllers' cluster secret.
+    #[arg(long, env = "NUBO_TRIGGER_SECRET", hide_env_values = true)]
+    pub trigger_secret: Option<String>,
+    /// The cluster secret itself (the credential is derived from it).
+    #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Names this instance in `nubo trigger get` (default hostname:pid).
+    #[arg(long, env = "NUBO_TRIGGER_INSTANCE")]
+    pub instance: Option<String>,
+    /// Prometheus /metrics address, HOST:PORT.
+    #[arg(long, env = "NUBO_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Serves a trigger instance's /metrics.
+async fn serve_trigger_metrics(
+    addr: &str,
+    svc: std::sync::Arc<nubo_trigger::service::TriggerService>,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for metrics on {addr}"))?;
+    let bound = l.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let svc = svc.clone();
+            async move { svc.metrics() }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}
+
+pub async fn run_trigger(args: TriggerArgs) -> anyhow::Result<()> {
+    let signals = StopSignals::install()?;
+    let secret = match (args.trigger_secret, args.cluster_secret) {
+        (Some(s), _) => s,
+        (None, Some(c)) => nubo_proto::trigger_secret(&c),
+        (None, None) => anyhow::bail!(
+            "no credential: set NUBO_TRIGGER_SECRET to the output of `nubo cluster trigger-secret` (run where NUBO_CLUSTER_SECRET is set)"
+        ),
+    };
+    let endpoints = nubo_client::parse_endpoints(&args.controllers.join(","))?;
+    let mut cfg = nubo_trigger::service::TriggerConfig::new(endpoints, secret);
+    if let Some(i) = args.instance {
+        cfg.instance = i;
+    }
+    let instance = cfg.instance.clone();
+    let svc = nubo_trigger::service::TriggerService::new(cfg).map_err(anyhow::Error::msg)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(m) = args.metrics_listen.filter(|m| !m.is_empty()) {
+        let a = serve_trigger_metrics(&m, svc.clone(), stop.clone()).await?;
+        eprintln!("metrics at http://{a}/metrics");
+    }
+    let run = tokio::spawn(svc.run(stop.clone()));
+    eprintln!(
+        "nubo trigger {instance}: following the mappings of {}",
+        args.controllers.join(",")
+    );
+    println!("ready {instance}");
+    signals.wait().await;
+    stop.cancel();
+    let _ = run.await;
+    eprintln!("trigger stopped");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -438,6 +522,18 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         }
         Some(w)
     };
+    let trigger_stop = tokio_util::sync::CancellationToken::new();
+    let trigger = if args.no_trigger {
+        None
+    } else {
+        let cfg = nubo_trigger::service::TriggerConfig::new(
+            vec![endpoint.clone()],
+            nubo_proto::trigger_secret(&running.node.config.cluster_secret),
+        );
+        let svc = nubo_trigger::service::TriggerService::new(cfg).map_err(anyhow::Error::msg)?;
+        eprintln!("trigger instance embedded (Kafka mappings run here)");
+        Some(tokio::spawn(svc.run(trigger_stop.clone())))
+    };
     eprintln!("nubo is up: endpoint {endpoint} — try `nubo function list`. Ctrl-C stops it.");
     // Scripts wait for this line on stdout.
     println!("ready {endpoint}");
@@ -445,6 +541,10 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         _ = signals.wait() => None,
         why = running.raft_failed() => Some(why),
     };
+    trigger_stop.cancel();
+    if let Some(t) = trigger {
+        let _ = t.await;
+    }
     if let Some(w) = worker {
         w.shutdown().await;
     }

@@ -11,6 +11,8 @@ use nubo_proto::v1::cluster_client::ClusterClient;
 use nubo_proto::v1::functions_client::FunctionsClient;
 use nubo_proto::v1::invocations_client::InvocationsClient;
 use nubo_proto::v1::tokens_client::TokensClient;
+use nubo_proto::v1::trigger_control_client::TriggerControlClient;
+use nubo_proto::v1::triggers_client::TriggersClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -116,6 +118,7 @@ fn retries_failed_too(first: Status, last: &Status, budget: Duration) -> Status 
 #[derive(Clone, Debug)]
 pub struct Auth {
     header: Option<MetadataValue<Ascii>>,
+    secret: Option<MetadataValue<Ascii>>,
     request_id: Option<MetadataValue<Ascii>>,
 }
 
@@ -123,6 +126,10 @@ impl Interceptor for Auth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         if let Some(h) = &self.header {
             req.metadata_mut().insert("authorization", h.clone());
+        }
+        if let Some(s) = &self.secret {
+            req.metadata_mut()
+                .insert(nubo_proto::SECRET_HEADER, s.clone());
         }
         if let Some(id) = &self.request_id {
             req.metadata_mut().insert(headers::REQUEST_ID, id.clone());
@@ -140,6 +147,8 @@ pub type FunctionsApi = FunctionsClient<InterceptedService<Channel, Auth>>;
 pub type ClusterApi = ClusterClient<InterceptedService<Channel, Auth>>;
 pub type TokensApi = TokensClient<InterceptedService<Channel, Auth>>;
 pub type InvocationsApi = InvocationsClient<InterceptedService<Channel, Auth>>;
+pub type TriggersApi = TriggersClient<InterceptedService<Channel, Auth>>;
+pub type TriggerControlApi = TriggerControlClient<InterceptedService<Channel, Auth>>;
 
 /// One connected controller, handed to each attempt of [`Client::call`].
 /// Its service clients carry the token and the call's request id.
@@ -172,6 +181,19 @@ impl Conn {
 
     pub fn tokens(&self) -> TokensApi {
         TokensClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    pub fn triggers(&self) -> TriggersApi {
+        TriggersClient::with_interceptor(self.channel.clone(), self.auth.clone())
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// The trigger instances' service (needs the trigger secret).
+    pub fn trigger_control(&self) -> TriggerControlApi {
+        TriggerControlClient::with_interceptor(self.channel.clone(), self.auth.clone())
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
     }
@@ -218,6 +240,12 @@ impl Client {
             has_token: config.token.is_some(),
             auth: Auth {
                 header,
+                secret: match &config.secret {
+                    Some(s) => {
+                        Some(MetadataValue::try_from(s.as_str()).map_err(Error::InvalidToken)?)
+                    }
+                    None => None,
+                },
                 request_id: None,
             },
             retry_budget: config.retry_budget,
@@ -282,6 +310,7 @@ impl Client {
         let mut backoff = Duration::from_millis(100);
         let auth = Auth {
             header: self.auth.header.clone(),
+            secret: self.auth.secret.clone(),
             request_id: new_request_id(),
         };
         let mut leader: Option<String> = None;

@@ -33,6 +33,9 @@ pub struct Config {
     /// Bearer token sent with every call; `None` sends none (the server
     /// then answers `UNAUTHENTICATED` to anything that needs one).
     pub token: Option<String>,
+    /// A node credential (the trigger or worker secret) sent in the
+    /// secret header, for the controllers' internal services.
+    pub secret: Option<String>,
     /// How long one call keeps failing over between controllers.
     pub retry_budget: Duration,
     /// First per-attempt deadline of short calls ([`Client::call`]); also
@@ -54,6 +57,7 @@ impl Config {
         Config {
             endpoints,
             token: None,
+            secret: None,
             retry_budget: DEFAULT_RETRY_BUDGET,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             warn_on_retry: false,

@@ -21,6 +21,8 @@ pub mod headers {
 }
 
 /// Metadata key carrying the cluster secret (see [`headers::CLUSTER_SECRET`]).
+pub mod failpoint;
+
 pub const SECRET_HEADER: &str = headers::CLUSTER_SECRET;
 
 /// Why a call failed, beside the gRPC code and the human message. Servers

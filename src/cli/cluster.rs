@@ -28,6 +28,13 @@ pub enum ClusterCommand {
         #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
         cluster_secret: String,
     },
+    /// Print the trigger credential for NUBO_TRIGGER_SECRET (`nubo trigger
+    /// serve`), computed from the cluster secret (no server call).
+    TriggerSecret {
+        /// The controllers' cluster secret.
+        #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: String,
+    },
 }
 
 pub(super) fn print_worker_secret(cluster_secret: &str) -> anyhow::Result<()> {
@@ -66,6 +73,10 @@ pub(super) async fn run(client: &Client, out: &Out, cmd: ClusterCommand) -> anyh
         // Answered before a client is made (run_client).
         ClusterCommand::WorkerSecret { cluster_secret } => {
             return print_worker_secret(&cluster_secret)
+        }
+        ClusterCommand::TriggerSecret { cluster_secret } => {
+            println!("{}", nubo_proto::trigger_secret(&cluster_secret));
+            return Ok(());
         }
         ClusterCommand::Remove { id } => client
             .call_long(|c| async move {

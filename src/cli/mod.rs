@@ -18,6 +18,7 @@ pub mod invoke;
 pub mod logs;
 pub mod render;
 pub mod token;
+pub mod trigger;
 pub mod upload;
 pub mod version;
 
@@ -30,6 +31,7 @@ pub use hints::{code_name, report_error};
 pub use invoke::InvokeArgs;
 pub use logs::LogsArgs;
 pub use token::TokenCommand;
+pub use trigger::TriggerCommand;
 pub use version::VersionCommand;
 
 use hints::Subject;
@@ -80,6 +82,7 @@ impl GlobalArgs {
         Ok(nubo_client::Config {
             endpoints,
             token,
+            secret: None,
             retry_budget: retry_budget_from_env(),
             attempt_timeout: attempt_timeout_from_env(),
             warn_on_retry: true,
@@ -136,6 +139,10 @@ pub enum ClientCommand {
     /// The asynchronous invocation queue.
     #[command(subcommand)]
     Async(AsyncCommand),
+    /// Triggers: Kafka topics whose records run a function (event source
+    /// mappings); `nubo trigger serve` runs them.
+    #[command(subcommand)]
+    Trigger(TriggerCommand),
 }
 
 /// Splits FUNCTION[:QUALIFIER].
@@ -239,6 +246,16 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
     if let ClientCommand::Cluster(ClusterCommand::WorkerSecret { cluster_secret }) = &cmd {
         return cluster::print_worker_secret(cluster_secret);
     }
+    if let ClientCommand::Cluster(ClusterCommand::TriggerSecret { cluster_secret }) = &cmd {
+        println!("{}", nubo_proto::trigger_secret(cluster_secret));
+        return Ok(());
+    }
+    let cmd = match cmd {
+        ClientCommand::Trigger(TriggerCommand::Serve(args)) => {
+            return crate::roles::run_trigger(args).await
+        }
+        other => other,
+    };
     let client = Client::from_config(g.client_config()?)?;
     hints::set_context(hints::ErrorContext {
         endpoints: client.endpoints().join(","),
@@ -257,6 +274,7 @@ pub async fn run_client(g: &GlobalArgs, cmd: ClientCommand) -> anyhow::Result<()
         ClientCommand::Logs(a) => logs::run(&client, &out, a).await,
         ClientCommand::Dlq(c) => dlq::run(&client, &out, c).await,
         ClientCommand::Async(c) => asyncq::run(&client, &out, c).await,
+        ClientCommand::Trigger(c) => trigger::run(&client, &out, c).await,
     }
 }
 
@@ -321,6 +339,7 @@ fn subject(cmd: &ClientCommand) -> Subject {
             C::Promote { .. } => "cluster promote",
             C::Remove { .. } => "cluster remove",
             C::WorkerSecret { .. } => "cluster worker-secret",
+            C::TriggerSecret { .. } => "cluster trigger-secret",
         }),
         ClientCommand::Token(c) => Subject::new(match c {
             T::Create { .. } => "token create",
@@ -342,6 +361,27 @@ fn subject(cmd: &ClientCommand) -> Subject {
         },
         ClientCommand::Async(AsyncCommand::Status { function }) => {
             Subject::new("async status").function(function)
+        }
+        ClientCommand::Trigger(c) => {
+            use trigger::{CreateCommand as K, TriggerCommand as G};
+            match c {
+                G::Create(K::Kafka { target, .. }) => {
+                    Subject::new("trigger create kafka").function(&split_target(target).0)
+                }
+                G::List { function } => {
+                    let s = Subject::new("trigger list");
+                    match function {
+                        Some(f) => s.function(f),
+                        None => s,
+                    }
+                }
+                G::Get { .. } => Subject::new("trigger get"),
+                G::Enable { .. } => Subject::new("trigger enable"),
+                G::Disable { .. } => Subject::new("trigger disable"),
+                G::Update { .. } => Subject::new("trigger update"),
+                G::Delete { .. } => Subject::new("trigger delete"),
+                G::Serve(_) => Subject::new("trigger serve"),
+            }
         }
     }
 }
@@ -437,6 +477,11 @@ mod tests {
             ("dlq redrive", &["f", "--all"]),
             ("dlq purge", &["f"]),
             ("async status", &["f"]),
+            (
+                "trigger create kafka",
+                &["f", "--brokers", "h:1", "--topic", "t"],
+            ),
+            ("trigger list", &["f"]),
         ];
         for (command, args) in cases {
             let argv: Vec<&str> = std::iter::once("nubo")

@@ -17,8 +17,20 @@
 //! `topic/partition/offset`), so a redelivery after a crash maps to the same
 //! id and the controller enqueues it once.
 //!
-//! Sources live in modules of their own as their issues land: `kafka`,
-//! `s3` (webhook, listen, poll, sqs), `schedule`.
+//! Sources live in modules of their own as their issues land: [`kafka`]
+//! now; `s3` (webhook, listen, poll, sqs) and `schedule` next.
+//! [`service`] is the trigger role: it follows the mappings the
+//! controllers hold and runs a source for each; [`sink`] is the
+//! controllers' side of the contract.
+
+pub mod kafka;
+pub mod service;
+pub mod sink;
+
+/// A failpoint (`NUBO_FAILPOINTS=name=exit`), see `nubo_proto::failpoint`.
+pub async fn failpoint(name: &str) {
+    nubo_proto::failpoint::hit(name).await
+}
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +48,9 @@ pub struct Event {
     pub qualifier: String,
     /// The JSON document the handler gets.
     pub payload: Vec<u8>,
+    /// Events of one function with the same key run one at a time, in
+    /// submission order (a Kafka partition's batches); empty: no order.
+    pub ordering_key: String,
 }
 
 /// What a source pulled, and what it needs to acknowledge it.
@@ -302,6 +317,7 @@ mod tests {
             function: "f".into(),
             qualifier: "$LATEST".into(),
             payload: b"{}".to_vec(),
+            ordering_key: String::new(),
         }
     }
 

@@ -160,7 +160,11 @@ pub const RPCS: &[Rpc] = &[
         "DeleteTrigger",
         Token(Deploy),
     ),
-    rpc("/nubo.v1.TriggerControl/Mappings", "TriggerMappings", Trigger),
+    rpc(
+        "/nubo.v1.TriggerControl/Mappings",
+        "TriggerMappings",
+        Trigger,
+    ),
     rpc("/nubo.v1.TriggerControl/Submit", "TriggerSubmit", Trigger),
     rpc("/nubo.v1.TriggerControl/Report", "TriggerReport", Trigger),
     rpc("/nubo.v1.Tokens/CreateToken", "CreateToken", Token(Admin)),

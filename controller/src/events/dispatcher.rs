@@ -143,7 +143,9 @@ impl Dispatcher {
         let n = cmds.len();
         let out = self.node.write_with_id(Command::Batch(cmds), None).await?;
         let Outcome::Batch(results) = out else {
-            return Err(ApiError::Internal("a batch write without batch results".into()));
+            return Err(ApiError::Internal(
+                "a batch write without batch results".into(),
+            ));
         };
         let mut dup = Vec::with_capacity(n);
         for r in results {

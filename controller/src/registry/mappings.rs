@@ -381,12 +381,24 @@ mod tests {
     #[test]
     fn refusals_name_the_field() {
         let cases: Vec<(Box<dyn Fn(&mut Mapping)>, &str)> = vec![
-            (Box::new(|m| m.kafka.brokers = vec!["nohost".into()]), "HOST:PORT"),
-            (Box::new(|m| m.kafka.brokers = vec![]), "at least one HOST:PORT"),
-            (Box::new(|m| m.kafka.brokers = vec!["h:0".into()]), "not HOST:PORT"),
+            (
+                Box::new(|m| m.kafka.brokers = vec!["nohost".into()]),
+                "HOST:PORT",
+            ),
+            (
+                Box::new(|m| m.kafka.brokers = vec![]),
+                "at least one HOST:PORT",
+            ),
+            (
+                Box::new(|m| m.kafka.brokers = vec!["h:0".into()]),
+                "not HOST:PORT",
+            ),
             (Box::new(|m| m.kafka.topics = vec![]), "topic"),
             (Box::new(|m| m.kafka.topics = vec!["".into()]), "empty"),
-            (Box::new(|m| m.kafka.topics = vec!["a b".into()]), "contains ' '"),
+            (
+                Box::new(|m| m.kafka.topics = vec!["a b".into()]),
+                "contains ' '",
+            ),
             (Box::new(|m| m.batch_size = 0), "batch size 0"),
             (Box::new(|m| m.batch_size = 10_001), "1-10000"),
             (Box::new(|m| m.batch_window_ms = 300_001), "batch window"),
