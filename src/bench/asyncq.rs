@@ -28,6 +28,7 @@ fn event(n: u64) -> tonic::Request<pb::InvokeRequest> {
         invocation_type: pb::InvocationType::Event as i32,
         log_type: pb::LogType::LogNone as i32,
         idempotency_key: String::new(),
+        ordering_key: String::new(),
     })
 }
 

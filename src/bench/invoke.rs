@@ -76,6 +76,7 @@ fn invoke_req(name: &str, payload: &[u8]) -> tonic::Request<pb::InvokeRequest> {
         invocation_type: pb::InvocationType::RequestResponse as i32,
         log_type: pb::LogType::LogNone as i32,
         idempotency_key: String::new(),
+        ordering_key: String::new(),
     })
 }
 

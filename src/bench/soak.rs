@@ -476,6 +476,7 @@ async fn client(
             invocation_type: invocation_type as i32,
             log_type: pb::LogType::LogNone as i32,
             idempotency_key: String::new(),
+            ordering_key: String::new(),
         });
         let outcome = match tokio::time::timeout(CALL_TIMEOUT, c.invoke(req)).await {
             Err(_) => Err(("client timeout".to_string(), format!("{CALL_TIMEOUT:?}"))),

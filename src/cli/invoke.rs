@@ -34,6 +34,11 @@ pub struct InvokeArgs {
     /// the controllers' window (default one hour) is not enqueued again.
     #[arg(long, requires = "async")]
     pub idempotency_key: Option<String>,
+    /// With --async: events of this function with the same key run one at
+    /// a time, in submission order (a failing one holds the later ones
+    /// through its retries). At most 256 bytes.
+    #[arg(long, requires = "async")]
+    pub ordering_key: Option<String>,
 }
 
 pub(super) async fn run(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Result<()> {
@@ -68,6 +73,7 @@ pub(super) async fn run(client: &Client, out: &Out, a: InvokeArgs) -> anyhow::Re
             pb::LogType::LogNone as i32
         },
         idempotency_key: a.idempotency_key.clone().unwrap_or_default(),
+        ordering_key: a.ordering_key.clone().unwrap_or_default(),
     };
     let invoke = |c: nubo_client::Conn| {
         let req = req.clone();

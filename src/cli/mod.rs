@@ -561,5 +561,16 @@ mod tests {
             "--clear-routing"
         ])
         .is_err());
+        let cli =
+            crate::Cli::try_parse_from(["nubo", "invoke", "f", "--async", "--ordering-key", "k"])
+                .unwrap();
+        let crate::Command::Client(ClientCommand::Invoke(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.ordering_key.as_deref(), Some("k"));
+        assert!(
+            crate::Cli::try_parse_from(["nubo", "invoke", "f", "--ordering-key", "k"]).is_err(),
+            "an ordering key needs --async"
+        );
     }
 }

@@ -518,6 +518,7 @@ fn async_events_survive_the_leader_being_killed() {
                         invocation_type: nubo_proto::v1::InvocationType::Event as i32,
                         log_type: 0,
                         idempotency_key: String::new(),
+                        ordering_key: String::new(),
                     };
                     let r = client
                         .call(|c| {

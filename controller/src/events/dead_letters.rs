@@ -150,7 +150,8 @@ impl Dispatcher {
             let (mut queued, mut due, mut oldest) = (0u64, 0u64, u64::MAX);
             for e in mine {
                 queued += 1;
-                due += (e.due_ms <= now) as u64;
+                // An event waiting behind its ordering key's head is not due.
+                due += (e.due_ms <= now && q.is_head(e)) as u64;
                 oldest = oldest.min(e.enqueued_ms);
             }
             Ok(pb::AsyncStatusResponse {

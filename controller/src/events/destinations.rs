@@ -209,6 +209,7 @@ mod tests {
             enqueued_ms: 0,
             dead_lettered_ms: 0,
             depth,
+            ordering_key: String::new(),
         }
     }
 

@@ -204,13 +204,15 @@ impl Dispatcher {
             .map(event_id)
             .unwrap_or_else(new_request_id);
         let now = now_ms();
-        let ev = AsyncEvent::new(
+        let mut ev = AsyncEvent::new(
             request_id.clone(),
             view.function_name.clone(),
             qualifier.to_string(),
             payload,
             now,
         );
+        // Validated (and refused for a synchronous call) in `prepare`.
+        ev.ordering_key = req.ordering_key.clone();
         let key = req.idempotency_key.as_str();
         let cmd = if key.is_empty() {
             Command::EnqueueEvent(ev)
@@ -285,6 +287,7 @@ impl Dispatcher {
             invocation_type: pb::InvocationType::RequestResponse as i32,
             log_type: pb::LogType::LogNone as i32,
             idempotency_key: String::new(),
+            ordering_key: String::new(),
         };
         let mut result = None;
         let outcome = match self

@@ -273,6 +273,15 @@ impl Invoker {
             .with_reason(Reason::IdempotencyKeyNotEvent)
             .into());
         }
+        if !req.ordering_key.is_empty() {
+            if req.invocation_type != pb::InvocationType::Event as i32 {
+                return Err(RegistryError::invalid(
+                    "ordering_key is for asynchronous invocations (--async)",
+                )
+                .into());
+            }
+            validate::ordering_key(&req.ordering_key)?;
+        }
         let max = self.node.config.max_sync_payload_bytes;
         if req.payload.len() as u64 > max {
             return Err(RegistryError::invalid(format!(

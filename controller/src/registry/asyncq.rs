@@ -56,6 +56,16 @@ pub struct AsyncEvent {
     /// reset it.
     #[serde(default)]
     pub depth: u32,
+    /// Events of one function with the same non-empty ordering key run
+    /// one at a time, in `seq` order (see [`Queues::ordered`]); empty for
+    /// an unordered event.
+    #[serde(default)]
+    pub ordering_key: String,
+    /// Submission order: given by [`Queues::enqueue`] when the enqueue is
+    /// applied (so it is the commit order, the same on every replica),
+    /// kept across retries; a redrive gives a new one.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl AsyncEvent {
@@ -81,6 +91,8 @@ impl AsyncEvent {
             last_error_type: String::new(),
             last_error_message: String::new(),
             depth: 0,
+            ordering_key: String::new(),
+            seq: 0,
         }
     }
 }
@@ -125,6 +137,10 @@ pub struct DeadLetter {
     /// a loop's count.
     #[serde(default)]
     pub depth: u32,
+    /// The event's ordering key: a redrive puts the event back in its
+    /// key's lane (see [`Queues::redrive`]).
+    #[serde(default)]
+    pub ordering_key: String,
 }
 
 /// How one attempt ended.
@@ -188,6 +204,7 @@ fn dead(ev: AsyncEvent, condition: Condition, now_ms: u64) -> DeadLetter {
         enqueued_ms: ev.enqueued_ms,
         dead_lettered_ms: now_ms,
         depth: ev.depth,
+        ordering_key: ev.ordering_key,
     }
 }
 
@@ -269,8 +286,20 @@ pub struct Queues {
     pub events: BTreeMap<String, AsyncEvent>,
     /// Per function, (due time, request id): the dispatch order. Kept per
     /// function so a pass can step over a function that has no room
-    /// without walking its backlog.
+    /// without walking its backlog. Holds every unordered event and the
+    /// head of each ordering lane, never an event waiting in a lane.
     pub due: BTreeMap<String, BTreeSet<(u64, String)>>,
+    /// Ordering lanes by "function/ordering key" (function names have no
+    /// '/'): seq -> request id of the key's queued events. Only the first
+    /// (the head) is in `due`; when it leaves the queue (done, dead-
+    /// lettered, expired) the next one enters `due`, and a retry of the
+    /// head reschedules it in place, so a lane costs a dispatcher pass one
+    /// look however long it is.
+    #[serde(default)]
+    pub ordered: BTreeMap<String, BTreeMap<u64, String>>,
+    /// The last `seq` given (submission order of the events).
+    #[serde(default)]
+    pub next_seq: u64,
     /// Dead letters per function, oldest first.
     pub dlq: BTreeMap<String, VecDeque<DeadLetter>>,
     /// Records dropped from a full dead-letter queue, per function.
@@ -299,20 +328,67 @@ pub struct KeyRecord {
 /// state); past it the soonest-expiring go early.
 pub const MAX_KEYS: usize = 100_000;
 
+/// An event's ordering lane ("function/key"), or None when unordered.
+fn lane_of(ev: &AsyncEvent) -> Option<String> {
+    (!ev.ordering_key.is_empty()).then(|| format!("{}/{}", ev.function, ev.ordering_key))
+}
+
 impl Queues {
-    /// Adds an event; an event with the same request id is kept as is
-    /// (a retried enqueue is applied once).
-    pub fn enqueue(&mut self, ev: AsyncEvent) -> bool {
+    /// Adds an event with the next `seq` (its submission order); an event
+    /// with the same request id is kept as is (a retried enqueue is
+    /// applied once). An event with an ordering key joins the tail of its
+    /// key's lane and is due only once it is the lane's head.
+    pub fn enqueue(&mut self, mut ev: AsyncEvent) -> bool {
         if self.events.contains_key(&ev.request_id) {
             return false;
         }
+        // Given here, not taken from the command: the log's order is the
+        // submission order, on every replica.
+        self.next_seq += 1;
+        ev.seq = self.next_seq;
+        let head = match lane_of(&ev) {
+            None => true,
+            Some(lane) => {
+                let lane = self.ordered.entry(lane).or_default();
+                lane.insert(ev.seq, ev.request_id.clone());
+                lane.len() == 1
+            }
+        };
+        if head {
+            self.schedule(&ev);
+        }
+        self.bytes += ev.payload.len() as u64;
+        self.events.insert(ev.request_id.clone(), ev);
+        true
+    }
+
+    fn schedule(&mut self, ev: &AsyncEvent) {
         self.due
             .entry(ev.function.clone())
             .or_default()
             .insert((ev.due_ms, ev.request_id.clone()));
-        self.bytes += ev.payload.len() as u64;
-        self.events.insert(ev.request_id.clone(), ev);
-        true
+    }
+
+    fn unschedule(&mut self, ev: &AsyncEvent) {
+        if let Some(set) = self.due.get_mut(&ev.function) {
+            set.remove(&(ev.due_ms, ev.request_id.clone()));
+            if set.is_empty() {
+                self.due.remove(&ev.function);
+            }
+        }
+    }
+
+    /// Whether `ev` is dispatchable when due: unordered, or the head of
+    /// its lane (the others wait for it).
+    pub fn is_head(&self, ev: &AsyncEvent) -> bool {
+        match lane_of(ev) {
+            None => true,
+            Some(lane) => self
+                .ordered
+                .get(&lane)
+                .and_then(|l| l.first_key_value())
+                .is_some_and(|(seq, _)| *seq == ev.seq),
+        }
     }
 
     /// Enqueues `ev` unless its function saw `key` within the window (the
@@ -347,16 +423,53 @@ impl Queues {
         (id, fresh)
     }
 
+    /// Takes an event out of the queue for good; the next event of its
+    /// lane, if it was the head, becomes due (at its own due time, long
+    /// past for an event that waited).
     fn remove(&mut self, request_id: &str) -> Option<AsyncEvent> {
         let ev = self.events.remove(request_id)?;
         self.bytes = self.bytes.saturating_sub(ev.payload.len() as u64);
-        if let Some(set) = self.due.get_mut(&ev.function) {
-            set.remove(&(ev.due_ms, ev.request_id.clone()));
-            if set.is_empty() {
-                self.due.remove(&ev.function);
+        self.unschedule(&ev);
+        if let Some(key) = lane_of(&ev) {
+            if let Some(lane) = self.ordered.get_mut(&key) {
+                let was_head = lane.first_key_value().is_some_and(|(s, _)| *s == ev.seq);
+                lane.remove(&ev.seq);
+                let next = if was_head {
+                    lane.first_key_value().map(|(_, id)| id.clone())
+                } else {
+                    None
+                };
+                if lane.is_empty() {
+                    self.ordered.remove(&key);
+                }
+                if let Some(next) = next.and_then(|id| self.events.get(&id).cloned()) {
+                    self.schedule(&next);
+                }
             }
         }
         Some(ev)
+    }
+
+    /// Replaces a queued event by its retry, in place: same request id,
+    /// function, ordering key and seq (a step cannot move an event), a new
+    /// due time if it is dispatchable. The head of a lane stays its head,
+    /// so the key's later events keep waiting.
+    fn reschedule(&mut self, request_id: &str, mut next: AsyncEvent) {
+        let Some(old) = self.events.get(request_id).cloned() else {
+            return;
+        };
+        next.request_id = old.request_id.clone();
+        next.function = old.function.clone();
+        next.ordering_key = old.ordering_key.clone();
+        next.seq = old.seq;
+        let dispatchable = self.is_head(&old);
+        if dispatchable {
+            self.unschedule(&old);
+            self.schedule(&next);
+        }
+        self.bytes =
+            self.bytes.saturating_sub(old.payload.len() as u64) + next.payload.len() as u64;
+        self.events.insert(next.request_id.clone(), next);
     }
 
     /// Applies the step decided for an attempt. Unknown ids (already
@@ -369,10 +482,7 @@ impl Queues {
             Step::Done => {
                 self.remove(request_id);
             }
-            Step::Retry(ev) => {
-                self.remove(request_id);
-                self.enqueue(ev);
-            }
+            Step::Retry(ev) => self.reschedule(request_id, ev),
             Step::DeadLetter(d) => {
                 self.remove(request_id);
                 self.dead_letter(d);
@@ -405,6 +515,12 @@ impl Queues {
     /// Puts dead letters of `function` back on the queue with a fresh
     /// attempt count (all of them, or those in `ids`); returns how many.
     /// Unknown ids are an error naming them, and nothing moves.
+    ///
+    /// A dead letter with an ordering key goes back with its key, at the
+    /// tail of the key's lane (a new `seq`): its turn in the order is
+    /// past, but its key still means "never at the same time as the key's
+    /// other events", which a handler may rely on (one entity, one
+    /// partition), so it does not run beside them.
     pub fn redrive(
         &mut self,
         function: &str,
@@ -442,9 +558,10 @@ impl Queues {
         q.extend(staying);
         let n = moving.len();
         for d in moving {
-            let depth = d.depth;
+            let (depth, key) = (d.depth, d.ordering_key);
             let mut ev = AsyncEvent::new(d.request_id, d.function, d.qualifier, d.payload, now_ms);
             ev.depth = depth;
+            ev.ordering_key = key;
             self.enqueue(ev);
         }
         Ok(n)
@@ -474,7 +591,9 @@ impl Queues {
     /// events or `max_scan` events looked at. A function with no room is
     /// left at its first held event (its older events are only checked
     /// for age), so a throttled backlog costs a pass nothing and cannot
-    /// starve other functions.
+    /// starve other functions. Only the head of an ordering lane is in
+    /// `due`, so a key's backlog costs a pass one look (none while its
+    /// head is in flight or waits for a retry).
     pub fn plan(
         &self,
         now_ms: u64,
@@ -935,5 +1054,354 @@ mod tests {
             "oldest dropped"
         );
         assert_eq!(q.purge("f"), DLQ_BOUND);
+    }
+
+    fn keyed(id: &str, key: &str, t: u64) -> AsyncEvent {
+        let mut e = event(id, t);
+        e.ordering_key = key.into();
+        e
+    }
+
+    /// The queue's indexes agree: an event is in `due` exactly when it is
+    /// unordered or its lane's head, every ordered event is in its lane,
+    /// no lane is empty, and `bytes` is the sum of the payloads.
+    fn check(q: &Queues) {
+        let mut bytes = 0;
+        for ev in q.events.values() {
+            bytes += ev.payload.len() as u64;
+            let in_due = q
+                .due
+                .get(&ev.function)
+                .is_some_and(|s| s.contains(&(ev.due_ms, ev.request_id.clone())));
+            assert_eq!(in_due, q.is_head(ev), "{} in due iff head", ev.request_id);
+            if let Some(lane) = lane_of(ev) {
+                assert_eq!(q.ordered[&lane].get(&ev.seq), Some(&ev.request_id));
+            }
+        }
+        assert_eq!(bytes, q.bytes);
+        let due: usize = q.due.values().map(|s| s.len()).sum();
+        assert_eq!(due, q.events.values().filter(|e| q.is_head(e)).count());
+        let laned: usize = q.ordered.values().map(|l| l.len()).sum();
+        let ordered = q.events.values().filter(|e| !e.ordering_key.is_empty());
+        assert_eq!(laned, ordered.count());
+        assert!(q.ordered.values().all(|l| !l.is_empty()));
+    }
+
+    /// Runs the queue as the dispatcher does, every planned attempt
+    /// finishing at once: the clock jumps to the earliest due event (if
+    /// later), a pass runs what `plan` gives, `fails(id, attempts so far)`
+    /// decides each outcome. Checks that no pass runs two events of one
+    /// lane. Returns each attempt's (time, request id), in order.
+    fn drive(q: &mut Queues, p: Policy, fails: impl Fn(&str, u32) -> bool) -> Vec<(u64, String)> {
+        let mut ran = Vec::new();
+        let mut now = 0;
+        for _ in 0..10_000 {
+            let next = q.due.values().filter_map(|s| s.first()).map(|(t, _)| *t);
+            let Some(due) = next.min() else {
+                assert!(q.events.is_empty() && q.ordered.is_empty());
+                return ran;
+            };
+            // A promoted head is due since long ago: the clock stays.
+            now = now.max(due);
+            let plan = q.plan(
+                now,
+                64,
+                10_000,
+                |_| false,
+                |_| Admit::Run { reserved: false },
+            );
+            let lanes: Vec<String> = plan.run.iter().filter_map(|(e, _)| lane_of(e)).collect();
+            let distinct: BTreeSet<&String> = lanes.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                lanes.len(),
+                "one attempt per lane at a time"
+            );
+            for (ev, _) in plan.run {
+                ran.push((now, ev.request_id.clone()));
+                let outcome = if fails(&ev.request_id, ev.attempts) {
+                    fail()
+                } else {
+                    Attempt::Success
+                };
+                let id = ev.request_id.clone();
+                assert!(q.apply_step(&id, next_step(ev, outcome, p, now)));
+            }
+            check(q);
+        }
+        panic!("the queue never drained");
+    }
+
+    fn order_of<'a>(ran: &'a [(u64, String)], prefix: &str) -> Vec<&'a str> {
+        ran.iter()
+            .map(|(_, id)| id.as_str())
+            .filter(|id| id.starts_with(prefix))
+            .collect()
+    }
+
+    /// Events of one key run in submission order whatever their due
+    /// times, each key apart; unordered events keep due-time order.
+    #[test]
+    fn ordering_keys_run_in_submission_order_across_due_times() {
+        let mut q = Queues::default();
+        let mut want = BTreeMap::<&str, Vec<String>>::new();
+        for i in 0..40u64 {
+            let key = ["a", "b"][i as usize % 2];
+            let id = format!("{key}{i:02}");
+            let mut e = keyed(&id, key, 0);
+            // Due times out of submission order (later ones often sooner).
+            e.due_ms = (i * 7919) % 500;
+            q.enqueue(e);
+            want.entry(key).or_default().push(id);
+        }
+        for (i, t) in [300u64, 100, 200].into_iter().enumerate() {
+            let mut e = event(&format!("u{i}"), 0);
+            e.due_ms = t;
+            q.enqueue(e);
+        }
+        check(&q);
+        let seqs: Vec<u64> = q.events.values().map(|e| e.seq).collect();
+        let distinct: BTreeSet<u64> = seqs.iter().copied().collect();
+        assert_eq!((distinct.len(), q.next_seq), (43, 43), "one seq each");
+        assert_eq!(q.ordered.len(), 2);
+        assert_eq!(q.due["f"].len(), 2 + 3, "two lane heads and the unordered");
+
+        let ran = drive(&mut q, policy(2), |_, _| false);
+        assert_eq!(ran.len(), 43, "each ran once");
+        for (key, ids) in &want {
+            assert_eq!(order_of(&ran, key), *ids, "key {key} in submission order");
+        }
+        assert_eq!(order_of(&ran, "u"), vec!["u1", "u2", "u0"], "by due time");
+    }
+
+    /// A failing head holds its key through its retries (rescheduled in
+    /// place: it stays the head, the next does not become due), while
+    /// another key, unordered events and the same key of another function
+    /// run at once; once it is dead-lettered the key's next events run.
+    #[test]
+    fn a_failing_head_holds_only_its_own_key() {
+        let t = 10_000;
+        let p = policy(2);
+        let mut q = Queues::default();
+        for id in ["a0", "a1", "a2"] {
+            q.enqueue(keyed(id, "a", t));
+        }
+        for id in ["b0", "b1", "b2"] {
+            q.enqueue(keyed(id, "b", t));
+        }
+        q.enqueue(event("u0", t));
+        q.enqueue(event("u1", t));
+        let mut g = keyed("g0", "a", t);
+        g.function = "g".into();
+        q.enqueue(g);
+
+        // The first attempt of a0 fails: a retry in place.
+        let a0 = q.events["a0"].clone();
+        let seq = a0.seq;
+        assert!(q.apply_step("a0", next_step(a0, fail(), p, t)));
+        check(&q);
+        assert_eq!(
+            q.ordered["f/a"].first_key_value(),
+            Some((&seq, &"a0".to_string())),
+            "still the head"
+        );
+        assert_eq!(q.events["a0"].seq, seq, "a retry keeps its seq");
+        assert!(q.due["f"].contains(&(t + W, "a0".to_string())));
+        let plan = q.plan(t, 64, 100, |_| false, |_| Admit::Run { reserved: false });
+        let run: BTreeSet<&str> = plan
+            .run
+            .iter()
+            .map(|(e, _)| e.request_id.as_str())
+            .collect();
+        assert_eq!(run, BTreeSet::from(["b0", "u0", "u1", "g0"]), "a1 waits");
+
+        let ran = drive(&mut q, p, |id, _| id == "a0");
+        let at = |id: &str| -> Vec<u64> {
+            ran.iter()
+                .filter(|(_, r)| r == id)
+                .map(|(t, _)| *t)
+                .collect()
+        };
+        assert_eq!(at("a0"), vec![t + W, t + 3 * W], "its two retries");
+        for id in ["b0", "b1", "b2", "u0", "u1", "g0"] {
+            assert_eq!(at(id), vec![t], "{id} not held by a0");
+        }
+        assert_eq!((at("a1"), at("a2")), (vec![t + 3 * W], vec![t + 3 * W]));
+        let pos = |id: &str| ran.iter().position(|(_, r)| r == id).unwrap();
+        assert!(pos("a0") < pos("a1") && pos("a1") < pos("a2"));
+        let last_a0 = ran.iter().rposition(|(_, r)| r == "a0").unwrap();
+        assert!(last_a0 < pos("a1"), "a1 after a0's last retry");
+        assert_eq!(q.dlq["f"].len(), 1);
+        assert_eq!(q.dlq["f"][0].request_id, "a0");
+        assert_eq!(q.dlq["f"][0].ordering_key, "a");
+        assert_eq!(q.bytes, 0);
+    }
+
+    /// Whichever way the head leaves (dead-lettered, expired while
+    /// throttled, done), the next event of its lane becomes due; a stale
+    /// step for a later event takes it out without unblocking anything; a
+    /// redrive puts a dead letter back with its key at the lane's tail;
+    /// the last event leaving removes the lane.
+    #[test]
+    fn the_next_event_runs_whichever_way_the_head_leaves() {
+        let mut q = Queues::default();
+        for i in 0..5 {
+            let mut e = keyed(&format!("x{i}"), "k", 0);
+            e.payload = "p".repeat(10 + i);
+            q.enqueue(e);
+        }
+        q.enqueue(event("u", 0));
+        let runnable = |q: &Queues| -> Vec<String> {
+            q.plan(
+                1_000,
+                64,
+                100,
+                |_| false,
+                |_| Admit::Run { reserved: false },
+            )
+            .run
+            .into_iter()
+            .map(|(e, _)| e.request_id)
+            .filter(|id| id != "u")
+            .collect()
+        };
+        assert_eq!(runnable(&q), vec!["x0"]);
+
+        // Dead-lettered after its retries (here none).
+        let x0 = q.events["x0"].clone();
+        let step = next_step(x0, fail(), policy(0), 100);
+        assert!(matches!(step, Step::DeadLetter(_)));
+        q.apply_step("x0", step);
+        check(&q);
+        assert_eq!(runnable(&q), vec!["x1"]);
+
+        // Expired while its function is throttled: only the head is
+        // looked at and expires; x2 is not touched.
+        let plan = q.plan(
+            1_000,
+            64,
+            100,
+            |_| false,
+            |_| Admit::Hold {
+                maximum_event_age_ms: 500,
+            },
+        );
+        let expired: Vec<&str> = plan.expired.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(expired, vec!["u", "x1"], "of the lane, its head only");
+        let d = expire_throttled(plan.expired[1].clone(), "throttled", 1_000);
+        q.apply_step("x1", Step::DeadLetter(d));
+        check(&q);
+        assert_eq!(runnable(&q), vec!["x2"]);
+
+        // Done (a success, or a deleted function's event dropped).
+        q.apply_step("x2", Step::Done);
+        check(&q);
+        assert_eq!(runnable(&q), vec!["x3"]);
+
+        // A stale step for an event behind the head: it goes, x3 stays
+        // the head, nothing else becomes due.
+        q.apply_step("x4", Step::Done);
+        check(&q);
+        assert_eq!(runnable(&q), vec!["x3"]);
+        let Step::Retry(r) = next_step(q.events["x3"].clone(), fail(), policy(2), 1_000) else {
+            panic!()
+        };
+        q.apply_step("x3", Step::Retry(r));
+        check(&q);
+        assert!(runnable(&q).is_empty(), "x3 waits for its retry");
+
+        // A redrive: back with its key, behind x3.
+        assert_eq!(q.redrive("f", Some(&["x0".into()]), 1_000).unwrap(), 1);
+        check(&q);
+        let x0 = &q.events["x0"];
+        assert_eq!((x0.ordering_key.as_str(), x0.attempts), ("k", 0));
+        assert!(x0.seq > q.events["x3"].seq, "at the tail");
+        assert!(!q.is_head(x0));
+        q.apply_step("x3", Step::Done);
+        check(&q);
+        assert_eq!(runnable(&q), vec!["x0"]);
+        q.apply_step("x0", Step::Done);
+        q.apply_step("u", Step::Done);
+        check(&q);
+        assert!(q.ordered.is_empty() && q.due.is_empty() && q.events.is_empty());
+        assert_eq!(q.bytes, 0);
+    }
+
+    /// 10,000 events on one key: a pass looks at the head only (and at
+    /// nothing of the key while the head is in flight or waits for a
+    /// retry), whatever else is due.
+    #[test]
+    fn a_long_lane_costs_a_pass_one_look() {
+        let mut q = Queues::default();
+        for i in 0..10_000 {
+            q.enqueue(keyed(&format!("k{i:05}"), "topic/0", i));
+        }
+        for i in 0..3 {
+            q.enqueue(event(&format!("u{i}"), 20_000));
+        }
+        let now = 30_000;
+        let run = |_: &AsyncEvent| Admit::Run { reserved: false };
+        let p = q.plan(now, 64, 10_000, |_| false, run);
+        let ids: Vec<&str> = p.run.iter().map(|(e, _)| e.request_id.as_str()).collect();
+        assert_eq!(ids, vec!["k00000", "u0", "u1", "u2"]);
+        assert_eq!(p.scanned, 4);
+        let p = q.plan(now, 64, 10_000, |id| id == "k00000", run);
+        assert_eq!((p.scanned, p.run.len()), (4, 3), "in flight: skipped, once");
+
+        let head = q.events["k00000"].clone();
+        let Step::Retry(r) = next_step(head, fail(), policy(2), now) else {
+            panic!()
+        };
+        q.apply_step("k00000", Step::Retry(r));
+        let p = q.plan(now, 64, 10_000, |_| false, run);
+        assert_eq!((p.scanned, p.run.len()), (3, 3), "waiting for its retry");
+        q.apply_step("k00000", Step::Done);
+        let p = q.plan(now, 64, 10_000, |_| false, run);
+        assert_eq!(p.scanned, 4);
+        assert_eq!(p.run[0].0.request_id, "k00001");
+        assert_eq!(q.ordered["f/topic/0"].len(), 9_999);
+        check(&q);
+    }
+
+    /// A snapshot written before ordering keys (no seq, key, lanes or
+    /// counter) loads: its events are unordered and still run; new
+    /// events get seqs from 1; its dead letters redrive unordered.
+    #[test]
+    fn queues_from_before_ordering_keys_still_load() {
+        let old = r#"{
+            "events": {"a": {"request_id": "a", "function": "f",
+                "qualifier": "$LATEST", "payload": "{}", "enqueued_ms": 5,
+                "due_ms": 5, "attempts": 0, "system_failures": 0,
+                "first_attempt_ms": 0, "last_attempt_ms": 0,
+                "last_error_type": "", "last_error_message": ""}},
+            "due": {"f": [[5, "a"]]},
+            "dlq": {"f": [{"request_id": "d", "function": "f",
+                "qualifier": "$LATEST", "payload": "{}",
+                "condition": "RetriesExhausted", "attempts": 3,
+                "error_type": "E", "error_message": "m",
+                "first_attempt_ms": 1, "last_attempt_ms": 2,
+                "enqueued_ms": 1, "dead_lettered_ms": 3}]},
+            "dlq_dropped": {},
+            "bytes": 2
+        }"#;
+        let mut q: Queues = serde_json::from_str(old).unwrap();
+        let a = &q.events["a"];
+        assert_eq!((a.ordering_key.as_str(), a.seq), ("", 0));
+        assert!(q.ordered.is_empty());
+        assert_eq!(q.next_seq, 0);
+        check(&q);
+        q.enqueue(keyed("k1", "x", 10));
+        q.enqueue(keyed("k2", "x", 10));
+        assert_eq!((q.events["k1"].seq, q.events["k2"].seq), (1, 2));
+        q.redrive("f", None, 10).unwrap();
+        assert_eq!(q.events["d"].ordering_key, "");
+        check(&q);
+        let ran = drive(&mut q, policy(2), |_, _| false);
+        assert_eq!(order_of(&ran, "k"), vec!["k1", "k2"]);
+        assert_eq!(ran.len(), 4);
+        // And the new fields survive a round trip.
+        q.enqueue(keyed("k3", "x", 20));
+        let again: Queues = serde_json::from_str(&serde_json::to_string(&q).unwrap()).unwrap();
+        assert_eq!(again, q);
     }
 }

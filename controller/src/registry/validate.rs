@@ -141,6 +141,21 @@ pub fn idempotency_key(key: &str) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Longest ordering key of an async event.
+pub const MAX_ORDERING_KEY: usize = 256;
+
+/// An async event's ordering key (non-empty: empty means unordered): at
+/// most 256 bytes, any text (a Kafka mapping/topic/partition, an order id).
+pub fn ordering_key(key: &str) -> Result<(), RegistryError> {
+    if key.len() > MAX_ORDERING_KEY {
+        return Err(invalid(format!(
+            "ordering_key is {} bytes: at most {MAX_ORDERING_KEY} (e.g. an order id)",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
 pub fn function_name(name: &str) -> Result<(), RegistryError> {
     if name.is_empty() {
         return Err(invalid(
@@ -603,6 +618,12 @@ mod tests {
         assert_invalid(idempotency_key(""), &["idempotency key is 0 bytes"]);
         assert_invalid(idempotency_key(&"k".repeat(257)), &["257 bytes", "1-256"]);
         assert_invalid(idempotency_key("a b"), &["contains ' '"]);
+        ordering_key(&"k".repeat(256)).unwrap();
+        ordering_key("orders/topic/3").unwrap();
+        assert_invalid(
+            ordering_key(&"k".repeat(257)),
+            &["ordering_key", "257 bytes"],
+        );
     }
 
     #[test]

@@ -664,6 +664,7 @@ impl Fleet {
                     invocation_type: kind as i32,
                     log_type: 0,
                     idempotency_key: String::new(),
+                    ordering_key: String::new(),
                 },
                 FLEET_ADMIN,
             ))

@@ -460,6 +460,164 @@ async fn async_events_of_a_throttled_function_wait_then_run_once_released() {
     .await
 }
 
+/// Invokes `function` through node 1 with an ordering key.
+async fn invoke_ordered(
+    fleet: &Fleet,
+    function: &str,
+    payload: &str,
+    key: &str,
+    kind: pb::InvocationType,
+) -> Result<pb::InvokeResponse, tonic::Status> {
+    fleet
+        .invocations(1)
+        .invoke(bearer(
+            pb::InvokeRequest {
+                function_name: function.into(),
+                payload: payload.as_bytes().to_vec(),
+                invocation_type: kind as i32,
+                ordering_key: key.into(),
+                ..Default::default()
+            },
+            FLEET_ADMIN,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Ordering keys through the dispatcher, with w = 200 ms: 20 Events with
+/// one key (each sleeping 50 ms; the 6th fails, with maximum retry
+/// attempts 1 so it runs twice) run one at a time in submission order:
+/// each starts after the previous one ended, the failing one's retry
+/// comes w after its first try and before any later event, then it is
+/// dead-lettered and the rest run. An Event of another key and an
+/// unkeyed one, sent after all 20, run before the key's backlog is
+/// through. An ordering key on a synchronous call, or over 256 bytes, is
+/// INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_events_with_one_ordering_key_run_one_at_a_time_in_order() {
+    bounded(60, async {
+        let fleet = Fleet::start(1, &["a"], &short_waits).await;
+        let fake = fleet.workers[0].fake.clone();
+        fleet
+            .create_function(
+                1,
+                "serial",
+                pb::FunctionConfig {
+                    async_config: Some(pb::AsyncConfig {
+                        maximum_retry_attempts: Some(1),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await;
+        const SLEEP_MS: u64 = 50;
+        const FAILING: usize = 5;
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let error = if i == FAILING {
+                r#","error":"five""#
+            } else {
+                ""
+            };
+            let payload = format!(r#"{{"sleep_ms":{SLEEP_MS},"n":{i}{error}}}"#);
+            let r = invoke_ordered(&fleet, "serial", &payload, "orders/p0", Event)
+                .await
+                .unwrap();
+            assert_eq!(r.status_code, 202);
+            ids.push(r.request_id);
+        }
+        let other = invoke_ordered(&fleet, "serial", r#"{"n":100}"#, "orders/p1", Event)
+            .await
+            .unwrap()
+            .request_id;
+        let unkeyed = fleet
+            .invoke(1, "serial", r#"{"n":200}"#, Event)
+            .await
+            .unwrap()
+            .request_id;
+
+        let dl = wait_for("the failing event's dead letter", 30, || async {
+            fleet.dead_letters(1, "serial").await.into_iter().next()
+        })
+        .await;
+        assert_eq!(
+            (dl.request_id.as_str(), dl.attempts),
+            (ids[FAILING].as_str(), 2)
+        );
+        wait_for("every event to run", 30, || async {
+            ids.iter().all(|id| fake.runs_of(id) >= 1).then_some(())
+        })
+        .await;
+        wait_for("the queue to empty", 10, || async {
+            (fleet.async_status(1, "serial").await.queued == 0).then_some(())
+        })
+        .await;
+
+        let runs = fake.runs_of_function("serial");
+        let keyed: Vec<_> = runs
+            .iter()
+            .filter(|r| ids.contains(&r.request_id))
+            .collect();
+        let order: Vec<usize> = keyed
+            .iter()
+            .map(|r| ids.iter().position(|id| *id == r.request_id).unwrap())
+            .collect();
+        let mut want: Vec<usize> = (0..20).collect();
+        want.insert(FAILING, FAILING);
+        assert_eq!(order, want, "submission order, the retry in its place");
+        let sleep = Duration::from_millis(SLEEP_MS);
+        for (k, pair) in keyed.windows(2).enumerate() {
+            let gap = pair[1].at - pair[0].at;
+            assert!(
+                gap >= sleep,
+                "run {} started {gap:?} after run {k} started: before it ended",
+                k + 1
+            );
+        }
+        let retry_gap = keyed[FAILING + 1].at - keyed[FAILING].at;
+        assert!(
+            retry_gap >= Duration::from_millis(WAIT_MS),
+            "the retry waits w: {retry_gap:?}"
+        );
+        let last = keyed.last().unwrap().at;
+        for id in [&other, &unkeyed] {
+            let r = runs.iter().find(|r| r.request_id == *id).unwrap();
+            assert!(r.at < last, "{id} was not held by the key's backlog");
+            assert_eq!(fake.runs_of(id), 1);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let want = if i == FAILING { 2 } else { 1 };
+            assert_eq!(fake.runs_of(id), want, "event {i}");
+        }
+
+        let sync = invoke_ordered(&fleet, "serial", "{}", "k", RequestResponse)
+            .await
+            .unwrap_err();
+        assert_eq!(sync.code(), Code::InvalidArgument, "{sync:?}");
+        assert!(
+            sync.message()
+                .contains("ordering_key is for asynchronous invocations (--async)"),
+            "{sync:?}"
+        );
+        let long = invoke_ordered(&fleet, "serial", "{}", &"k".repeat(257), Event)
+            .await
+            .unwrap_err();
+        assert_eq!(long.code(), Code::InvalidArgument, "{long:?}");
+        assert!(
+            long.message().contains("ordering_key is 257 bytes"),
+            "{long:?}"
+        );
+        assert_eq!(
+            fake.runs_of_function("serial").len(),
+            runs.len(),
+            "neither ran"
+        );
+        fleet.shutdown().await;
+    })
+    .await
+}
+
 /// Lambda's sync error semantics, through a controller to a worker: a
 /// function error comes back as the response (function_error "Unhandled",
 /// the error document with errorType and errorMessage), not as a failed
