@@ -133,7 +133,9 @@ impl Dispatcher {
                 .with_registry(|r| r.get(&e.function_name, &qualifier).map(|_| ()))?;
             let payload = String::from_utf8(e.payload)
                 .map_err(|_| RegistryError::invalid(format!("event {} is not UTF-8 JSON", e.id)))?;
-            let ev = AsyncEvent::new(new_request_id(), e.function_name, qualifier, payload, now);
+            crate::registry::validate::ordering_key(&e.ordering_key)?;
+            let mut ev = AsyncEvent::new(new_request_id(), e.function_name, qualifier, payload, now);
+            ev.ordering_key = e.ordering_key;
             cmds.push(Command::EnqueueKeyed {
                 event: ev,
                 key: e.id,
