@@ -43,6 +43,10 @@ pub struct UpArgs {
     /// Do not start the embedded worker (deploy only, or external workers).
     #[arg(long)]
     pub no_worker: bool,
+    /// The cluster secret (default: none, a single node needs none); set it
+    /// to run `nubo trigger serve` or workers of your own against nubo up.
+    #[arg(long, env = "NUBO_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
     /// Do not start the embedded trigger instance (Kafka mappings then
     /// need a `nubo trigger serve`).
     #[arg(long, env = "NUBO_NO_TRIGGER")]
@@ -460,6 +464,7 @@ pub async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             bootstrap_token: args.bootstrap_token,
             async_base_wait_ms: args.async_base_wait_ms,
             idempotency_window_ms: args.idempotency_window_ms,
+            cluster_secret: args.cluster_secret,
             ..Default::default()
         },
     )?;

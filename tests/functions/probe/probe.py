@@ -431,3 +431,29 @@ def background_busy(event, context):
         os.read(r, 1)
         os.close(r)
     return {"ok": True}
+
+
+FAILED = {}
+
+
+def kafka_batch(event, context):
+    """A Kafka trigger's target: checks Lambda's event shape and offset
+    order, prints one line per batch, `BATCH topic partition first last
+    count`. A record whose value is `failN` makes its batch fail N times
+    (counted in this sandbox's memory; ordered batches run one at a time,
+    so their retries meet the same warm sandbox)."""
+    import base64
+    assert event["eventSource"] == "SelfManagedKafka", event
+    for tp, recs in event["records"].items():
+        offsets = [r["offset"] for r in recs]
+        assert offsets == sorted(offsets), offsets
+        for r in recs:
+            v = base64.b64decode(r.get("value", "")).decode()
+            if v.startswith("fail"):
+                key = (tp, r["offset"])
+                if FAILED.get(key, 0) < int(v[4:] or "1"):
+                    FAILED[key] = FAILED.get(key, 0) + 1
+                    print("FAIL %s %d %d" % (r["topic"], r["partition"], r["offset"]))
+                    raise RuntimeError("record %s@%d asked to fail" % (tp, r["offset"]))
+        print("BATCH %s %d %d %d %d" % (recs[0]["topic"], recs[0]["partition"], offsets[0], offsets[-1], len(recs)))
+    return {"batches": len(event["records"])}

@@ -1,0 +1,245 @@
+//! Kafka triggers against a real broker (tansu, installed by
+//! scripts/kafka.sh): records reach the function in Lambda's event shape,
+//! offsets are committed after the controllers accepted each batch, a
+//! disabled trigger consumes nothing and resumes from its offsets, a
+//! trigger instance killed mid-stream loses nothing, and bad input is
+//! refused naming the field.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use nubo_test_support::kafka::{self, Broker};
+use nubo_test_support::{poll, wait_for, Proc};
+use serde_json::Value;
+
+use crate::support::{nubo, probe, Platform};
+
+/// (topic, partition, first, last) of every batch the function logged.
+fn batches(p: &Platform, function: &str) -> Vec<(String, i32, i64, i64)> {
+    let out = p.cli(&["logs", function, "--limit", "100000"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let at = l.find("BATCH ")?;
+            let f: Vec<&str> = l[at + 6..].split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Every (partition, offset) the batches cover, and how many were seen
+/// more than once.
+fn coverage(b: &[(String, i32, i64, i64)]) -> (BTreeSet<(i32, i64)>, usize) {
+    let mut seen = BTreeSet::new();
+    let mut dup = 0;
+    for (_, p, first, last) in b {
+        for o in *first..=*last {
+            if !seen.insert((*p, o)) {
+                dup += 1;
+            }
+        }
+    }
+    (seen, dup)
+}
+
+fn all_offsets(per_partition: &[i64]) -> BTreeSet<(i32, i64)> {
+    per_partition
+        .iter()
+        .enumerate()
+        .flat_map(|(p, n)| (0..*n).map(move |o| (p as i32, o)))
+        .collect()
+}
+
+/// `n` records over 3 partitions, round robin; values `v<i>`, with the
+/// values of `fail` replaced.
+fn produce(b: &Broker, topic: &str, n: usize, start: usize) -> Vec<i64> {
+    let values: Vec<Vec<u8>> = (start..start + n)
+        .map(|i| format!("v{i}").into_bytes())
+        .collect();
+    let recs: Vec<(i32, Option<&[u8]>, &[u8])> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 3) as i32, None, v.as_slice()))
+        .collect();
+    kafka::produce(&b.bootstrap(), topic, &recs);
+    kafka::high_watermarks(&b.bootstrap(), topic)
+}
+
+fn trigger(p: &Platform, id: &str) -> Value {
+    serde_json::from_str(&p.ok(&["trigger", "get", id, "-o", "json"])).unwrap()
+}
+
+/// The whole path on `nubo up` (its embedded trigger instance).
+#[test]
+#[ignore = "needs root"]
+fn kafka_records_run_the_function() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    kafka::create_topic(&bs, "orders", 3);
+    let marks = produce(&broker, "orders", 300, 0);
+    assert_eq!(marks.iter().sum::<i64>(), 300);
+
+    let p = Platform::start_with(&[("NUBO_ASYNC_BASE_WAIT_MS", "200")]);
+    probe(&p, "consume", "kafka_batch", &["--timeout", "30"]);
+
+    // Refusals name the field.
+    let bad = |args: &[&str], want: &str| {
+        let mut a = vec!["trigger", "create", "kafka"];
+        a.extend_from_slice(args);
+        let out = p.cli(&a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+    };
+    bad(&["nope", "--brokers", &bs, "--topic", "orders"], "function nope not found");
+    bad(&["consume:7", "--brokers", &bs, "--topic", "orders"], "version 7");
+    bad(&["consume", "--brokers", "nohost", "--topic", "orders"], "HOST:PORT");
+    bad(&["consume", "--brokers", &bs, "--topic", "a b"], "topic");
+    bad(
+        &["consume", "--brokers", &bs, "--topic", "orders", "--batch-size", "0"],
+        "batch size 0",
+    );
+    bad(
+        &["consume", "--brokers", &bs, "--topic", "orders", "--batch-window-ms", "300001"],
+        "batch window",
+    );
+    bad(
+        &["consume", "--brokers", &bs, "--topic", "orders", "--on-failure", "ghost"],
+        "ghost not found",
+    );
+
+    // earliest: the 300 records already there.
+    let created: Value = serde_json::from_str(&p.ok(&[
+        "trigger",
+        "create",
+        "kafka",
+        "consume",
+        "--brokers",
+        &bs,
+        "--topic",
+        "orders",
+        "--starting-position",
+        "earliest",
+        "--batch-size",
+        "50",
+        "--batch-window-ms",
+        "100",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["group"], id, "the group defaults to the id");
+    let want = all_offsets(&marks);
+    wait_for("all 300 records delivered", 90, || {
+        let (seen, _) = coverage(&batches(&p, "consume"));
+        (seen == want).then_some(())
+    });
+    // Committed after acceptance: the group's offsets reach the end.
+    wait_for("offsets committed", 30, || {
+        (kafka::committed(&bs, &id, "orders") == marks).then_some(())
+    });
+    let t = wait_for("the trigger's status", 20, || {
+        let t = trigger(&p, &id);
+        let lag: i64 = t["partitions"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x["lag"].as_i64().unwrap_or(-1)).sum())
+            .unwrap_or(-1);
+        (t["state"] == "Enabled" && t["partitions"].as_array().map(|a| a.len()) == Some(3) && lag == 0)
+            .then_some(t)
+    });
+    assert_eq!(t["last_result"].as_str().unwrap().starts_with("OK"), true, "{t}");
+
+    // Disabled: nothing is consumed; enabled: it resumes where it was.
+    p.ok(&["trigger", "disable", &id]);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = batches(&p, "consume").len();
+    let marks = produce(&broker, "orders", 30, 300);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(batches(&p, "consume").len(), before, "a disabled trigger consumes nothing");
+    assert_eq!(trigger(&p, &id)["state"], "Disabled");
+    p.ok(&["trigger", "enable", &id]);
+    let want = all_offsets(&marks);
+    wait_for("the 30 new records after enable", 90, || {
+        let (seen, _) = coverage(&batches(&p, "consume"));
+        (seen == want).then_some(())
+    });
+
+    // Deleting the function deletes its trigger.
+    let out = p.ok(&["trigger", "list", "-o", "json"]);
+    assert!(out.contains(&id));
+    p.ok(&["function", "delete", "consume"]);
+    let out = p.ok(&["trigger", "list", "-o", "json"]);
+    assert!(!out.contains(&id), "{out}");
+}
+
+/// SIGKILL of the trigger instance mid-stream, then a restart: every
+/// record reaches the function at least once; duplicates are counted.
+#[test]
+#[ignore = "needs root"]
+fn a_killed_trigger_instance_loses_nothing() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    kafka::create_topic(&bs, "stream", 3);
+    let total = 10_000;
+    let marks = produce(&broker, "stream", total, 0);
+    assert_eq!(marks.iter().sum::<i64>(), total as i64);
+
+    let secret = "a cluster secret for the kafka test";
+    let p = Platform::start_with(&[("NUBO_NO_TRIGGER", "1"), ("NUBO_CLUSTER_SECRET", secret)]);
+    probe(&p, "sink", "kafka_batch", &["--timeout", "30"]);
+    let created: Value = serde_json::from_str(&p.ok(&[
+        "trigger",
+        "create",
+        "kafka",
+        "sink",
+        "--brokers",
+        &bs,
+        "--topic",
+        "stream",
+        "--starting-position",
+        "earliest",
+        "--batch-size",
+        "100",
+        "--batch-window-ms",
+        "50",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let serve = || {
+        let mut cmd = Command::new(&nubo().bin);
+        cmd.args(["trigger", "serve", "--controllers", &p.endpoint])
+            .env("NUBO_CLUSTER_SECRET", secret)
+            .env_remove("NUBO_FAILPOINTS");
+        Proc::spawn_ready(cmd, "nubo trigger serve", Duration::from_secs(20))
+    };
+    let mut t1 = serve();
+    // Mid-stream: some batches in, far from all.
+    wait_for("the first batches", 60, || {
+        let n = batches(&p, "sink").len();
+        (n >= 5).then_some(())
+    });
+    t1.signal(libc::SIGKILL);
+    t1.wait(Duration::from_secs(10));
+    let at_kill = coverage(&batches(&p, "sink")).0.len();
+    assert!(at_kill < total, "killed mid-stream ({at_kill} of {total} seen)");
+    let _t2 = serve();
+    let want = all_offsets(&marks);
+    // The group waits out the dead member's session before assigning.
+    let dup = wait_for("every record after the restart", 180, || {
+        let (seen, dup) = coverage(&batches(&p, "sink"));
+        (seen == want).then_some(dup)
+    });
+    println!("kafka: {total} records, {dup} delivered more than once after the SIGKILL (seen {at_kill} before it)");
+    wait_for("offsets committed to the end", 60, || {
+        (kafka::committed(&bs, &id, "stream") == marks).then_some(())
+    });
+    let _ = poll::<()>;
+}
