@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nubo_test_support::kafka::{self, Broker};
-use nubo_test_support::{poll, wait_for, Proc};
+use nubo_test_support::{wait_for, Proc};
 use serde_json::Value;
 
 use crate::support::{nubo, probe, Platform};
@@ -241,5 +241,4 @@ fn a_killed_trigger_instance_loses_nothing() {
     wait_for("offsets committed to the end", 60, || {
         (kafka::committed(&bs, &id, "stream") == marks).then_some(())
     });
-    let _ = poll::<()>;
 }

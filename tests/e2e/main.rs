@@ -9,4 +9,5 @@ mod egress;
 mod events;
 mod failover;
 mod invoke;
+mod kafka;
 mod support;

@@ -245,7 +245,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", reset)
-            .set("session.timeout.ms", "10000")
+            // A dead instance's partitions move on within this (tansu
+            // also holds a join for about half of it).
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             // What librdkafka prefetches is bounded: a paused submit does
             // not grow the instance's memory without limit.
