@@ -94,22 +94,58 @@ fn kafka_records_run_the_function() {
         a.extend_from_slice(args);
         let out = p.cli(&a);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success() && err.contains(want), "{args:?}: {err}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err}"
+        );
     };
-    bad(&["nope", "--brokers", &bs, "--topic", "orders"], "function nope not found");
-    bad(&["consume:7", "--brokers", &bs, "--topic", "orders"], "version 7");
-    bad(&["consume", "--brokers", "nohost", "--topic", "orders"], "HOST:PORT");
+    bad(
+        &["nope", "--brokers", &bs, "--topic", "orders"],
+        "function nope not found",
+    );
+    bad(
+        &["consume:7", "--brokers", &bs, "--topic", "orders"],
+        "version 7",
+    );
+    bad(
+        &["consume", "--brokers", "nohost", "--topic", "orders"],
+        "HOST:PORT",
+    );
     bad(&["consume", "--brokers", &bs, "--topic", "a b"], "topic");
     bad(
-        &["consume", "--brokers", &bs, "--topic", "orders", "--batch-size", "0"],
+        &[
+            "consume",
+            "--brokers",
+            &bs,
+            "--topic",
+            "orders",
+            "--batch-size",
+            "0",
+        ],
         "batch size 0",
     );
     bad(
-        &["consume", "--brokers", &bs, "--topic", "orders", "--batch-window-ms", "300001"],
+        &[
+            "consume",
+            "--brokers",
+            &bs,
+            "--topic",
+            "orders",
+            "--batch-window-ms",
+            "300001",
+        ],
         "batch window",
     );
     bad(
-        &["consume", "--brokers", &bs, "--topic", "orders", "--on-failure", "ghost"],
+        &[
+            "consume",
+            "--brokers",
+            &bs,
+            "--topic",
+            "orders",
+            "--on-failure",
+            "ghost",
+        ],
         "ghost not found",
     );
 
@@ -150,10 +186,16 @@ fn kafka_records_run_the_function() {
             .as_array()
             .map(|a| a.iter().map(|x| x["lag"].as_i64().unwrap_or(-1)).sum())
             .unwrap_or(-1);
-        (t["state"] == "Enabled" && t["partitions"].as_array().map(|a| a.len()) == Some(3) && lag == 0)
+        (t["state"] == "Enabled"
+            && t["partitions"].as_array().map(|a| a.len()) == Some(3)
+            && lag == 0)
             .then_some(t)
     });
-    assert_eq!(t["last_result"].as_str().unwrap().starts_with("OK"), true, "{t}");
+    assert_eq!(
+        t["last_result"].as_str().unwrap().starts_with("OK"),
+        true,
+        "{t}"
+    );
 
     // Disabled: nothing is consumed; enabled: it resumes where it was.
     p.ok(&["trigger", "disable", &id]);
@@ -161,7 +203,11 @@ fn kafka_records_run_the_function() {
     let before = batches(&p, "consume").len();
     let marks = produce(&broker, "orders", 30, 300);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(batches(&p, "consume").len(), before, "a disabled trigger consumes nothing");
+    assert_eq!(
+        batches(&p, "consume").len(),
+        before,
+        "a disabled trigger consumes nothing"
+    );
     assert_eq!(trigger(&p, &id)["state"], "Disabled");
     p.ok(&["trigger", "enable", &id]);
     let want = all_offsets(&marks);
@@ -178,8 +224,11 @@ fn kafka_records_run_the_function() {
     assert!(!out.contains(&id), "{out}");
 }
 
-/// SIGKILL of the trigger instance mid-stream, then a restart: every
-/// record reaches the function at least once; duplicates are counted.
+/// A crash between acceptance and commit (the failpoint), then a SIGKILL
+/// of the trigger instance mid-stream, then a restart: nothing was
+/// committed before acceptance, the re-read batch is enqueued once, and
+/// every record reaches the function at least once; duplicates are
+/// counted.
 #[test]
 #[ignore = "needs root"]
 fn a_killed_trigger_instance_loses_nothing() {
@@ -191,7 +240,7 @@ fn a_killed_trigger_instance_loses_nothing() {
     assert_eq!(marks.iter().sum::<i64>(), total as i64);
 
     let secret = "a cluster secret for the kafka test";
-    let p = Platform::start_with(&[("NUBO_NO_TRIGGER", "1"), ("NUBO_CLUSTER_SECRET", secret)]);
+    let p = Platform::start_with(&[("NUBO_NO_TRIGGER", "true"), ("NUBO_CLUSTER_SECRET", secret)]);
     probe(&p, "sink", "kafka_batch", &["--timeout", "30"]);
     let created: Value = serde_json::from_str(&p.ok(&[
         "trigger",
@@ -213,13 +262,36 @@ fn a_killed_trigger_instance_loses_nothing() {
     ]))
     .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
-    let serve = || {
+    let serve_with = |failpoints: &str| {
         let mut cmd = Command::new(&nubo().bin);
         cmd.args(["trigger", "serve", "--controllers", &p.endpoint])
             .env("NUBO_CLUSTER_SECRET", secret)
-            .env_remove("NUBO_FAILPOINTS");
+            .env("NUBO_FAILPOINTS", failpoints);
         Proc::spawn_ready(cmd, "nubo trigger serve", Duration::from_secs(20))
     };
+    let serve = || serve_with("");
+    // A crash between the controllers' acceptance and the Kafka commit:
+    // the first batch is accepted, nothing is committed.
+    let mut t0 = serve_with("kafka-before-commit=exit");
+    let mut exited = None;
+    for _ in 0..600 {
+        if let Some(code) = t0.try_wait() {
+            exited = Some(code);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        exited,
+        Some(Some(86)),
+        "the failpoint ended the instance: {}",
+        t0.logs()
+    );
+    assert_eq!(
+        kafka::committed(&bs, &id, "stream"),
+        vec![-1, -1, -1],
+        "nothing committed before the crash"
+    );
     let mut t1 = serve();
     // Mid-stream: some batches in, far from all.
     wait_for("the first batches", 60, || {
@@ -228,8 +300,18 @@ fn a_killed_trigger_instance_loses_nothing() {
     });
     t1.signal(libc::SIGKILL);
     t1.wait(Duration::from_secs(10));
+    // The batch accepted before the first crash was read again with the
+    // same boundaries, and its key kept it from running twice.
+    assert!(
+        t1.logs().contains("events the controllers already had"),
+        "the re-read batch was recognised: {}",
+        t1.logs()
+    );
     let at_kill = coverage(&batches(&p, "sink")).0.len();
-    assert!(at_kill < total, "killed mid-stream ({at_kill} of {total} seen)");
+    assert!(
+        at_kill < total,
+        "killed mid-stream ({at_kill} of {total} seen)"
+    );
     let _t2 = serve();
     let want = all_offsets(&marks);
     // The group waits out the dead member's session before assigning.

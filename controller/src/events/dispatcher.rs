@@ -134,7 +134,8 @@ impl Dispatcher {
             let payload = String::from_utf8(e.payload)
                 .map_err(|_| RegistryError::invalid(format!("event {} is not UTF-8 JSON", e.id)))?;
             crate::registry::validate::ordering_key(&e.ordering_key)?;
-            let mut ev = AsyncEvent::new(new_request_id(), e.function_name, qualifier, payload, now);
+            let mut ev =
+                AsyncEvent::new(new_request_id(), e.function_name, qualifier, payload, now);
             ev.ordering_key = e.ordering_key;
             cmds.push(Command::EnqueueKeyed {
                 event: ev,
