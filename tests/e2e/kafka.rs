@@ -62,7 +62,7 @@ fn produce(b: &Broker, topic: &str, n: usize, start: usize) -> Vec<i64> {
     let values: Vec<Vec<u8>> = (start..start + n)
         .map(|i| format!("v{i}").into_bytes())
         .collect();
-    let recs: Vec<(i32, Option<&[u8]>, &[u8])> = values
+    let recs: Vec<kafka::Record> = values
         .iter()
         .enumerate()
         .map(|(i, v)| ((i % 3) as i32, None, v.as_slice()))
@@ -191,11 +191,7 @@ fn kafka_records_run_the_function() {
             && lag == 0)
             .then_some(t)
     });
-    assert_eq!(
-        t["last_result"].as_str().unwrap().starts_with("OK"),
-        true,
-        "{t}"
-    );
+    assert!(t["last_result"].as_str().unwrap().starts_with("OK"), "{t}");
 
     // Disabled: nothing is consumed; enabled: it resumes where it was.
     p.ok(&["trigger", "disable", &id]);

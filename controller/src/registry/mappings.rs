@@ -377,10 +377,12 @@ mod tests {
         }
     }
 
+    type Change = Box<dyn Fn(&mut Mapping)>;
+
     /// Each refusal names its field and says what is allowed.
     #[test]
     fn refusals_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Mapping)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|m| m.kafka.brokers = vec!["nohost".into()]),
                 "HOST:PORT",
