@@ -131,7 +131,7 @@ fn list(api_node: &crate::raft::node::ControllerNode, function: &str) -> pb::Lis
             .by_id
             .values()
             .filter(|x| function.is_empty() || x.function == function)
-            .map(|x| to_pb(x, r.mappings.status.get(&x.id)))
+            .map(|x| to_pb(x, m::merged(r.mappings.status.get(&x.id)).as_ref()))
             .collect(),
     })
 }
@@ -179,7 +179,7 @@ impl pb::triggers_server::Triggers for Api {
                 r.mappings
                     .by_id
                     .get(&id)
-                    .map(|x| to_pb(x, r.mappings.status.get(&id)))
+                    .map(|x| to_pb(x, m::merged(r.mappings.status.get(&id)).as_ref()))
                     .ok_or_else(|| m::not_found(&id).into())
             })
         })
@@ -225,7 +225,7 @@ impl pb::triggers_server::Triggers for Api {
             let x = mapping_of(out)?;
             Ok(self
                 .node
-                .with_registry(|reg| to_pb(&x, reg.mappings.status.get(&x.id))))
+                .with_registry(|reg| to_pb(&x, m::merged(reg.mappings.status.get(&x.id)).as_ref())))
         })
         .await
     }

@@ -299,11 +299,54 @@ pub fn validate(m: &Mapping) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// A report older than this (by the reporting controller's clock, carried
+/// in the command) no longer counts: its instance is gone or stuck.
+pub const REPORT_STALE_MS: u64 = 15_000;
+
 /// Mappings and their reported status, inside the registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mappings {
     pub by_id: BTreeMap<String, Mapping>,
-    pub status: BTreeMap<String, MappingStatus>,
+    /// Per mapping, per instance: several instances share a mapping's
+    /// partitions, each reporting its own.
+    pub status: BTreeMap<String, BTreeMap<String, MappingStatus>>,
+}
+
+/// The instances' reports of one mapping as one status: every fresh
+/// report's partitions, failed if any instance is, the newest last result.
+pub fn merged(reports: Option<&BTreeMap<String, MappingStatus>>) -> Option<MappingStatus> {
+    let reports = reports?;
+    let newest = reports.values().map(|r| r.reported_ms).max()?;
+    let fresh: Vec<&MappingStatus> = reports
+        .values()
+        .filter(|r| r.reported_ms + REPORT_STALE_MS >= newest)
+        .collect();
+    let last = fresh.iter().max_by_key(|r| r.reported_ms)?;
+    let failed = fresh.iter().find(|r| r.failed);
+    let mut partitions: Vec<PartitionStatus> =
+        fresh.iter().flat_map(|r| r.partitions.clone()).collect();
+    partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    partitions.dedup_by(|a, b| a.topic == b.topic && a.partition == b.partition);
+    Some(MappingStatus {
+        id: last.id.clone(),
+        // The oldest revision any fresh instance runs: "Enabled" only once
+        // all of them run the current one.
+        revision: fresh
+            .iter()
+            .map(|r| r.revision.clone())
+            .min()
+            .unwrap_or_default(),
+        failed: failed.is_some(),
+        reason: failed.map(|r| format!("{} (instance {})", r.reason, r.instance)).unwrap_or_default(),
+        last_result: last.last_result.clone(),
+        partitions,
+        instance: fresh
+            .iter()
+            .map(|r| r.instance.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        reported_ms: newest,
+    })
 }
 
 pub fn not_found(id: &str) -> RegistryError {
@@ -330,8 +373,13 @@ impl Mappings {
             }
             clip(&mut r.reason);
             clip(&mut r.last_result);
+            clip(&mut r.instance);
             r.partitions.truncate(MAX_REPORTED_PARTITIONS);
-            self.status.insert(r.id.clone(), r);
+            let per = self.status.entry(r.id.clone()).or_default();
+            let now = r.reported_ms;
+            // Instances that stopped reporting go (bounded per mapping).
+            per.retain(|_, old| old.reported_ms + REPORT_STALE_MS >= now);
+            per.insert(r.instance.clone(), r);
         }
     }
 
@@ -474,5 +522,46 @@ mod tests {
         s.failed = false;
         m.revision = "r2".into();
         assert_eq!(state(&m, Some(&s)).0, "Creating");
+    }
+
+    /// Two instances sharing a mapping: their partitions add up, one
+    /// failing fails the mapping (naming it), a silent one drops out.
+    #[test]
+    fn reports_of_several_instances_merge() {
+        let mut ms = Mappings::default();
+        ms.by_id.insert("m1".into(), sample());
+        let rep = |inst: &str, part: i32, at: u64, failed: bool| MappingStatus {
+            id: "m1".into(),
+            revision: "r1".into(),
+            failed,
+            reason: if failed { "boom".into() } else { String::new() },
+            last_result: format!("from {inst}"),
+            partitions: vec![PartitionStatus {
+                topic: "orders".into(),
+                partition: part,
+                committed: 5,
+                high_watermark: 9,
+            }],
+            instance: inst.into(),
+            reported_ms: at,
+        };
+        ms.report(vec![rep("a", 0, 1_000, false), rep("b", 1, 1_500, false)]);
+        let s = merged(ms.status.get("m1")).unwrap();
+        assert_eq!(s.partitions.len(), 2);
+        assert!(!s.failed);
+        assert_eq!(s.last_result, "from b");
+        ms.report(vec![rep("b", 1, 2_000, true)]);
+        let s = merged(ms.status.get("m1")).unwrap();
+        assert!(s.failed && s.reason.contains("instance b"), "{s:?}");
+        // a stops reporting: after the stale time only b's partition stays.
+        ms.report(vec![rep("b", 1, 1_000 + REPORT_STALE_MS + 1, false)]);
+        let s = merged(ms.status.get("m1")).unwrap();
+        assert_eq!(s.partitions.len(), 1);
+        assert_eq!(ms.status["m1"].len(), 1);
+        // Reports of a mapping that is gone are dropped.
+        let mut gone = rep("a", 0, 9, false);
+        gone.id = "nope".into();
+        ms.report(vec![gone]);
+        assert!(!ms.status.contains_key("nope"));
     }
 }
