@@ -220,11 +220,12 @@ fn kafka_records_run_the_function() {
     assert!(!out.contains(&id), "{out}");
 }
 
-/// A crash between acceptance and commit (the failpoint), then a SIGKILL
-/// of the trigger instance mid-stream, then a restart: nothing was
+/// A crash between acceptance and commit (the failpoint); then two
+/// instances sharing the partitions while records keep coming; one of
+/// them SIGKILLed mid-stream and a new one started: nothing was
 /// committed before acceptance, the re-read batch is enqueued once, and
 /// every record reaches the function at least once; duplicates are
-/// counted.
+/// counted and printed.
 #[test]
 #[ignore = "needs root"]
 fn a_killed_trigger_instance_loses_nothing() {
@@ -266,6 +267,20 @@ fn a_killed_trigger_instance_loses_nothing() {
         Proc::spawn_ready(cmd, "nubo trigger serve", Duration::from_secs(20))
     };
     let serve = || serve_with("");
+    let serve_with_name = |name: &str| {
+        let mut cmd = Command::new(&nubo().bin);
+        cmd.args([
+            "trigger",
+            "serve",
+            "--controllers",
+            &p.endpoint,
+            "--instance",
+            name,
+        ])
+        .env("NUBO_CLUSTER_SECRET", secret)
+        .env_remove("NUBO_FAILPOINTS");
+        Proc::spawn_ready(cmd, name, Duration::from_secs(20))
+    };
     // A crash between the controllers' acceptance and the Kafka commit:
     // the first batch is accepted, nothing is committed.
     let mut t0 = serve_with("kafka-before-commit=exit");
@@ -288,22 +303,51 @@ fn a_killed_trigger_instance_loses_nothing() {
         vec![-1, -1, -1],
         "nothing committed before the crash"
     );
-    let mut t1 = serve();
-    // Mid-stream: some batches in, far from all.
-    wait_for("the first batches", 60, || {
-        let n = batches(&p, "sink").len();
-        (n >= 5).then_some(())
+    // More records keep coming while the instances come and go.
+    let late = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            let mut marks = Vec::new();
+            for i in 0..100 {
+                marks = produce(&broker, "stream", 50, total + i * 50);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            marks
+        });
+        // Two instances share the mapping: each reports its partitions.
+        let mut t1 = serve_with_name("t1");
+        let t1b = serve_with_name("t1b");
+        let split = wait_for("both instances holding partitions", 60, || {
+            let t = trigger(&p, &id);
+            let inst: Vec<String> = t["instance"]
+                .as_str()
+                .unwrap_or("")
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            (inst.iter().any(|i| i == "t1") && inst.iter().any(|i| i == "t1b")).then_some(t)
+        });
+        println!("kafka: partitions split between {}", split["instance"]);
+        t1.signal(libc::SIGKILL);
+        t1.wait(Duration::from_secs(10));
+        let at_kill = coverage(&batches(&p, "sink")).0.len();
+        let still_producing = !producer.is_finished();
+        (producer.join().unwrap(), t1, t1b, at_kill, still_producing)
     });
-    t1.signal(libc::SIGKILL);
-    t1.wait(Duration::from_secs(10));
+    let (marks, t1, t1b, at_kill, still_producing) = late;
+    let total = total + 5_000;
+    assert!(
+        still_producing,
+        "the kill came while records were still being produced"
+    );
     // The batch accepted before the first crash was read again with the
     // same boundaries, and its key kept it from running twice.
+    let said = |p: &Proc| p.logs().contains("events the controllers already had");
     assert!(
-        t1.logs().contains("events the controllers already had"),
-        "the re-read batch was recognised: {}",
-        t1.logs()
+        said(&t1) || said(&t1b),
+        "the re-read batch was recognised: {}\n{}",
+        t1.logs(),
+        t1b.logs()
     );
-    let at_kill = coverage(&batches(&p, "sink")).0.len();
     assert!(
         at_kill < total,
         "killed mid-stream ({at_kill} of {total} seen)"
@@ -319,4 +363,157 @@ fn a_killed_trigger_instance_loses_nothing() {
     wait_for("offsets committed to the end", 60, || {
         (kafka::committed(&bs, &id, "stream") == marks).then_some(())
     });
+}
+
+/// Order per partition: a batch that fails twice (record value `fail2`)
+/// is retried before any later batch of its partition runs, and every
+/// partition's batches run in offset order.
+#[test]
+#[ignore = "needs root"]
+fn a_failing_batch_blocks_its_partition_in_order() {
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    kafka::create_topic(&bs, "ordered", 2);
+    let values: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            if i == 14 {
+                b"fail2".to_vec()
+            } else {
+                format!("v{i}").into_bytes()
+            }
+        })
+        .collect();
+    // Partition 0 gets the even ones (so "fail2" is its offset 7).
+    let recs: Vec<kafka::Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((i % 2) as i32, None, v.as_slice()))
+        .collect();
+    kafka::produce(&bs, "ordered", &recs);
+    let p = Platform::start_with(&[("NUBO_ASYNC_BASE_WAIT_MS", "300")]);
+    probe(&p, "ord", "kafka_batch", &["--timeout", "30"]);
+    p.ok(&[
+        "trigger",
+        "create",
+        "kafka",
+        "ord",
+        "--brokers",
+        &bs,
+        "--topic",
+        "ordered",
+        "--starting-position",
+        "earliest",
+        "--batch-size",
+        "5",
+        "--batch-window-ms",
+        "50",
+    ]);
+    let want = all_offsets(&[20, 20]);
+    wait_for("all 40 records, the failing batch included", 90, || {
+        let (seen, _) = coverage(&batches(&p, "ord"));
+        (seen == want).then_some(())
+    });
+    let out = p.cli(&["logs", "ord", "--limit", "100000"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Partition 0's events in log order: FAIL offset, or BATCH first.
+    let mut p0 = Vec::new();
+    for l in text.lines() {
+        if let Some(at) = l.find("FAIL ordered 0 ") {
+            p0.push(("FAIL", l[at + 15..].trim().parse::<i64>().unwrap()));
+        } else if let Some(at) = l.find("BATCH ordered 0 ") {
+            let first = l[at + 16..].split_whitespace().next().unwrap();
+            p0.push(("BATCH", first.parse::<i64>().unwrap()));
+        }
+    }
+    let fails: Vec<usize> = p0
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.0 == "FAIL")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(fails.len(), 2, "the batch failed twice: {p0:?}");
+    let ok_at = p0
+        .iter()
+        .position(|e| e.0 == "BATCH" && e.1 <= 7 && 7 < e.1 + 5)
+        .expect("the failing batch succeeded in the end");
+    assert!(
+        fails.iter().all(|f| *f < ok_at),
+        "retries before its success: {p0:?}"
+    );
+    let firsts: Vec<i64> = p0.iter().filter(|e| e.0 == "BATCH").map(|e| e.1).collect();
+    let mut sorted = firsts.clone();
+    sorted.sort();
+    assert_eq!(
+        firsts, sorted,
+        "partition 0's batches in offset order: {p0:?}"
+    );
+    assert!(
+        !p0[..ok_at].iter().any(|e| e.0 == "BATCH" && e.1 > 7),
+        "no later batch before the failing one succeeded: {p0:?}"
+    );
+}
+
+/// A broker that goes away: the trigger shows Failed with the reason and
+/// comes back to Enabled, delivering again, once the broker is back.
+#[test]
+#[ignore = "needs root"]
+fn an_unreachable_broker_fails_the_trigger_until_it_returns() {
+    let mut broker = Broker::start();
+    let bs = broker.bootstrap();
+    kafka::create_topic(&bs, "t", 1);
+    let p = Platform::start();
+    probe(&p, "f", "kafka_batch", &["--timeout", "30"]);
+    let created: Value = serde_json::from_str(&p.ok(&[
+        "trigger",
+        "create",
+        "kafka",
+        "f",
+        "--brokers",
+        &bs,
+        "--topic",
+        "t",
+        "--starting-position",
+        "earliest",
+        "--batch-window-ms",
+        "50",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    produce_one(&bs, "t", b"one");
+    wait_for("the first record", 60, || {
+        (!batches(&p, "f").is_empty()).then_some(())
+    });
+    broker.stop();
+    let t = wait_for("state Failed", 60, || {
+        let t = trigger(&p, &id);
+        (t["state"] == "Failed").then_some(t)
+    });
+    println!(
+        "kafka: with the broker gone: {} ({})",
+        t["state"], t["state_reason"]
+    );
+    assert!(
+        t["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("brokers unreachable"),
+        "{t}"
+    );
+    // Back (empty: tansu's memory storage), the topic made again. The
+    // consumer resumes at its position (offset 1), so the new topic's
+    // offset 0 is not read again: two records in, the second is news.
+    broker.restart();
+    kafka::create_topic(&bs, "t", 1);
+    produce_one(&bs, "t", b"two");
+    produce_one(&bs, "t", b"three");
+    wait_for("Enabled again, delivering", 90, || {
+        let t = trigger(&p, &id);
+        (t["state"] == "Enabled" && batches(&p, "f").len() >= 2).then_some(())
+    });
+}
+
+fn produce_one(bs: &str, topic: &str, v: &[u8]) {
+    kafka::produce(bs, topic, &[(0, None, v)]);
 }

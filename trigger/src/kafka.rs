@@ -157,17 +157,27 @@ pub struct Shared {
 
 pub struct Ctx {
     pub shared: Arc<Shared>,
+    pub bootstrap: String,
+}
+
+/// What a Kafka error means to a user reading `nubo trigger get`.
+pub fn describe(error: &rdkafka::error::KafkaError, bootstrap: &str) -> String {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::BrokerNotAvailable) => {
+            format!("brokers unreachable ({bootstrap}): {error}")
+        }
+        Some(C::UnknownTopicOrPartition | C::UnknownTopic) => {
+            format!("topic does not exist: {error}")
+        }
+        _ => error.to_string(),
+    }
 }
 
 impl ClientContext for Ctx {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!("kafka: {error}: {reason}");
-        let text = match error.rdkafka_error_code() {
-            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) => {
-                format!("brokers unreachable: {reason}")
-            }
-            _ => format!("{error}: {reason}"),
-        };
+        let text = format!("{}: {reason}", describe(&error, &self.bootstrap));
         *self.shared.error.lock().expect("lock") = Some(text);
     }
 }
@@ -255,6 +265,7 @@ impl KafkaSource {
             .set("client.id", format!("nubo-trigger-{}", m.id))
             .create_with_context(Ctx {
                 shared: shared.clone(),
+                bootstrap: bootstrap.clone(),
             })
             .map_err(|e| format!("creating the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = m.topics.iter().map(String::as_str).collect();
@@ -427,7 +438,7 @@ impl Source for KafkaSource {
                         }
                     }
                     Err(e) => {
-                        let text = format!("{e}");
+                        let text = describe(&e, &self.bootstrap);
                         tracing::warn!(mapping = %self.m.id, "kafka: {text}");
                         *self.shared.error.lock().expect("lock") = Some(text);
                         tokio::time::sleep(Duration::from_millis(200)).await;

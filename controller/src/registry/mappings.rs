@@ -337,7 +337,9 @@ pub fn merged(reports: Option<&BTreeMap<String, MappingStatus>>) -> Option<Mappi
             .min()
             .unwrap_or_default(),
         failed: failed.is_some(),
-        reason: failed.map(|r| format!("{} (instance {})", r.reason, r.instance)).unwrap_or_default(),
+        reason: failed
+            .map(|r| format!("{} (instance {})", r.reason, r.instance))
+            .unwrap_or_default(),
         last_result: last.last_result.clone(),
         partitions,
         instance: fresh
