@@ -7,6 +7,7 @@
 mod asyncq;
 mod control_plane;
 mod invoke;
+mod kafka;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -380,9 +381,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.which == "soak" {
         return soak::run(args).await;
     }
+    if args.which == "kafka" {
+        return kafka::run(args).await;
+    }
     if args.which != "control-plane" {
         bail!(
-            "unknown benchmark {:?}: try `control-plane`, `invoke`, `async` or `soak`",
+            "unknown benchmark {:?}: try `control-plane`, `invoke`, `async`, `soak` or `kafka`",
             args.which
         );
     }

@@ -443,7 +443,11 @@ fn a_failing_batch_blocks_its_partition_in_order() {
     match succeeded {
         Some(_) => assert_eq!(fails.len(), 2, "failed twice, then ran: {p0:?}"),
         None => {
-            assert_eq!(fails.len(), 3, "failed three times, then dead-lettered: {p0:?}");
+            assert_eq!(
+                fails.len(),
+                3,
+                "failed three times, then dead-lettered: {p0:?}"
+            );
             let dlq = p.ok(&["dlq", "list", "ord", "-o", "json"]);
             assert!(dlq.contains("RetriesExhausted"), "{dlq}");
         }
@@ -457,7 +461,10 @@ fn a_failing_batch_blocks_its_partition_in_order() {
     let firsts: Vec<i64> = p0.iter().filter(|e| e.0 == "BATCH").map(|e| e.1).collect();
     let mut sorted = firsts.clone();
     sorted.sort();
-    assert_eq!(firsts, sorted, "partition 0's batches in offset order: {p0:?}");
+    assert_eq!(
+        firsts, sorted,
+        "partition 0's batches in offset order: {p0:?}"
+    );
 }
 
 /// A broker that goes away: the trigger shows Failed with the reason and
