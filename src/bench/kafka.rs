@@ -128,6 +128,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .set("bootstrap.servers", &bs)
             .set("group.id", group)
             .set("session.timeout.ms", "6000")
+            // As the trigger's consumer sets it.
+            .set("fetch.wait.max.ms", "10")
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()?)
@@ -141,7 +143,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .await
     .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-    tokio::time::timeout(Duration::from_secs(60), c.recv()).await??;
+    tokio::time::timeout(Duration::from_secs(60), c.recv())
+        .await
+        .context("the raw consumer's first record")??;
     let mut raw_lat = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -151,17 +155,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
         .await
         .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-        tokio::time::timeout(Duration::from_secs(10), c.recv()).await??;
+        tokio::time::timeout(Duration::from_secs(10), c.recv())
+            .await
+            .context("a raw latency sample")??;
         raw_lat.push(t.elapsed());
     }
     raw_lat.sort();
-    produce_many(&prod, "raw-rate", total).await?;
+    drop(c);
+    // Bulk records are produced as producers do (lingering into batches).
+    let bulk: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("linger.ms", "20")
+        .create()?;
+    produce_many(&bulk, "raw-rate", total).await?;
     let c = consumer("raw-rate")?;
     c.subscribe(&["raw-rate"])?;
     tokio::time::timeout(Duration::from_secs(60), c.recv()).await??;
     let t = Instant::now();
-    for _ in 1..total {
-        tokio::time::timeout(Duration::from_secs(30), c.recv()).await??;
+    for i in 1..total {
+        tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .with_context(|| format!("raw consumer record {i}"))??;
     }
     let raw_rate = (total - 1) as f64 / t.elapsed().as_secs_f64();
     drop(c);
@@ -308,7 +322,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Throughput: 50,000 records already in 3 partitions, batch 100.
     eprintln!("bench: sustained rate, {total} records, batch 100...");
     create_topic(&bs, "tput", 3).await?;
-    produce_many(&prod, "tput", total).await?;
+    produce_many(&bulk, "tput", total).await?;
     let committed = |group: &str| -> anyhow::Result<i64> {
         let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bs)

@@ -262,6 +262,9 @@ impl KafkaSource {
             // What librdkafka prefetches is bounded: a paused submit does
             // not grow the instance's memory without limit.
             .set("queued.max.messages.kbytes", "16384")
+            // A broker may hold a fetch this long when it has nothing new
+            // (librdkafka's default is 500 ms, all of it latency here).
+            .set("fetch.wait.max.ms", "10")
             .set("client.id", format!("nubo-trigger-{}", m.id))
             .create_with_context(Ctx {
                 shared: shared.clone(),
