@@ -108,6 +108,8 @@ fn egress_reaches_the_outside_never_the_host() {
     probe(&p, "eg", "net", &egress);
     probe(&p, "eg2", "net", &egress);
     probe(&p, "none", "net", &["--timeout", "30"]);
+    probe(&p, "bw1", "net", &egress);
+    probe(&p, "bw2", "net", &egress);
 
     let api = api_port(&p);
     // The host's address on its default route (this machine's own).
@@ -171,11 +173,14 @@ fn egress_reaches_the_outside_never_the_host() {
 
     // Bandwidth: 40 Mbit/s (5 MB/s) each, both downloading at once.
     let limit = 5e6;
-    // The second starts a second later, so both run at once for 4 s
+    // Two fresh sandboxes (see the closing note of issue 11: under the
+    // full suite, `eg`'s connect after its refused attempts timed out
+    // twice; not explained yet). The second starts a second later, so
+    // both run at once for 4 s
     // (connects made while the other floods the shared link can lose a
     // SYN; see the closing note of issue 11).
     let rates: Vec<f64> = std::thread::scope(|s| {
-        let hs: Vec<_> = [("eg", 0u64, 6u64), ("eg2", 1, 4)]
+        let hs: Vec<_> = [("bw1", 0u64, 6u64), ("bw2", 1, 4)]
             .into_iter()
             .map(|(f, delay, secs)| {
                 let p = &p;
@@ -197,14 +202,14 @@ fn egress_reaches_the_outside_never_the_host() {
     }
 
     // The connection limit (20) stops this sandbox, not the other.
-    let r = net(&p, "eg", json!({"hold": ["198.51.100.2", 8082, 30]}));
+    let r = net(&p, "bw1", json!({"hold": ["198.51.100.2", 8082, 30]}));
     let held = r["held"].as_u64().unwrap();
     assert!(
         (15..=20).contains(&held),
         "at most 20 connections, then refused: {r}"
     );
     assert!(r["hold_error"].is_string(), "{r}");
-    let r2 = net(&p, "eg2", json!({"connect": [["198.51.100.2", 8080]]}));
+    let r2 = net(&p, "bw2", json!({"connect": [["198.51.100.2", 8080]]}));
     assert_eq!(
         r2["connect"][0]["ok"], true,
         "the other sandbox still connects: {r2}"
