@@ -5,7 +5,6 @@
 //! instances report.
 
 use nubo_proto::v1 as pb;
-use rand::RngCore;
 use tonic::{Request, Response, Status};
 
 use crate::api::{request_id, Api, Internal};
@@ -14,19 +13,10 @@ use crate::error::{ApiError, RegistryError};
 use crate::registry::mappings::{self as m, Mapping};
 use crate::registry::model::{Command, Outcome};
 
-/// A mapping id: a random UUID-shaped string, as Lambda's.
+/// A mapping id: a random UUID-shaped string, as Lambda's (the same form
+/// as request ids).
 fn new_mapping_id() -> String {
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::invoke::new_request_id()
 }
 
 /// A spec from the API into a mapping (validation happens in the registry,
